@@ -1,0 +1,222 @@
+"""`Task`: the one description of a task.
+
+The task name is the single key of the library (DESIGN.md, "One key"): it is the value of a batch's
+``task`` field, the adapter name, the head's key, the folder of the task in a store or Hub repo, the
+metric prefix (``eval_<task>_<metric>``) and the log prefix. It is validated once, here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import TaskConfigError
+
+TASK_KINDS = ("classification", "regression", "token_classification", "masked_lm")
+SEQUENCE_KINDS = ("classification", "regression")
+POOLING_CHOICES = ("cls", "mean")
+TOKEN_LABEL_COLUMNS = ("upos", "xpos", "deprel", "tags")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+# Built-in metrics per kind; the first one is the task's primary metric (used for `eval_average`).
+DEFAULT_METRICS = {
+    "classification": ["accuracy", "f1"],
+    "regression": ["pearson", "spearmanr"],
+    "token_classification": ["accuracy"],
+    "masked_lm": ["perplexity"],
+}
+
+
+def validate_task_name(name: Any, what: str = "task name") -> str:
+    """Check that `name` can be a folder, a dict key and a metric prefix.
+
+    Args:
+        name: the candidate name.
+        what: how to call it in the error message.
+
+    Returns:
+        The name, unchanged.
+    """
+    if not isinstance(name, str) or not name:
+        raise TaskConfigError(f"Invalid {what} {name!r}: it must be a non-empty string. Fix: give each task a `name`.")
+    if not _NAME_RE.match(name) or ".." in name or name in (".", "shared", "languages"):
+        raise TaskConfigError(
+            f"Invalid {what} {name!r}: use only letters, digits, '_', '.', '-' (no '..', and not the reserved "
+            f"folder names 'shared' or 'languages'), because the name becomes a folder and a metric prefix. "
+            f"Fix: rename it, e.g. {re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('.') or 'task'}."
+        )
+    return name
+
+
+@dataclass
+class Task:
+    """One task trained by the multi-task model.
+
+    Args:
+        name: the task's key (see module docstring); `[A-Za-z0-9_.-]+`, no `..`.
+        kind: `classification` (one sentence or a pair), `regression` (one sentence or a pair),
+            `token_classification` (a tag per word), or `masked_lm` (unlabeled text, used to train
+            language adapters).
+        text_column: column holding the text (for token tasks: the list of words, `tokens`).
+        text_pair_column: optional second text column for sentence-pair tasks.
+        label_column: column holding the label (for CoNLL-U files: `upos`, `xpos` or `deprel`).
+        labels: the label list; inferred from the training split when not given, then saved.
+        metrics: metric names; built-ins are `accuracy`, `f1`, `macro_f1`, `matthews_correlation`,
+            `pearson`, `spearmanr`, `mse`, `seqeval` (entity F1 for IOB tags), `perplexity`. Any other
+            name is loaded with `evaluate.load`. The first metric is the task's primary metric.
+        loss_weight: static weight of the task's loss.
+        language: language code of the task's data (MAD-X language adapters, zero-shot transfer).
+        pooling: `cls` or `mean` pooling for sequence-level heads.
+        head_hidden_layers: 0 (a linear head) or 1 (dense + tanh + linear, as RoBERTa's head) for
+            sequence-level heads. Token heads are linear.
+        dataset_name, dataset_config: a Hub dataset id (or a `datasets` builder name such as `csv`) and
+            its config.
+        train_file, validation_file, test_file: local files (csv, tsv, json, jsonl, parquet, txt,
+            CoNLL-U `.conllu`, or `token<TAB>tag` column files for token tasks).
+        train_split, validation_split, test_split: split names for `dataset_name`.
+        max_train_samples, max_eval_samples: keep only the first N examples of a split.
+        head_layer: read the hidden states of this layer (1-based) instead of the last one.
+        extra: method- or strategy-specific fields (kept and saved as they are).
+    """
+
+    name: str
+    kind: str = "classification"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    labels: list[str] | None = None
+    metrics: list[str] | None = None
+    loss_weight: float = 1.0
+    language: str | None = None
+    pooling: str = "cls"
+    head_hidden_layers: int | None = None
+    dataset_name: str | None = None
+    dataset_config: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str = "test"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    head_layer: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_task_name(self.name)
+        where = f"task {self.name!r}"
+        if self.kind not in TASK_KINDS:
+            raise TaskConfigError(f"{where}: unknown kind {self.kind!r}. Fix: set `kind` to one of {list(TASK_KINDS)}.")
+        if self.pooling not in POOLING_CHOICES:
+            raise TaskConfigError(f"{where}: unknown pooling {self.pooling!r}. Fix: use one of {list(POOLING_CHOICES)}.")
+        if self.head_hidden_layers is None:
+            self.head_hidden_layers = 1 if self.kind in SEQUENCE_KINDS else 0
+        if self.head_hidden_layers not in (0, 1):
+            raise TaskConfigError(f"{where}: `head_hidden_layers` must be 0 or 1, got {self.head_hidden_layers!r}.")
+        if self.kind == "regression" and self.labels is not None:
+            raise TaskConfigError(f"{where}: a regression task has no `labels` list. Fix: remove `labels`.")
+        if self.labels is not None:
+            self.labels = [str(label) for label in self.labels]
+            if len(set(self.labels)) != len(self.labels):
+                raise TaskConfigError(f"{where}: `labels` has duplicates: {self.labels}.")
+            if self.kind == "classification" and len(self.labels) < 2:
+                raise TaskConfigError(f"{where}: a classification task needs at least 2 labels, got {self.labels}.")
+        if self.metrics is None:
+            self.metrics = list(DEFAULT_METRICS[self.kind])
+            if self.kind == "token_classification" and _looks_like_iob(self.labels):
+                self.metrics = ["seqeval", "accuracy"]
+        if isinstance(self.metrics, str):
+            self.metrics = [self.metrics]
+        if not self.metrics:
+            raise TaskConfigError(f"{where}: `metrics` is empty. Fix: name at least one metric or leave it unset.")
+        for field_name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, field_name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise TaskConfigError(f"{where}: `{field_name}` must be a positive integer, got {value!r}.")
+        if self.head_layer is not None and (not isinstance(self.head_layer, int) or self.head_layer < 1):
+            raise TaskConfigError(f"{where}: `head_layer` must be a layer number >= 1, got {self.head_layer!r}.")
+        if not isinstance(self.loss_weight, (int, float)) or self.loss_weight < 0:
+            raise TaskConfigError(f"{where}: `loss_weight` must be a number >= 0, got {self.loss_weight!r}.")
+
+    # ------------------------------------------------------------------ derived properties
+    @property
+    def is_token_level(self) -> bool:
+        return self.kind in ("token_classification", "masked_lm")
+
+    @property
+    def num_labels(self) -> int:
+        """Output size of the task's head (1 for regression)."""
+        if self.kind == "regression":
+            return 1
+        if self.kind == "masked_lm":
+            raise TaskConfigError(f"task {self.name!r}: a masked_lm task has the vocabulary as its labels.")
+        if self.labels is None:
+            raise TaskConfigError(
+                f"task {self.name!r}: the label list is not known yet. Fix: give `labels`, or prepare the task "
+                f"with its training data first (the labels are inferred from it)."
+            )
+        return len(self.labels)
+
+    def set_labels(self, labels: list[str]) -> None:
+        """Record the label list (inferred from training data); IOB tag sets switch to entity F1."""
+        self.labels = [str(label) for label in labels]
+        if self.kind == "token_classification" and self.metrics == ["accuracy"] and _looks_like_iob(self.labels):
+            self.metrics = ["seqeval", "accuracy"]
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metrics[0]
+
+    # ------------------------------------------------------------------ (de)serialization
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Task":
+        """Build a task from a recipe entry or a saved `task.json`, rejecting unknown fields."""
+        if not isinstance(data, dict):
+            raise TaskConfigError(f"A task must be a JSON object with at least a `name`, got {data!r}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            name = data.get("name", "?")
+            raise TaskConfigError(
+                f"task {name!r}: unknown field(s) {unknown}. Fix: use the fields {sorted(known)}, or put "
+                f"method-specific options under `extra`."
+            )
+        if "name" not in data:
+            raise TaskConfigError(f"A task entry has no `name`: {data!r}. Fix: add a `name`.")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _looks_like_iob(labels: list[str] | None) -> bool:
+    return bool(labels) and all(lab == "O" or re.match(r"^[BIES]-.+", lab) for lab in labels) and "O" in labels
+
+
+def check_unique_names(tasks: list[Task]) -> None:
+    """Raise when two tasks share a name (the name is the one key)."""
+    seen: set[str] = set()
+    for task in tasks:
+        if task.name in seen:
+            raise TaskConfigError(
+                f"Duplicate task name {task.name!r}: every task needs its own name because it keys the head, the "
+                f"adapter, the store folder and the metrics. Fix: rename one of them."
+            )
+        seen.add(task.name)
+
+
+def tasks_from_config(entries: list[dict[str, Any] | Task]) -> list[Task]:
+    """Turn recipe entries (dicts) or tasks into a validated list of tasks."""
+    if not entries:
+        raise TaskConfigError("No tasks given. Fix: list at least one task under `tasks`.")
+    tasks = [entry if isinstance(entry, Task) else Task.from_dict(entry) for entry in entries]
+    check_unique_names(tasks)
+    return tasks
