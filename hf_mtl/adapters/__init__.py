@@ -1,0 +1,18 @@
+"""Adapter methods: one folder per method, all behind one registry (`ADAPTER_METHODS`)."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import ADAPTER_METHODS, AdapterMethod, Routing, build_adapter_method, register_method
+
+# Modules that register a method when imported; a method's folder adds itself here.
+BUILTIN_METHOD_MODULES: list[str] = []
+
+
+def load_builtin_methods() -> None:
+    for module in BUILTIN_METHOD_MODULES:
+        importlib.import_module(module)
+
+
+__all__ = ["ADAPTER_METHODS", "AdapterMethod", "Routing", "build_adapter_method", "register_method"]

@@ -1,0 +1,120 @@
+"""The adapter-method interface and its registry.
+
+An adapter method owns every parameter it adds to the frozen backbone. The `MultiTaskModel` calls it
+at a few named points:
+
+- `attach(model)` once, after the backbone is built: insert modules through the architecture spec
+  (`hf_mtl.modeling.arch`), never by copying `forward` code or swapping `__class__`;
+- `add_task(task)` for each task (and language) it must serve;
+- `route(routing)` around every backbone forward: a context manager that tells the inserted modules
+  which task (and language) each row belongs to. The routing lives on the method's own modules for
+  the duration of the call (scoped, not global or thread-local), and is cleared on exit;
+- `task_state_dict` / `load_task_state_dict` and `shared_state_dict` / `load_shared_state_dict` to
+  save `<task>/adapter_model.safetensors` and `shared/adapter_model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import TaskConfigError
+from ..tasks import Task
+
+
+@dataclass
+class Routing:
+    """Which task (and language) each row of a batch belongs to.
+
+    Attributes:
+        task_ids: (B,) index of each row's task in `task_names`.
+        task_names: every task the model knows, in index order.
+        batch_tasks: the distinct tasks present in the batch, in order of first appearance.
+        languages: per-row language codes (or None), for language adapters.
+    """
+
+    task_ids: torch.Tensor
+    task_names: list[str]
+    batch_tasks: list[str]
+    languages: list[str | None] | None = None
+
+    @property
+    def single_task(self) -> str | None:
+        return self.batch_tasks[0] if len(self.batch_tasks) == 1 else None
+
+
+class AdapterMethod(nn.Module):
+    """Base class; the `none` method (head-only or full fine-tuning) is this class unchanged."""
+
+    name: ClassVar[str] = "none"
+    routes_per_row: ClassVar[bool] = True  # a mixed-task batch runs in one forward pass
+
+    def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
+        super().__init__()
+        self.backbone_config = backbone_config
+        self.config = dict(config or {})
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Insert the method's modules into `model.backbone`."""
+
+    def add_task(self, task: Task) -> None:
+        """Create the task's own parameters (no-op for methods without per-task parameters)."""
+
+    @contextlib.contextmanager
+    def route(self, routing: Routing) -> Iterator[None]:
+        """Activate the parameters of the batch's tasks for one backbone forward."""
+        yield
+
+    # -- parameters --------------------------------------------------------------------------
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return []
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def task_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise TaskConfigError(f"task {task!r}: method {self.name!r} has no per-task weights to load.")
+
+    def shared_state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_shared_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise TaskConfigError(f"method {self.name!r} has no shared weights to load.")
+
+    def task_config(self, task: str) -> dict[str, Any]:
+        """Content of `<task>/adapter_config.json`."""
+        return {"adapter_method": self.name, **self.config}
+
+    def formula_parameter_count(self, task: str) -> int | None:
+        """Per-task parameter count from the method's formula (checked against the real count in tests)."""
+        return 0
+
+
+ADAPTER_METHODS: dict[str, type[AdapterMethod]] = {"none": AdapterMethod}
+
+
+def register_method(cls: type[AdapterMethod]) -> type[AdapterMethod]:
+    """Class decorator: make `cls` selectable by `adapter_method: cls.name`."""
+    ADAPTER_METHODS[cls.name] = cls
+    return cls
+
+
+def build_adapter_method(name: str, backbone_config: Any, config: dict[str, Any] | None = None) -> AdapterMethod:
+    from . import load_builtin_methods
+
+    load_builtin_methods()
+    if name not in ADAPTER_METHODS:
+        raise TaskConfigError(
+            f"Unknown adapter_method {name!r}. Fix: use one of {sorted(ADAPTER_METHODS)}."
+        )
+    return ADAPTER_METHODS[name](backbone_config, config)

@@ -1,0 +1,317 @@
+"""`MultiTaskModel`: one backbone, an adapter method, and one head per task.
+
+Read top to bottom: construction (backbone, adapter method, heads), routing a batch to its tasks,
+the forward pass, parameter accounting. Saving and loading live in `store.py`; inference helpers in
+`hf_mtl.inference`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+from transformers.utils import ModelOutput
+
+from ..adapters import AdapterMethod, Routing, build_adapter_method
+from ..errors import TaskConfigError, UnknownTaskError
+from ..tasks import Task, check_unique_names
+from .backbone import backbone_forward_args, build_backbone, load_backbone_config, load_tokenizer, set_dropout
+from .heads import build_head, task_loss
+
+_BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
+
+
+@dataclass
+class MultiTaskOutput(ModelOutput):
+    """Output of `MultiTaskModel.forward`.
+
+    Attributes:
+        loss: mean of the per-task losses weighted by each task's share of the rows (unweighted by
+            `loss_weight`: the trainer applies the loss weighting).
+        logits: the task's logits when the batch holds one task: (B, C) or (B, L, C).
+        task_losses: {task: mean loss of its rows}.
+        task_logits: {task: logits of its rows}, for mixed-task batches.
+        task_rows: {task: (n_t,) row indices of its rows in the batch}.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    task_losses: dict[str, torch.Tensor] | None = None
+    task_logits: dict[str, torch.Tensor] | None = None
+    task_rows: dict[str, torch.Tensor] | None = None
+
+
+class MultiTaskModel(nn.Module):
+    """A frozen (or trained) backbone shared by many tasks.
+
+    Args:
+        backbone: an encoder built by `AutoModel` (no pooler).
+        tasks: the tasks; a task without a known label list gets its head when `add_task` is called
+            again with labels (the trainer does this after reading the training data).
+        adapter_method: name of an adapter method (`hf_mtl.adapters.ADAPTER_METHODS`), `"none"` for
+            head-only (frozen backbone) or full fine-tuning.
+        adapter_config: the method's options.
+        freeze_backbone: freeze every backbone weight (the adapter method's own weights stay trainable).
+        base_model: the backbone's Hub id or path, saved so a store can rebuild the model.
+        base_model_revision: the backbone's revision, saved likewise.
+        head_dropout: dropout of the heads (default: the backbone's hidden dropout).
+        tokenizer: the backbone's tokenizer (kept for `predict`, not a module).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tasks: Sequence[Task],
+        *,
+        adapter_method: str = "none",
+        adapter_config: dict[str, Any] | None = None,
+        freeze_backbone: bool = True,
+        base_model: str | None = None,
+        base_model_revision: str | None = None,
+        head_dropout: float | None = None,
+        tokenizer: Any = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.config: PretrainedConfig = backbone.config
+        self.base_model = base_model
+        self.base_model_revision = base_model_revision
+        self.freeze_backbone = freeze_backbone
+        self.head_dropout = head_dropout if head_dropout is not None else _hidden_dropout(self.config)
+        self.tokenizer = tokenizer
+        self.tasks: dict[str, Task] = {}
+        self.heads = nn.ModuleDict()
+        self.active_task: str | None = None
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.adapter: AdapterMethod = build_adapter_method(adapter_method, self.config, adapter_config)
+        self.adapter.attach(self)
+        self._forward_args = backbone_forward_args(self.backbone)
+        check_unique_names(list(tasks))
+        for task in tasks:
+            self.add_task(task)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str,
+        tasks: Sequence[Task],
+        *,
+        revision: str | None = None,
+        backbone_dropout: float | None = None,
+        **kwargs: Any,
+    ) -> "MultiTaskModel":
+        """Load a pretrained backbone (a Hub id or a folder) and its tokenizer, then add the tasks."""
+        hub_kwargs = {"revision": revision} if revision else {}
+        config = load_backbone_config(name_or_path, backbone_dropout, **hub_kwargs)
+        backbone = build_backbone(config, name_or_path, **hub_kwargs)
+        tokenizer = kwargs.pop("tokenizer", None) or load_tokenizer(name_or_path, **hub_kwargs)
+        return cls(backbone, tasks, base_model=name_or_path, base_model_revision=revision, tokenizer=tokenizer, **kwargs)
+
+    @classmethod
+    def from_config(
+        cls, config: PretrainedConfig, tasks: Sequence[Task], *, backbone_dropout: float | None = None, **kwargs: Any
+    ) -> "MultiTaskModel":
+        """A randomly initialised backbone from a config (tests, experiments)."""
+        return cls(build_backbone(set_dropout(config, backbone_dropout)), tasks, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> "MultiTaskModel":
+        """Load a saved store (an output folder, a local adapter store or a Hub repo id); see `store.py`."""
+        from .store import load_model
+
+        return load_model(cls, path_or_repo, tasks=tasks, **kwargs)
+
+    def save_pretrained(self, save_directory: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> None:
+        """Write the store layout (DESIGN.md) for all tasks or a subset; see `store.py`."""
+        from .store import save_model
+
+        save_model(self, save_directory, tasks=tasks, **kwargs)
+
+    def add_task(self, task: Task) -> None:
+        """Register a task: its head (once its labels are known) and its adapter parameters."""
+        known = self.tasks.get(task.name)
+        if known is not None and task.name in self.heads:
+            _check_same_head(known, task)
+            return
+        self.tasks[task.name] = task
+        if task.kind != "masked_lm" and task.kind != "regression" and task.labels is None:
+            return  # labels come from the training data; the trainer calls add_task again
+        if task.head_layer is not None and task.head_layer > self.config.num_hidden_layers:
+            raise TaskConfigError(
+                f"task {task.name!r}: head_layer={task.head_layer} but the backbone has "
+                f"{self.config.num_hidden_layers} layers. Fix: use a layer between 1 and {self.config.num_hidden_layers}."
+            )
+        head = build_head(task, self.config.hidden_size, self.head_dropout, self.config.vocab_size)
+        if task.kind == "masked_lm":
+            head.tie(self.backbone.get_input_embeddings())
+        self.heads[task.name] = head.to(_device_of(self.backbone))
+        self.adapter.add_task(task)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def set_task(self, task: str) -> None:
+        """Make `task` the default of `forward`/`predict` calls that name none. O(1): no weights move."""
+        self._check_tasks([task])
+        self.active_task = task
+
+    # ------------------------------------------------------------------ routing
+    def routing(self, task: str | Sequence[str] | None, batch_size: int, device: torch.device) -> Routing:
+        """Turn the `task` argument (one name, or one per row) into per-row task ids."""
+        if task is None:
+            task = self.active_task or (self.task_names[0] if len(self.tasks) == 1 else None)
+            if task is None:
+                raise UnknownTaskError(
+                    f"forward() needs task=... (one name or one per row); known tasks: {self.task_names}. "
+                    f"Fix: pass task=, or call set_task()."
+                )
+        names = [task] * batch_size if isinstance(task, str) else list(task)
+        if len(names) != batch_size:
+            raise TaskConfigError(f"`task` has {len(names)} entries for a batch of {batch_size} rows.")
+        batch_tasks = list(dict.fromkeys(names))
+        self._check_tasks(batch_tasks)
+        index = {name: i for i, name in enumerate(self.tasks)}
+        task_ids = torch.tensor([index[n] for n in names], dtype=torch.long, device=device)
+        languages = [self.tasks[n].language for n in names]
+        return Routing(task_ids=task_ids, task_names=self.task_names, batch_tasks=batch_tasks, languages=languages)
+
+    def _check_tasks(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self.heads:
+                state = "has no head yet (its labels are unknown)" if name in self.tasks else "is not a task of this model"
+                raise UnknownTaskError(f"Task {name!r} {state}. Known tasks: {sorted(self.heads)}.")
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        task: str | Sequence[str] | None = None,
+        language: str | Sequence[str] | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> MultiTaskOutput:
+        """Run the backbone once for the whole batch, then each task's head on its rows.
+
+        Args:
+            input_ids, attention_mask, token_type_ids: (B, L) as the tokenizer gives them.
+            labels: (B,) class ids or float targets, or (B, L) tag ids with -100 on unscored positions.
+                In a mixed-task batch, sequence-level labels sit in column 0 of a (B, L) tensor.
+            task: one task name, or one per row (a mixed-task batch).
+            language: overrides the tasks' languages for language adapters (zero-shot transfer).
+        """
+        reference = input_ids if input_ids is not None else inputs_embeds
+        batch_size = reference.shape[0]
+        routing = self.routing(task, batch_size, reference.device)
+        if language is not None:
+            routing.languages = [language] * batch_size if isinstance(language, str) else list(language)
+        hidden_by_layer = self._encode(routing, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        if routing.single_task is not None:
+            name = routing.single_task
+            logits = self._head(name, hidden_by_layer, attention_mask)
+            losses = {name: task_loss(self.tasks[name], logits, labels)} if labels is not None else None
+            return MultiTaskOutput(loss=losses[name] if losses else None, logits=logits, task_losses=losses)
+        return self._mixed_forward(routing, hidden_by_layer, attention_mask, labels)
+
+    def _encode(self, routing: Routing, *inputs: torch.Tensor | None) -> dict[int | None, torch.Tensor]:
+        """Backbone hidden states: {None: last layer} plus {k: layer k} for heads that read layer k."""
+        layers = {self.tasks[t].head_layer for t in routing.batch_tasks} - {None}
+        kwargs = {k: v for k, v in zip(_BACKBONE_INPUTS, inputs) if v is not None and k in self._forward_args}
+        with self.adapter.route(routing):
+            out = self.backbone(**kwargs, output_hidden_states=bool(layers), return_dict=True)
+        hidden = {None: out.last_hidden_state}  # (B, L, H)
+        for layer in layers:
+            hidden[layer] = out.hidden_states[layer]
+        return hidden
+
+    def _head(self, name: str, hidden: dict[int | None, torch.Tensor], attention_mask: torch.Tensor | None,
+              rows: torch.Tensor | None = None) -> torch.Tensor:
+        states = hidden[self.tasks[name].head_layer]
+        if rows is not None:
+            states = states[rows]
+            attention_mask = attention_mask[rows] if attention_mask is not None else None
+        return self.heads[name](states, attention_mask)
+
+    def _mixed_forward(self, routing: Routing, hidden: dict[int | None, torch.Tensor],
+                       attention_mask: torch.Tensor | None, labels: torch.Tensor | None) -> MultiTaskOutput:
+        task_logits, task_rows, task_losses = {}, {}, {}
+        total = None
+        batch_size = routing.task_ids.numel()
+        for name in routing.batch_tasks:
+            rows = (routing.task_ids == routing.task_names.index(name)).nonzero(as_tuple=True)[0]
+            logits = self._head(name, hidden, attention_mask, rows)
+            task_logits[name], task_rows[name] = logits, rows
+            if labels is not None:
+                task_labels = _labels_for(self.tasks[name], labels[rows])
+                task_losses[name] = task_loss(self.tasks[name], logits, task_labels)
+                share = task_losses[name] * (rows.numel() / batch_size)
+                total = share if total is None else total + share
+        return MultiTaskOutput(loss=total, task_losses=task_losses or None, task_logits=task_logits, task_rows=task_rows)
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_parameters(self) -> dict[str, Any]:
+        """Trainable parameter counts: per task (head + the task's adapter parameters) and shared."""
+        per_task = {}
+        for name in self.heads:
+            head = sum(p.numel() for p in self.heads[name].parameters() if p.requires_grad)
+            adapter = sum(p.numel() for p in self.adapter.task_parameters(name) if p.requires_grad)
+            per_task[name] = {"head": head, "adapter": adapter, "total": head + adapter}
+        backbone = sum(p.numel() for p in self._backbone_own_parameters() if p.requires_grad)
+        shared_adapter = sum(p.numel() for p in self.adapter.shared_parameters() if p.requires_grad)
+        total_backbone = sum(p.numel() for p in self._backbone_own_parameters())
+        return {
+            "tasks": per_task,
+            "shared": {"backbone": backbone, "adapter": shared_adapter, "total": backbone + shared_adapter},
+            "backbone_parameters": total_backbone,
+        }
+
+    def _backbone_own_parameters(self) -> list[nn.Parameter]:
+        """Backbone weights, without the modules an adapter method inserted into it."""
+        inserted = {id(p) for p in self.adapter.parameters()}
+        return [p for p in self.backbone.parameters() if id(p) not in inserted]
+
+    @property
+    def backbone_trained(self) -> bool:
+        return any(p.requires_grad for p in self._backbone_own_parameters())
+
+    def predict(self, texts: Sequence[Any], task: str | Sequence[str] | None = None, **kwargs: Any) -> list[dict]:
+        """Predictions for raw texts; see `hf_mtl.inference.predict`."""
+        from ..inference import predict
+
+        return predict(self, texts, task=task, **kwargs)
+
+
+def _labels_for(task: Task, labels: torch.Tensor) -> torch.Tensor:
+    """A task's labels from a mixed batch's (n, L) label tensor (sequence labels sit in column 0)."""
+    if task.is_token_level or labels.dim() == 1:
+        return labels
+    return labels[:, 0]
+
+
+def _check_same_head(known: Task, new: Task) -> None:
+    if known.kind != new.kind or (known.labels is not None and new.labels is not None and known.labels != new.labels):
+        raise TaskConfigError(
+            f"task {new.name!r}: the model's head was built for kind={known.kind!r} with labels {known.labels}, "
+            f"but the task now has kind={new.kind!r} with labels {new.labels} ({len(new.labels or [])} labels). "
+            f"Fix: use the same label list as the saved head, or give the task a new name."
+        )
+
+
+def _hidden_dropout(config: PretrainedConfig) -> float:
+    for name in ("hidden_dropout_prob", "dropout", "hidden_dropout"):
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.1
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device

@@ -1,0 +1,268 @@
+"""`MultiTaskTrainer`: a thin `transformers.Trainer` subclass over its documented hooks.
+
+Overridden: the train dataloader (task sampler), `compute_loss` (per-task losses and their weighting),
+`log` (per-task train losses), `evaluate` (one pass per task, `eval_<task>_<metric>` + `eval_average`),
+`_save` / `_load_from_checkpoint` / `_load_best_model` (the store layout, safetensors only), and the
+checkpoint's RNG-state hook, which also saves the sampler's state so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer
+from transformers.trainer_utils import EvalPrediction, get_last_checkpoint
+
+from .data.collators import MultiTaskCollator
+from .data.dataset import MultiTaskDataset, TaskDataset, prepare_datasets
+from .data.samplers import SAMPLING_STRATEGIES, MultiTaskBatchSampler, build_scheduler
+from .errors import DataError, TaskConfigError
+from .io_utils import atomic_write_json, read_json
+from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
+from .modeling.model import MultiTaskModel
+from .modeling.store import CONFIG_NAME, load_trainable_state
+from .tasks import Task, check_unique_names
+from .training_args import MultiTaskTrainingArguments
+
+MTL_STATE_NAME = "hf_mtl_state.json"
+_IGNORE_OUTPUT_KEYS = ["task_losses", "task_logits", "task_rows"]
+
+
+class MultiTaskTrainer(Trainer):
+    """Train one `MultiTaskModel` on several datasets at once.
+
+    Args:
+        model: the `MultiTaskModel`.
+        args: `MultiTaskTrainingArguments`.
+        tasks: the tasks (default: `args.tasks`, else the model's tasks).
+        train_dataset: `{task: datasets.Dataset}`, raw (tokenized here) or already tokenized.
+        eval_dataset: `{task: datasets.Dataset}` likewise.
+        processing_class: the tokenizer (default: the model's).
+        kwargs: any other `Trainer` argument (callbacks, optimizers, ...).
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        args: MultiTaskTrainingArguments,
+        tasks: Sequence[Task] | None = None,
+        train_dataset: dict[str, datasets.Dataset] | None = None,
+        eval_dataset: dict[str, datasets.Dataset] | None = None,
+        processing_class: Any = None,
+        data_collator: Any = None,
+        **kwargs: Any,
+    ):
+        self.tasks = self._resolve_tasks(model, args, tasks)
+        tokenizer = processing_class if processing_class is not None else model.tokenizer
+        train = prepare_datasets(list(self.tasks.values()), train_dataset or {}, tokenizer, args.max_seq_length, "train")
+        self._attach_tasks(model)
+        evals = prepare_datasets(list(self.tasks.values()), eval_dataset or {}, tokenizer, args.max_seq_length, "validation")
+        collator = data_collator or MultiTaskCollator(tokenizer, self.tasks, args.pad_to_multiple_of)
+        super().__init__(
+            model=model, args=args, data_collator=collator, processing_class=tokenizer,
+            train_dataset=MultiTaskDataset(train) if train else None,
+            eval_dataset={name: TaskDataset(name, data) for name, data in evals.items()} or None,
+            compute_metrics=self._compute_metrics, **kwargs,
+        )
+        self.model_accepts_loss_kwargs = False  # the model returns a per-batch mean; the Trainer scales it for GA
+        self.task_sampler: MultiTaskBatchSampler | None = None
+        self._resume_checkpoint: str | None = None
+        self._eval_task: str | None = None
+        self._loss_sums = {name: [0.0, 0] for name in self.tasks}
+
+    # ------------------------------------------------------------------ setup steps
+    @staticmethod
+    def _resolve_tasks(model: MultiTaskModel, args: MultiTaskTrainingArguments, tasks: Sequence[Task] | None) -> dict[str, Task]:
+        if tasks is None:
+            tasks = args.task_objects() if args.tasks else list(model.tasks.values())
+        tasks = list(tasks)
+        for task in tasks:  # a task the model already knows keeps the model's label list (its head's size)
+            known = model.tasks.get(task.name)
+            if task.labels is None and known is not None and known.labels is not None:
+                task.set_labels(known.labels)
+        check_unique_names(tasks)
+        if not tasks:
+            raise TaskConfigError("MultiTaskTrainer got no tasks. Fix: pass tasks=, or list them in the recipe.")
+        for task in tasks:
+            validate_metric_names(task)
+        return {t.name: t for t in tasks}
+
+    def _attach_tasks(self, model: MultiTaskModel) -> None:
+        """Give every task its head now that its labels are known (inferred from the training data)."""
+        for task in self.tasks.values():
+            model.add_task(task)
+            if task.name not in model.heads:
+                raise DataError(
+                    f"task {task.name!r}: its label list is unknown (no training data, no `labels`). "
+                    f"Fix: pass its training data or set `labels`."
+                )
+
+    # ------------------------------------------------------------------ training data
+    def get_train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise DataError("MultiTaskTrainer: training needs train_dataset={task: dataset}.")
+        data: MultiTaskDataset = self.train_dataset
+        sampler = self._build_task_sampler(data)
+        loader = DataLoader(
+            data, batch_sampler=sampler, collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+        )
+        prepared = self.accelerator.prepare(loader)
+        # The sampler is rank-aware (each rank takes its shard of the same task's batch): keep accelerate's
+        # BatchSamplerShard from re-sharding it, as the Trainer does for its own rank-aware samplers.
+        shard = getattr(prepared, "batch_sampler", None)
+        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
+            shard.num_processes, shard.process_index = 1, 0
+        return prepared
+
+    def _build_task_sampler(self, data: MultiTaskDataset) -> MultiTaskBatchSampler:
+        args = self.args
+        strategy = SAMPLING_STRATEGIES[args.sampling_strategy]
+        defaults = {k: v for k, v in args.sampler_options().items() if k in strategy.option_defaults}
+        options = {**defaults, **(args.sampling_options or {})}
+        scheduler = build_scheduler(args.sampling_strategy, data.task_names, data.sizes, seed=args.seed, **options)
+        sampler = MultiTaskBatchSampler(
+            data.task_names, data.sizes, args.per_device_train_batch_size, scheduler, seed=args.seed,
+            num_replicas=args.world_size, rank=args.process_index, steps_per_epoch=args.steps_per_epoch,
+        )
+        if self._resume_checkpoint is not None:
+            state_file = Path(self._resume_checkpoint) / MTL_STATE_NAME
+            if state_file.is_file():
+                sampler.load_state_dict(read_json(state_file, "checkpoint sampler state")["sampler"])
+        self.task_sampler = sampler
+        return sampler
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        outputs = model(**inputs)
+        task_losses = outputs["task_losses"]
+        if task_losses is None:
+            raise DataError(f"Batch of task {inputs.get('task')!r} has no labels; training needs labelled data.")
+        loss = self.combine_task_losses(task_losses, inputs)
+        if model.training:
+            for name, value in task_losses.items():
+                self._loss_sums[name][0] += float(value.detach())
+                self._loss_sums[name][1] += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def combine_task_losses(self, task_losses: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
+        """One loss from the per-task losses: static weighting by each task's `loss_weight`, rows shared
+        as in the batch (a single-task batch is that task's weighted loss)."""
+        task = inputs.get("task")
+        if isinstance(task, str):
+            return self.tasks[task].loss_weight * task_losses[task]
+        counts = {name: task.count(name) for name in task_losses}
+        total = sum(counts.values())
+        return sum(self.tasks[n].loss_weight * loss * (counts[n] / total) for n, loss in task_losses.items())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and any(count for _, count in self._loss_sums.values()):
+            sums = torch.tensor([[s, c] for s, c in self._loss_sums.values()], dtype=torch.float64,
+                                device=self.args.device)
+            if self.args.world_size > 1:
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            for (name, _), (total, count) in zip(self._loss_sums.items(), sums.tolist()):
+                if count:
+                    logs[f"train_{name}_loss"] = round(total / count, 4)
+            self._loss_sums = {name: [0.0, 0] for name in self.tasks}
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, eval_dataset: dict[str, Any] | None = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Evaluate every task on its own data: `{prefix}_{task}_{metric}` and `{prefix}_average`
+        (the mean of each task's primary metric)."""
+        sets = self._eval_sets(eval_dataset, "validation")
+        ignore = list(ignore_keys or []) + _IGNORE_OUTPUT_KEYS
+        metrics: dict[str, float] = {}
+        primaries = []
+        for name, data in sets.items():
+            self._eval_task = name
+            try:
+                task_metrics = super().evaluate(data, ignore, f"{metric_key_prefix}_{name}")
+            finally:
+                self._eval_task = None
+            self._add_loss_metrics(name, task_metrics, metric_key_prefix)
+            metrics.update(task_metrics)
+            value = task_metrics.get(f"{metric_key_prefix}_{name}_{primary_metric_key(self.tasks[name])}")
+            if value is not None and math.isfinite(value):
+                primaries.append(value)
+        if primaries:
+            metrics[f"{metric_key_prefix}_average"] = float(np.mean(primaries))
+            self.log({f"{metric_key_prefix}_average": metrics[f"{metric_key_prefix}_average"]})
+        return metrics
+
+    def _eval_sets(self, eval_dataset: dict[str, Any] | None, split: str) -> dict[str, TaskDataset]:
+        if eval_dataset is None:
+            if not self.eval_dataset:
+                raise DataError("No evaluation data. Fix: give eval_dataset={task: dataset} or tasks with a validation_file.")
+            return dict(self.eval_dataset)
+        prepared = prepare_datasets(list(self.tasks.values()), {k: v for k, v in eval_dataset.items() if not isinstance(v, TaskDataset)},
+                                    self.processing_class, self.args.max_seq_length, split)
+        return {name: eval_dataset[name] if isinstance(eval_dataset[name], TaskDataset) else TaskDataset(name, prepared[name])
+                for name in eval_dataset}
+
+    def _add_loss_metrics(self, name: str, task_metrics: dict[str, float], prefix: str) -> None:
+        if "perplexity" in self.tasks[name].metrics and f"{prefix}_{name}_loss" in task_metrics:
+            task_metrics[f"{prefix}_{name}_perplexity"] = perplexity(task_metrics[f"{prefix}_{name}_loss"])
+
+    def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        task = self.tasks[self._eval_task]
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return compute_task_metrics(task, logits, prediction.label_ids)
+
+    # ------------------------------------------------------------------ train / save / load
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise DataError(f"No checkpoint to resume from in {self.args.output_dir}.")
+        if not resume_from_checkpoint:
+            check_output_dir(self.args)
+        self._resume_checkpoint = resume_from_checkpoint or None
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(output_dir)
+        atomic_write_json(os.path.join(output_dir, "training_args.json"), json.loads(self.args.to_json_string()))
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self.args.should_save and self.task_sampler is not None:
+            atomic_write_json(os.path.join(output_dir, MTL_STATE_NAME), {"sampler": self.task_sampler.state_dict()})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
+            raise DataError(f"{resume_from_checkpoint} is not an hf_mtl checkpoint (no {CONFIG_NAME}).")
+        load_trainable_state(target, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def check_output_dir(args: MultiTaskTrainingArguments) -> None:
+    """Refuse to write a new run over an existing one unless `overwrite_output_dir` is set."""
+    out = Path(args.output_dir)
+    if args.overwrite_output_dir or not out.is_dir():
+        return
+    markers = [p.name for p in out.iterdir() if p.name in (CONFIG_NAME, "trainer_state.json") or p.name.startswith("checkpoint-")]
+    if markers:
+        raise TaskConfigError(
+            f"output_dir {out} already holds a run ({', '.join(sorted(markers)[:3])}). Fix: choose another output_dir, "
+            f"set overwrite_output_dir=true, or resume with resume_from_checkpoint."
+        )
