@@ -10,7 +10,11 @@ at a few named points:
   which task (and language) each row belongs to. The routing lives on the method's own modules for
   the duration of the call (scoped, not global or thread-local), and is cleared on exit;
 - `task_state_dict` / `load_task_state_dict` and `shared_state_dict` / `load_shared_state_dict` to
-  save `<task>/adapter_model.safetensors` and `shared/adapter_model.safetensors`.
+  save `<task>/adapter_model.safetensors` and `shared/adapter_model.safetensors`;
+- `adapter_languages()` + `language_state_dict` / `load_language_state_dict` / `language_config` for
+  methods with language adapters (MAD-X, LoRA language adapters): the store writes each language
+  returned by `adapter_languages()` to `languages/<lang>/adapter_model.safetensors` (+ its
+  `adapter_config.json`) and loads it back for every such language of the rebuilt model.
 """
 
 from __future__ import annotations
@@ -90,6 +94,25 @@ class AdapterMethod(nn.Module):
     def load_shared_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state:
             raise TaskConfigError(f"method {self.name!r} has no shared weights to load.")
+
+    # -- language adapters (methods without them keep these defaults) -------------------------------
+    def adapter_languages(self) -> list[str]:
+        """The languages that own weights of this method (saved under `languages/<lang>/`)."""
+        return []
+
+    def language_parameters(self, language: str) -> list[nn.Parameter]:
+        return []
+
+    def language_state_dict(self, language: str) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_language_state_dict(self, language: str, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise TaskConfigError(f"language {language!r}: method {self.name!r} has no language adapters to load.")
+
+    def language_config(self, language: str) -> dict[str, Any]:
+        """Content of `languages/<lang>/adapter_config.json`."""
+        return {"adapter_method": self.name, "language": language, **self.config}
 
     def task_config(self, task: str) -> dict[str, Any]:
         """Content of `<task>/adapter_config.json`."""

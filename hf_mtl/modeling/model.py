@@ -258,7 +258,7 @@ class MultiTaskModel(nn.Module):
 
     # ------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> dict[str, Any]:
-        """Trainable parameter counts: per task (head + the task's adapter parameters) and shared."""
+        """Trainable parameter counts: per task (head + the task's adapter parameters), shared, per language adapter."""
         per_task = {}
         for name in self.heads:
             head = sum(p.numel() for p in self.heads[name].parameters() if p.requires_grad)
@@ -267,9 +267,12 @@ class MultiTaskModel(nn.Module):
         backbone = sum(p.numel() for p in self._backbone_own_parameters() if p.requires_grad)
         shared_adapter = sum(p.numel() for p in self.adapter.shared_parameters() if p.requires_grad)
         total_backbone = sum(p.numel() for p in self._backbone_own_parameters())
+        languages = {lang: sum(p.numel() for p in self.adapter.language_parameters(lang) if p.requires_grad)
+                     for lang in self.adapter.adapter_languages()}
         return {
             "tasks": per_task,
             "shared": {"backbone": backbone, "adapter": shared_adapter, "total": backbone + shared_adapter},
+            "languages": languages,  # trainable weights of language adapters (0 while they are frozen)
             "backbone_parameters": total_backbone,
         }
 

@@ -7,7 +7,8 @@ mtl_config.json                  base model + revision, method, tasks, languages
 <task>/adapter_config.json       the task's adapter options   } methods with per-task weights
 <task>/adapter_model.safetensors the task's adapter weights   }
 shared/adapter_model.safetensors parts shared by tasks (a hypernetwork, ...)
-languages/<lang>/...             language adapters (written by the methods that have them)
+languages/<lang>/adapter_config.json        } language adapters: one folder per language of
+languages/<lang>/adapter_model.safetensors  } `adapter.adapter_languages()` (MAD-X, LoRA language adapters)
 backbone/                        the backbone (save_pretrained), only when it was trained
 ```
 Every file is written atomically; `mtl_config.json` is written last, so a folder with a config is
@@ -38,6 +39,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 BACKBONE_DIR = "backbone"
 SHARED_DIR = "shared"
+LANGUAGES_DIR = "languages"
 LIBRARY = "hf_mtl"
 
 
@@ -57,6 +59,7 @@ def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks
     for name in names:
         written += _save_task(model, root, name)
     written += _save_shared(model, root)
+    written += _save_languages(model, root)
     written += _save_backbone(model, root)
     kept = {k: v for k, v in previous.get("files", {}).items() if _owner(k) not in set(names) | {SHARED_DIR, BACKBONE_DIR}}
     files = {**kept, **{rel: _file_entry(root / rel) for rel in written}}
@@ -72,7 +75,7 @@ def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks
         "freeze_backbone": model.freeze_backbone,
         "backbone_trained": model.backbone_trained,
         "tasks": all_tasks,
-        "languages": sorted({t.language for t in model.tasks.values() if t.language}),
+        "languages": sorted({t.language for t in model.tasks.values() if t.language} | set(model.adapter.adapter_languages())),
         "trainable_parameters": model.trainable_parameters(),
         "files": dict(sorted(files.items())),
         **(extra_config or {}),
@@ -102,6 +105,22 @@ def _save_shared(model: "MultiTaskModel", root: Path) -> list[str]:
     save_tensors(root / SHARED_DIR / ADAPTER_WEIGHTS, state, metadata={"adapter_method": model.adapter.name})
     atomic_write_json(root / SHARED_DIR / ADAPTER_CONFIG, {"adapter_method": model.adapter.name, **model.adapter.config})
     return [f"{SHARED_DIR}/{ADAPTER_WEIGHTS}", f"{SHARED_DIR}/{ADAPTER_CONFIG}"]
+
+
+def _save_languages(model: "MultiTaskModel", root: Path) -> list[str]:
+    """`languages/<lang>/` for every language adapter of the method (none for most methods)."""
+    written: list[str] = []
+    for language in model.adapter.adapter_languages():
+        validate_task_name(language, what="language code")  # it becomes a folder name
+        state = model.adapter.language_state_dict(language)
+        if not state:
+            continue
+        folder = root / LANGUAGES_DIR / language
+        meta = {"language": language, "adapter_method": model.adapter.name, "library": LIBRARY}
+        save_tensors(folder / ADAPTER_WEIGHTS, state, metadata=meta)
+        atomic_write_json(folder / ADAPTER_CONFIG, model.adapter.language_config(language))
+        written += [f"{LANGUAGES_DIR}/{language}/{ADAPTER_WEIGHTS}", f"{LANGUAGES_DIR}/{language}/{ADAPTER_CONFIG}"]
+    return written
 
 
 def _save_backbone(model: "MultiTaskModel", root: Path) -> list[str]:
@@ -237,14 +256,31 @@ def _load_weights(model: "MultiTaskModel", root: Path, names: Sequence[str]) -> 
     shared = root / SHARED_DIR / ADAPTER_WEIGHTS
     if shared.is_file():
         model.adapter.load_shared_state_dict(load_tensors(shared, "shared adapter weights"))
+    _load_languages(model, root)
 
 
-def _check_adapter_config(model: "MultiTaskModel", path: Path, task: str) -> None:
-    saved = read_json(path, f"adapter config of task {task!r}")
+def _load_languages(model: "MultiTaskModel", root: Path) -> None:
+    """Load `languages/<lang>/` for every language adapter the rebuilt method has."""
+    for language in model.adapter.adapter_languages():
+        validate_task_name(language, what="language code")
+        folder = root / LANGUAGES_DIR / language
+        if not (folder / ADAPTER_WEIGHTS).is_file():
+            raise StoreError(
+                f"language adapter {language!r}: {folder / ADAPTER_WEIGHTS} is missing, but the model's method "
+                f"{model.adapter.name!r} has an adapter for this language. Fix: save or pull {LANGUAGES_DIR}/{language}/ "
+                f"with the store, or load only tasks of the languages the store holds."
+            )
+        _check_adapter_config(model, folder / ADAPTER_CONFIG, language, owner="language adapter")
+        state = load_tensors(folder / ADAPTER_WEIGHTS, f"language adapter {language!r}")
+        model.adapter.load_language_state_dict(language, state)
+
+
+def _check_adapter_config(model: "MultiTaskModel", path: Path, task: str, owner: str = "task") -> None:
+    saved = read_json(path, f"adapter config of {owner} {task!r}")
     method = saved.get("adapter_method", saved.get("peft_type"))
     if saved.get("adapter_method") is not None and method != model.adapter.name:
         raise StoreError(
-            f"{path}: task {task!r} was saved with adapter_method {method!r}, but the store's method is "
+            f"{path}: {owner} {task!r} was saved with adapter_method {method!r}, but the store's method is "
             f"{model.adapter.name!r}. Fix: load it into a model of method {method!r}."
         )
 
