@@ -93,7 +93,7 @@ def _save_task(model: "MultiTaskModel", root: Path, name: str) -> list[str]:
     if adapter_state:
         meta = {"task": name, "adapter_method": model.adapter.name, "library": LIBRARY}
         save_tensors(folder / ADAPTER_WEIGHTS, adapter_state, metadata=meta)
-        atomic_write_json(folder / ADAPTER_CONFIG, model.adapter.task_config(name))
+        atomic_write_json(folder / ADAPTER_CONFIG, _with_base(model, model.adapter.task_config(name)))
         written += [f"{name}/{ADAPTER_WEIGHTS}", f"{name}/{ADAPTER_CONFIG}"]
     return written
 
@@ -118,9 +118,24 @@ def _save_languages(model: "MultiTaskModel", root: Path) -> list[str]:
         folder = root / LANGUAGES_DIR / language
         meta = {"language": language, "adapter_method": model.adapter.name, "library": LIBRARY}
         save_tensors(folder / ADAPTER_WEIGHTS, state, metadata=meta)
-        atomic_write_json(folder / ADAPTER_CONFIG, model.adapter.language_config(language))
+        atomic_write_json(folder / ADAPTER_CONFIG, _with_base(model, model.adapter.language_config(language)))
         written += [f"{LANGUAGES_DIR}/{language}/{ADAPTER_WEIGHTS}", f"{LANGUAGES_DIR}/{language}/{ADAPTER_CONFIG}"]
     return written
+
+
+def base_model_config(model: "MultiTaskModel") -> dict[str, Any]:
+    """What an adapter was trained on, recorded in its `adapter_config.json` and checked when it is loaded."""
+    config = model.config
+    return {
+        "name": model.base_model or getattr(config, "_name_or_path", None) or None,
+        "model_type": config.model_type,
+        "hidden_size": getattr(config, "hidden_size", None),
+        "num_hidden_layers": getattr(config, "num_hidden_layers", None),
+    }
+
+
+def _with_base(model: "MultiTaskModel", adapter_config: dict[str, Any]) -> dict[str, Any]:
+    return {**adapter_config, "base_model_config": adapter_config.get("base_model_config") or base_model_config(model)}
 
 
 def _save_backbone(model: "MultiTaskModel", root: Path) -> list[str]:
@@ -247,11 +262,12 @@ def _load_backbone(root: Path, config: dict[str, Any], kwargs: dict[str, Any]) -
 
 def _load_weights(model: "MultiTaskModel", root: Path, names: Sequence[str]) -> None:
     for name in names:
+        adapter_file = root / name / ADAPTER_WEIGHTS
+        if adapter_file.is_file():  # checked first: a foreign base model is named before shapes disagree
+            _check_adapter_config(model, root / name / ADAPTER_CONFIG, name)
         head_state = load_tensors(root / name / HEAD_NAME, f"head of task {name!r}")
         _load_strict(model.heads[name], head_state, f"head of task {name!r} ({root / name / HEAD_NAME})")
-        adapter_file = root / name / ADAPTER_WEIGHTS
         if adapter_file.is_file():
-            _check_adapter_config(model, root / name / ADAPTER_CONFIG, name)
             model.adapter.load_task_state_dict(name, load_tensors(adapter_file, f"adapter of task {name!r}"))
     shared = root / SHARED_DIR / ADAPTER_WEIGHTS
     if shared.is_file():
@@ -282,6 +298,24 @@ def _check_adapter_config(model: "MultiTaskModel", path: Path, task: str, owner:
         raise StoreError(
             f"{path}: {owner} {task!r} was saved with adapter_method {method!r}, but the store's method is "
             f"{model.adapter.name!r}. Fix: load it into a model of method {method!r}."
+        )
+    _check_base_model(model, saved.get("base_model_config"), path, f"{owner} {task!r}")
+
+
+def _check_base_model(model: "MultiTaskModel", saved: Any, path: Path, owner: str) -> None:
+    """An adapter trained on one base model does not fit another: name both, whatever the shapes say."""
+    if not isinstance(saved, dict):
+        return  # written before this field existed, or by another library (e.g. a plain PEFT adapter)
+    current = base_model_config(model)
+    differ = [k for k in ("model_type", "hidden_size", "num_hidden_layers") if saved.get(k) is not None and saved.get(k) != current[k]]
+    if differ:
+        def describe(c: dict[str, Any]) -> str:
+            return f"{c.get('name') or 'an unnamed model'} ({', '.join(f'{k}={c.get(k)}' for k in differ)})"
+
+        raise StoreError(
+            f"{path}: {owner} was trained on the base model {describe(saved)}, but this model's base is "
+            f"{describe(current)}. Fix: load it onto {saved.get('name') or 'its own base model'}, or train the "
+            f"adapter again on {current['name'] or 'this base model'}."
         )
 
 
