@@ -1,0 +1,147 @@
+"""Recipes: read a JSON recipe (+ command-line overrides) and run a training or an evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import HfArgumentParser
+
+from .errors import TaskConfigError
+from .io_utils import atomic_write_json
+from .training_args import MultiTaskTrainingArguments
+
+
+def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> MultiTaskTrainingArguments:
+    """Parse a recipe file, applying `--field value` overrides (dotted fields reach into lists/objects:
+    `--tasks.0.max_train_samples 100`). Values are read as JSON when they parse, else as strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskConfigError(f"Recipe {path} does not exist. Fix: give the path of a JSON recipe (see training_args/).")
+    try:
+        recipe = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TaskConfigError(f"Recipe {path} is not valid JSON: {err}.") from err
+    if not isinstance(recipe, dict):
+        raise TaskConfigError(f"Recipe {path} must hold a JSON object of MultiTaskTrainingArguments fields.")
+    for key, value in _pairs(overrides):
+        _set_dotted(recipe, key, value)
+    return parse_recipe_dict(recipe, source=str(path))
+
+
+def parse_recipe_dict(recipe: dict[str, Any], source: str = "recipe") -> MultiTaskTrainingArguments:
+    parser = HfArgumentParser(MultiTaskTrainingArguments)
+    known = {f.name for f in parser.dataclass_types[0].__dataclass_fields__.values()}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise TaskConfigError(f"{source}: unknown field(s) {unknown}. Fix: use fields of MultiTaskTrainingArguments "
+                              f"(`hf-mtl train --help` lists them).")
+    if "output_dir" not in recipe:
+        raise TaskConfigError(f"{source}: no `output_dir`. Fix: add \"output_dir\": \"outputs/<run name>\".")
+    (args,) = parser.parse_dict(recipe)
+    return args
+
+
+def _pairs(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    pairs, items = [], list(overrides)
+    while items:
+        key = items.pop(0)
+        if not key.startswith("--"):
+            raise TaskConfigError(f"Override {key!r} must look like --field value.")
+        key = key[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+        elif items and not items[0].startswith("--"):
+            raw = items.pop(0)
+        else:
+            raw = "true"  # a bare flag
+        pairs.append((key.replace("-", "_") if "." not in key else key, _parse_value(raw)))
+    return pairs
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _set_dotted(recipe: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    target: Any = recipe
+    for i, part in enumerate(parts[:-1]):
+        try:
+            target = target[int(part)] if isinstance(target, list) else target.setdefault(part, {})
+        except (IndexError, ValueError) as err:
+            raise TaskConfigError(f"Override --{key}: {'.'.join(parts[: i + 1])} does not exist in the recipe.") from err
+    last = parts[-1]
+    if isinstance(target, list):
+        try:
+            target[int(last)] = value
+        except (IndexError, ValueError) as err:
+            raise TaskConfigError(f"Override --{key}: index {last} does not exist in the recipe.") from err
+    else:
+        target[last] = value
+
+
+def build_model(args: MultiTaskTrainingArguments, tasks: list) -> Any:
+    from .modeling import MultiTaskModel
+
+    if not args.model_name_or_path:
+        raise TaskConfigError("The recipe has no `model_name_or_path`. Fix: name a backbone, e.g. "
+                              "\"sentence-transformers/all-MiniLM-L6-v2\".")
+    return MultiTaskModel.from_backbone(
+        args.model_name_or_path, tasks, revision=args.model_revision, backbone_dropout=args.backbone_dropout,
+        adapter_method=args.adapter_method, adapter_config=args.adapter_config or {},
+        freeze_backbone=args.freeze_backbone, head_dropout=args.head_dropout,
+    )
+
+
+def run_training(args: MultiTaskTrainingArguments) -> dict[str, Any]:
+    """Train the recipe's tasks, save the store into `output_dir`, evaluate, write the result files."""
+    from .data.dataset import load_raw_splits
+    from .trainer import MultiTaskTrainer, check_output_dir
+
+    resume = args.resume_from_checkpoint
+    if not resume:
+        check_output_dir(args)  # before any data or model is loaded
+    tasks = args.task_objects()
+    train_raw = load_raw_splits(tasks, "train")
+    eval_raw = load_raw_splits(tasks, "validation")
+    model = build_model(args, tasks)
+    trainer = MultiTaskTrainer(model=model, args=args, tasks=tasks, train_dataset=train_raw, eval_dataset=eval_raw or None)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    out: dict[str, Any] = {"train": dict(result.metrics), "trainable_parameters": model.trainable_parameters()}
+    if trainer.is_world_process_zero():
+        atomic_write_json(Path(args.output_dir) / "train_results.json", out["train"])
+    if eval_raw:
+        out["eval"] = trainer.evaluate()
+        if trainer.is_world_process_zero():
+            atomic_write_json(Path(args.output_dir) / "eval_results.json", out["eval"])
+    return out
+
+
+def run_evaluation(store: str, split: str = "validation", tasks: Sequence[str] | None = None,
+                   batch_size: int = 32, max_seq_length: int = 128) -> dict[str, float]:
+    """Evaluate a saved store on its tasks' `validation` or `test` data (sources saved in `task.json`)."""
+    import tempfile
+
+    from .data.dataset import load_raw_splits
+    from .errors import DataError
+    from .modeling import MultiTaskModel
+    from .trainer import MultiTaskTrainer
+
+    model = MultiTaskModel.from_pretrained(store, tasks=tasks)
+    task_list = list(model.tasks.values())
+    raw = load_raw_splits(task_list, split)
+    if not raw:
+        raise DataError(f"No task of {store} has {split} data (set `{split}_file` or `dataset_name` in the task).")
+    with tempfile.TemporaryDirectory() as tmp:
+        args = MultiTaskTrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size,
+                                          max_seq_length=max_seq_length, report_to=[])
+        trainer = MultiTaskTrainer(model=model, args=args, tasks=task_list, eval_dataset=raw)
+        prefix = "eval" if split == "validation" else split
+        return trainer.evaluate(metric_key_prefix=prefix)
