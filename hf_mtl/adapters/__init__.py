@@ -7,7 +7,11 @@ import importlib
 from .base import ADAPTER_METHODS, AdapterMethod, Routing, build_adapter_method, register_method
 
 # Modules that register a method when imported; a method's folder adds itself here.
-BUILTIN_METHOD_MODULES: list[str] = []
+BUILTIN_METHOD_MODULES: list[str] = [
+    "hf_mtl.adapters.pals",
+    "hf_mtl.adapters.hyperformer",
+    "hf_mtl.adapters.ca_mtl",
+]
 
 
 def load_builtin_methods() -> None:

@@ -1,0 +1,236 @@
+"""`ca_mtl`: Conditionally Adaptive Multi-Task Learning on a frozen backbone.
+
+Pilault, Elhattami & Pal (2021), "Conditionally Adaptive Multi-Task Learning: Improving Transfer
+Learning in NLP Using Fewer Parameters & Less Data" (ICLR). From a learned task embedding z_i:
+
+- conditional alignment of the input embeddings: e ← FiLM_{z_i}(e) = (1 + γ(z_i)) ⊙ e + β(z_i)
+  (a task-conditioned diagonal linear map, as the reference code's FiLM on the embedding output);
+- z'_i = W_t z_i + b_t (the reference code's `task_transformation`) conditions the layer modules:
+- conditional attention: softmax(QKᵀ/√d + M(z'_i)) V with M block-diagonal over positions
+  (`ConditionalAttentionBias`), added to the attention mask through `add_attention_modifier`;
+- conditional layer norm on both layer norms of a conditioned layer (`ConditionalLayerNorm`);
+- conditional bottleneck adapter on the feed-forward branch of the top layer, or of every
+  conditioned layer (`bottleneck_layers`).
+
+`freeze_lower_half` (default, as the paper): the conditional layer modules go into the upper half of
+the layers only. Per task: z_i (d_z numbers) under `<task>/`; everything else is shared (`shared/`).
+The uncertainty-based task sampling of the paper is a sampler strategy, not part of this method.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ...errors import TaskConfigError
+from ...modeling.arch import ArchSpec, config_value, get_spec, layers_of, resolve
+from ...tasks import Task
+from ..attention import add_attention_modifier, full_mask
+from ..base import register_method
+from ..per_row import BatchTasks, PerRowMethod, count, load_exact, stack_parameters, task_key, task_of_key
+from .config import METHOD, CaMtlConfig
+from .layer import CaMtlLayer, ConditionalLayerNorm, FiLM, film
+
+TASK_EMBEDDINGS = "task_embeddings"
+REACHABLE_ATTENTION = (None, "eager", "sdpa", "hf_mtl")
+
+
+@register_method
+class CaMtlMethod(PerRowMethod):
+    """CA-MTL's conditional modules, driven by one learned embedding per task.
+
+    Args:
+        backbone_config: the backbone's config.
+        config: `adapter_config` options, see `CaMtlConfig`.
+    """
+
+    name = METHOD
+
+    def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
+        super().__init__(backbone_config, config)
+        self.spec = _spec_for_ca_mtl(backbone_config)
+        self.hidden_size = config_value(backbone_config, self.spec, "hidden_size")
+        self.num_layers = config_value(backbone_config, self.spec, "num_layers")
+        self.embedding_dim = int(getattr(backbone_config, "embedding_size", None) or self.hidden_size)
+        self.options = CaMtlConfig.from_options(config, self.hidden_size)
+        self.config = self.options.to_dict()
+        o, hidden = self.options, self.hidden_size
+        self.task_embeddings = nn.ParameterDict()  # task_key(task) -> z_i (d_z,)
+        self.alignment = FiLM(o.task_embedding_dim, self.embedding_dim)
+        self.task_transform = nn.Linear(o.task_embedding_dim, hidden)
+        self.layers = nn.ModuleDict({
+            str(i): CaMtlLayer(hidden, hidden, o.max_seq_length, o.num_blocks,
+                               o.bottleneck_dim if i in self.bottleneck_layers() else None)
+            for i in self.conditioned_layers()
+        })
+        self._z: torch.Tensor | None = None  # (T, d_z)
+        self._condition: torch.Tensor | None = None  # (T, H) z'_i
+        self._device: torch.device | None = None
+        self._dtype: torch.dtype | None = None
+
+    def conditioned_layers(self) -> list[int]:
+        """Layers that get the conditional attention and layer norms (upper half by default)."""
+        start = self.num_layers // 2 if self.options.freeze_lower_half else 0
+        return list(range(start, self.num_layers))
+
+    def bottleneck_layers(self) -> list[int]:
+        layers = self.conditioned_layers()
+        return layers[-1:] if self.options.bottleneck_layers == "top" else layers
+
+    # ------------------------------------------------------------------ lifecycle
+    def attach(self, model: nn.Module) -> None:
+        """Hook the embeddings (alignment), and in each conditioned layer the attention logits,
+        both layer norms, and (bottleneck layers) the feed-forward branch."""
+        backbone = model.backbone
+        _check_attention_reachable(backbone)
+        reference = next(backbone.parameters())
+        self._device, self._dtype = reference.device, reference.dtype
+        self.to(device=self._device, dtype=self._dtype)
+        self.add_hook(resolve(backbone, self.spec.embeddings), self._alignment_hook)
+        layers = layers_of(backbone, self.spec)
+        for index in self.conditioned_layers():
+            layer, modules = layers[index], self.layers[str(index)]
+            add_attention_modifier(backbone, resolve(layer, self.spec.attention), self._attention_modifier(modules))
+            self.add_hook(resolve(layer, self.spec.attention_layer_norm), self._norm_hook(modules.attention_norm))
+            self.add_hook(resolve(layer, self.spec.ffn_layer_norm), self._norm_hook(modules.ffn_norm))
+            if modules.bottleneck is not None:
+                self.add_hook(resolve(layer, self.spec.ffn_output), self._bottleneck_hook(modules))
+
+    def add_task(self, task: Task) -> None:
+        key = task_key(task.name)
+        if key not in self.task_embeddings:
+            dim = self.options.task_embedding_dim
+            z = torch.randn(dim, device=self._device, dtype=self._dtype) * dim ** -0.5  # unit norm on average
+            self.task_embeddings[key] = nn.Parameter(z)
+
+    def known_tasks(self) -> Iterable[str]:
+        return [task_of_key(key) for key in self.task_embeddings]
+
+    # ------------------------------------------------------------------ forward
+    def prepare(self, batch: BatchTasks) -> None:
+        self._z = stack_parameters(self.task_embeddings, [task_key(n) for n in batch.names])  # (T, d_z)
+        self._condition = self.task_transform(self._z)  # z'_i: (T, H)
+
+    def release(self) -> None:
+        self._z = self._condition = None
+
+    def _film_per_row(self, module: FiLM, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gamma, beta = module(condition)  # (T, F) each: once per task present
+        return self.batch.per_row(gamma), self.batch.per_row(beta)
+
+    def _alignment_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if self.batch is None:
+            return None
+        return film(output, *self._film_per_row(self.alignment, self._z))
+
+    def _attention_modifier(self, modules: CaMtlLayer):
+        def modifier(attention: nn.Module, query, key, value, mask):
+            if self.batch is None:
+                return query, key, value, mask
+            q_len, k_len = query.shape[2], key.shape[2]
+            if max(q_len, k_len) > self.options.max_seq_length:
+                raise TaskConfigError(
+                    f"tasks {self.batch.names}: a batch of sequence length {max(q_len, k_len)} is longer than "
+                    f"the ca_mtl option max_seq_length={self.options.max_seq_length}, which the conditional "
+                    f"attention bias covers. Fix: truncate inputs to {self.options.max_seq_length} tokens "
+                    f"(the recipe's max_seq_length) or set adapter_config max_seq_length to a larger multiple "
+                    f"of num_blocks={self.options.num_blocks} (a new model)."
+                )
+            bias = self.batch.per_row(modules.attention(self._condition, q_len, k_len))  # (B|1, Lq, Lk)
+            return query, key, value, full_mask(mask, query, key) + bias.unsqueeze(1).to(query.dtype)
+        return modifier
+
+    def _norm_hook(self, conditional: ConditionalLayerNorm):
+        def hook(norm: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if self.batch is None:
+                return None
+            return conditional.apply(output, norm, *self._film_per_row(conditional.film, self._condition))
+        return hook
+
+    def _bottleneck_hook(self, modules: CaMtlLayer):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if self.batch is None:
+                return None
+            return modules.bottleneck(output, *self._film_per_row(modules.bottleneck.film, self._condition))
+        return hook
+
+    # ------------------------------------------------------------------ parameters
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        key = task_key(task)
+        return [self.task_embeddings[key]] if key in self.task_embeddings else []
+
+    def _shared_named(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if not n.startswith(TASK_EMBEDDINGS + ".")}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self._shared_named().values())
+
+    def task_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        return {"task_embedding": self.task_embeddings[task_key(task)].detach()}
+
+    def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor]) -> None:
+        self.add_task(Task(task))
+        load_exact({"task_embedding": self.task_embeddings[task_key(task)]}, state, f"task {task!r} (ca_mtl)")
+
+    def shared_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self._shared_named().items()}
+
+    def load_shared_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_exact(self._shared_named(), state, "shared weights (ca_mtl)")
+
+    def formula_parameter_count(self, task: str) -> int:
+        """Per task: its embedding z_i, d_z numbers."""
+        return self.options.task_embedding_dim
+
+    def shared_formula_parameter_count(self) -> int:
+        """Shared parts, from the equations of `layer.py`:
+
+        alignment d_z·2E + 2E; task transform d_z·H + H; per conditioned layer the attention bias
+        L·b + H·2b + 2b and two conditional layer norms 2·(H·2H + 2H); per bottleneck layer
+        H·2H + 2H + H·m + m + m·H + H.
+        """
+        o, hidden, emb = self.options, self.hidden_size, self.embedding_dim
+        d_z, b, m = o.task_embedding_dim, o.block_size, o.bottleneck_dim
+        film_h = hidden * 2 * hidden + 2 * hidden
+        per_layer = o.max_seq_length * b + hidden * 2 * b + 2 * b + 2 * film_h
+        per_bottleneck = film_h + hidden * m + m + m * hidden + hidden
+        return (d_z * 2 * emb + 2 * emb + d_z * hidden + hidden + len(self.conditioned_layers()) * per_layer
+                + len(self.bottleneck_layers()) * per_bottleneck)
+
+    def parameter_breakdown(self) -> dict[str, Any]:
+        """Trainable parameters by part: per task (the task embedding) and each shared part by name."""
+        shared = {"alignment": count(self.alignment.parameters()), "task_transform": count(self.task_transform.parameters())}
+        for part in ("attention", "attention_norm", "ffn_norm", "bottleneck"):
+            shared[f"conditional_{part}"] = sum(
+                count(getattr(layer, part).parameters()) for layer in self.layers.values() if getattr(layer, part) is not None
+            )
+        per_task = {task_of_key(k): {"task_embedding": p.numel()} for k, p in self.task_embeddings.items()}
+        return {"per_task": per_task, "shared": shared, "shared_total": count(self.shared_parameters()),
+                "conditioned_layers": self.conditioned_layers()}
+
+    def task_config(self, task: str) -> dict[str, Any]:
+        parameters = {"task": self.formula_parameter_count(task), "shared": self.parameter_breakdown()["shared"]}
+        return {"adapter_method": self.name, **self.config, "parameters": parameters}
+
+
+def _spec_for_ca_mtl(backbone_config: Any) -> ArchSpec:
+    try:
+        return get_spec(backbone_config)
+    except TaskConfigError as err:
+        raise TaskConfigError(
+            f"adapter method 'ca_mtl' cannot reach the self-attention of this backbone: {err}"
+        ) from err
+
+
+def _check_attention_reachable(backbone: nn.Module) -> None:
+    """CA-MTL adds M(z) to the attention logits through transformers' attention interface, which
+    works with eager and SDPA attention; flash and flex kernels take no additive bias."""
+    implementation = getattr(backbone.config, "_attn_implementation", None)
+    if implementation not in REACHABLE_ATTENTION:
+        raise TaskConfigError(
+            f"adapter method 'ca_mtl' adds a task-conditioned bias to the attention logits, which the "
+            f"{implementation!r} attention implementation of this {backbone.config.model_type} backbone cannot take. "
+            f"Fix: load the backbone with attn_implementation='sdpa' (or 'eager')."
+        )

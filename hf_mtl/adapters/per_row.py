@@ -1,0 +1,222 @@
+"""Shared plumbing of the methods that route per row (PALs, Hyperformer, CA-MTL).
+
+A batch may hold rows of several tasks. Each method keeps its per-task values as separate
+`nn.Parameter`s (so an optimizer step for task A, weight decay included, never moves task B: B's
+parameters get no gradient at all), stacks the values of the tasks *present* in the batch at forward
+time, `(T, ...)`, and picks each row's slice by gathering with `BatchTasks.rows`. One forward pass
+serves the whole mixed batch; there is no Python loop over rows.
+
+This file also holds what the three methods share besides routing: option parsing with errors that
+list the valid options, and strict loading of saved tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import StoreError, TaskConfigError
+from .base import AdapterMethod, Routing
+
+
+@dataclass
+class BatchTasks:
+    """The tasks of one batch, as a per-row method sees them.
+
+    Attributes:
+        names: the distinct tasks of the batch, in order of first appearance (`Routing.batch_tasks`).
+        rows: (B,) index into `names` of each row's task, or None when the batch holds one task
+            (then every per-task value is used with a leading dimension of 1 and broadcast).
+    """
+
+    names: list[str]
+    rows: torch.Tensor | None
+
+    def per_row(self, stacked: torch.Tensor) -> torch.Tensor:
+        """(T, ...) values of the batch's tasks -> (B, ...) values of each row ((1, ...) for one task)."""
+        return stacked if self.rows is None else stacked.index_select(0, self.rows)
+
+
+def batch_tasks(routing: Routing, known: Iterable[str], method: str) -> BatchTasks:
+    """Check that the method has parameters for every task of the batch, and index the rows.
+
+    Args:
+        routing: the model's routing of the batch.
+        known: the tasks the method has parameters for.
+        method: the method's name, for error messages.
+
+    Returns:
+        The batch's tasks and the per-row task index.
+    """
+    known = set(known)
+    for name in routing.batch_tasks:
+        if name not in known:
+            raise TaskConfigError(
+                f"task {name!r}: adapter method {method!r} has no parameters for it (it knows {sorted(known)}). "
+                f"Fix: add the task to the model (model.add_task) before routing rows to it, or load a store "
+                f"that holds {name}/adapter_model.safetensors."
+            )
+    names = list(routing.batch_tasks)
+    if len(names) == 1:
+        return BatchTasks(names, None)
+    lookup = torch.full((len(routing.task_names),), -1, dtype=torch.long)
+    lookup[[routing.task_names.index(n) for n in names]] = torch.arange(len(names))
+    return BatchTasks(names, lookup.to(routing.task_ids.device)[routing.task_ids])
+
+
+def task_key(task: str) -> str:
+    """The key of a task in a `ModuleDict`/`ParameterDict`: torch forbids '.', which task names allow."""
+    return task.replace(".", ":")
+
+
+def task_of_key(key: str) -> str:
+    """Inverse of `task_key` (':' never occurs in a task name)."""
+    return key.replace(":", ".")
+
+
+def row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x Wᵀ + b with one (W, b) per row.
+
+    Args:
+        x: (B, L, in) inputs.
+        weight: (B, out, in) per-row weights, or (1, out, in) shared by all rows.
+        bias: (B, out) / (1, out) biases, or None.
+
+    Returns:
+        (B, L, out). One batched matmul: rows of different tasks are never looped over.
+    """
+    if weight.shape[0] == 1:
+        return F.linear(x, weight[0], None if bias is None else bias[0])
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def stack_parameters(params: Mapping[str, nn.Parameter], names: list[str]) -> torch.Tensor:
+    """(T, ...) stack of the parameters of `names` (a view for a single task: no copy)."""
+    if len(names) == 1:
+        return params[names[0]].unsqueeze(0)
+    return torch.stack([params[n] for n in names])
+
+
+# ---------------------------------------------------------------------------------------------- options
+def parse_options(config_cls: type, method: str, options: Mapping[str, Any] | None, **resolved: Any) -> Any:
+    """Build a config dataclass from the user's `adapter_config`, rejecting unknown options.
+
+    Args:
+        config_cls: the method's config dataclass.
+        method: the method's name, for error messages.
+        options: the `adapter_config` mapping (may be None).
+        resolved: values computed from the backbone for options left unset (None).
+
+    Returns:
+        An instance of `config_cls`.
+    """
+    options = dict(options or {})
+    valid = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TaskConfigError(
+            f"adapter_config of method {method!r}: unknown option(s) {unknown}. Fix: use only {valid}."
+        )
+    for key, value in resolved.items():
+        if options.get(key) is None:
+            options[key] = value
+    return config_cls(**options)
+
+
+def check_int(method: str, field: str, value: Any, minimum: int = 1) -> int:
+    """`value` as an int >= minimum, or an error naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TaskConfigError(
+            f"adapter_config of method {method!r}: `{field}` must be an integer >= {minimum}, got {value!r}."
+        )
+    return value
+
+
+def check_choice(method: str, field: str, value: Any, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    if value not in choices:
+        raise TaskConfigError(f"adapter_config of method {method!r}: `{field}` must be one of {choices}, got {value!r}.")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_exact(target: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Copy `state` into the tensors of `target`, requiring the same keys and shapes.
+
+    Args:
+        target: name -> parameter (or buffer) to fill.
+        state: name -> saved tensor.
+        what: the owner, for errors (e.g. "task 'sst2' (pals)").
+    """
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    wrong = sorted(k for k in set(target) & set(state) if tuple(target[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else ""]
+        parts += [f"{k}: saved {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in wrong]
+        raise StoreError(
+            f"{what}: the saved adapter weights do not fit this model ({'; '.join(p for p in parts if p)}). "
+            f"Fix: load them with the adapter_config and base model they were saved with."
+        )
+    with torch.no_grad():
+        for key, tensor in target.items():
+            tensor.copy_(state[key].to(dtype=tensor.dtype, device=tensor.device))
+
+
+# ---------------------------------------------------------------------------------------------- base class
+class PerRowMethod(AdapterMethod):
+    """An adapter method whose inserted modules read each row's task from `self.batch`.
+
+    Subclasses list their tasks in `known_tasks()`, insert forward hooks in `attach()` through
+    `add_hook`, and may precompute per-forward values (stacked task parameters, generated weights)
+    in `prepare(batch)`; `route()` sets `self.batch` for one backbone forward and clears it after.
+    Outside `route()` (the backbone called directly) the hooks leave the backbone unchanged.
+    """
+
+    routes_per_row = True
+
+    def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
+        super().__init__(backbone_config, config)
+        self.batch: BatchTasks | None = None
+        self._handles: list[Any] = []
+
+    def known_tasks(self) -> Iterable[str]:
+        """The tasks this method has parameters for."""
+        return []
+
+    @contextlib.contextmanager
+    def route(self, routing: Routing) -> Iterator[None]:
+        batch = batch_tasks(routing, self.known_tasks(), self.name)
+        self.batch = batch
+        try:
+            self.prepare(batch)
+            yield
+        finally:
+            self.batch = None
+            self.release()
+
+    def prepare(self, batch: BatchTasks) -> None:
+        """Compute per-forward values for the batch's tasks (default: nothing)."""
+
+    def release(self) -> None:
+        """Drop per-forward values (default: nothing)."""
+
+    def add_hook(self, module: nn.Module, hook: Any, *, pre: bool = False) -> None:
+        """Register a forward hook (or a forward pre-hook with kwargs) on a backbone module."""
+        if pre:
+            handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        else:
+            handle = module.register_forward_hook(hook)
+        self._handles.append(handle)
+
+
+def count(params: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
