@@ -216,6 +216,14 @@ class MultiTaskTrainer(Trainer):
         if "perplexity" in self.tasks[name].metrics and f"{prefix}_{name}_loss" in task_metrics:
             task_metrics[f"{prefix}_{name}_perplexity"] = perplexity(task_metrics[f"{prefix}_{name}_loss"])
 
+    def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> Any:
+        """A `masked_lm` task is scored by its loss (perplexity): its (B, L, V) logits are not gathered,
+        which would hold rows x length x vocabulary floats in memory."""
+        if self._eval_task is not None and self.tasks[self._eval_task].kind == "masked_lm":
+            prediction_loss_only = True
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
     def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
         task = self.tasks[self._eval_task]
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions

@@ -11,6 +11,8 @@ BUILTIN_METHOD_MODULES: list[str] = [
     "hf_mtl.adapters.pals",
     "hf_mtl.adapters.hyperformer",
     "hf_mtl.adapters.ca_mtl",
+    "hf_mtl.adapters.bottleneck",
+    "hf_mtl.adapters.madx",
 ]
 
 

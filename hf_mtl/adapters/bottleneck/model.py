@@ -1,0 +1,166 @@
+"""The `bottleneck` adapter method: one bottleneck adapter per task in every layer, routed per row.
+
+Sources: Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP"; Pfeiffer et al. 2020,
+"AdapterFusion: Non-Destructive Task Composition for Transfer Learning" (the `pfeiffer` placement);
+He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer Learning" (parallel adapters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ...errors import StoreError, TaskConfigError
+from ...modeling.arch import config_value, get_spec
+from ...tasks import Task
+from ..base import AdapterMethod, Routing, register_method
+from .config import NON_LINEARITIES, BottleneckConfig, bottleneck_size
+from .layer import BottleneckAdapter, routed_adapter
+from .routing import RowOwners, row_task_names
+from .sites import Site, hook_sites, not_routed_error
+
+
+@register_method
+class BottleneckMethod(AdapterMethod):
+    """Bottleneck adapters, one per task per site; a mixed-task batch runs in one forward pass.
+
+    At each site the sub-block's branch output f (before the layer's residual add and LayerNorm of
+    LN(f + x)) becomes
+
+        pfeiffer:  f' = f + A(LN(f + x))          (residual_before_ln=False: f' = LN(f+x) + A(LN(f+x)))
+        houlsby:   f' = f + A(f)                  after attention and after the feed-forward block
+        parallel:  f' = f + s · A(x)              x: the feed-forward block's input
+
+    with A(h) = f(h W_down + b_down) W_up + b_up, i.e. h <- h + f(h W_down + b_down) W_up + b_up.
+    These are AdapterHub's computations (SeqBn, DoubleSeqBn, ParBn).
+
+    Args:
+        backbone_config: the backbone's config (hidden size, layers, model type).
+        config: options, see `BottleneckConfig` (variant, reduction_factor=16, non_linearity=relu,
+            residual_before_ln=True, scaling=1.0, init=identity, ln_before=False, ln_after=False).
+    """
+
+    name = "bottleneck"
+    routes_per_row = True
+
+    def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
+        options = BottleneckConfig.from_options(config, self.name)
+        super().__init__(backbone_config, options.to_dict())
+        self.options = options
+        self.spec = get_spec(backbone_config)
+        self.hidden_size = config_value(backbone_config, self.spec, "hidden_size")
+        self.num_layers = config_value(backbone_config, self.spec, "num_layers")
+        self.rank = bottleneck_size(self.hidden_size, options.reduction_factor)
+        self.act = NON_LINEARITIES[options.non_linearity]
+        self.task_adapters = nn.ModuleList()  # slot -> ModuleList over layers of ModuleDict {position: adapter}
+        self._slots: dict[str, int] = {}
+        self._sites: list[Site] = []
+        self._residuals: dict[tuple[int, str], torch.Tensor] = {}
+        self._active: RowOwners | None = None
+        self._handles: list[Any] = []
+        self._device: tuple[torch.device, torch.dtype] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def attach(self, model: nn.Module) -> None:
+        """Hook every site of the backbone (a forward hook per site, a pre-hook where x is needed)."""
+        needs_x = self.options.variant in ("pfeiffer", "parallel")
+        self._sites, self._handles = hook_sites(
+            model.backbone, self.spec, self.options.positions, needs_x, self._site_forward, self._residuals
+        )
+        weight = next(model.backbone.parameters())
+        self._device = (weight.device, weight.dtype)
+
+    def add_task(self, task: Task) -> None:
+        """Create the task's adapters: one per site, (H, r) down and (r, H) up (r = H // reduction_factor)."""
+        if task.name in self._slots:
+            return
+        o = self.options
+        layers = nn.ModuleList(
+            nn.ModuleDict({p: BottleneckAdapter(self.hidden_size, self.rank, init=o.init, ln_before=o.ln_before,
+                                                ln_after=o.ln_after) for p in o.positions})
+            for _ in range(self.num_layers)
+        )
+        if self._device is not None:
+            layers.to(*self._device)
+        self._slots[task.name] = len(self.task_adapters)
+        self.task_adapters.append(layers)
+
+    @contextlib.contextmanager
+    def route(self, routing: Routing) -> Iterator[None]:
+        """Tell the sites which task adapter each row uses for this forward."""
+        for name in routing.batch_tasks:
+            self._slot(name)
+        if routing.single_task is not None:
+            self._active = RowOwners.single(routing.single_task)
+        else:
+            self._active = RowOwners.of(row_task_names(routing.task_ids, routing.task_names), routing.task_ids.device)
+        try:
+            yield
+        finally:
+            self._active = None
+            self._residuals.clear()
+
+    # ------------------------------------------------------------------ forward (called by the site hooks)
+    def _site_forward(self, site: Site, f: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """f -> f' at one site (see the class docstring)."""
+        if self._active is None:
+            raise not_routed_error(self.name)
+        adapters = [self.task_adapters[self._slots[t]][site.layer][site.position].tensors() for t in self._active.owners]
+        o = self.options
+        if o.variant == "parallel":
+            a_in, residual = x, f
+        elif o.variant == "pfeiffer":
+            a_in = site.layer_norm(f + x)  # the layer's own LN, as AdapterHub's original_ln_before
+            residual = f if o.residual_before_ln else a_in
+        else:
+            a_in, residual = f, f
+        return residual + routed_adapter(a_in, adapters, self._active.rows, self.act, o.scaling)
+
+    # ------------------------------------------------------------------ parameters and state
+    def _slot(self, task: str) -> int:
+        if task not in self._slots:
+            raise TaskConfigError(
+                f"task {task!r} has no bottleneck adapter. Fix: add it with model.add_task(Task({task!r}, ...)) "
+                f"before using it (known: {sorted(self._slots)})."
+            )
+        return self._slots[task]
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return list(self.task_adapters[self._slot(task)].parameters()) if task in self._slots else []
+
+    def task_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        """Keys `layers.<i>.<position>.<down|down_bias|up|up_bias|ln_before.*|ln_after.*>`."""
+        return {f"layers.{k}": v for k, v in self.task_adapters[self._slot(task)].state_dict().items()}
+
+    def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor]) -> None:
+        load_strict(self.task_adapters[self._slot(task)], strip_prefix(state, "layers."), f"bottleneck adapter of task {task!r}")
+
+    def formula_parameter_count(self, task: str) -> int:
+        """layers x positions x (2 H r + r + H [+ 2H per adapter LayerNorm]), r = H // reduction_factor."""
+        o = self.options
+        per_site = BottleneckAdapter.parameter_count(self.hidden_size, self.rank, ln_before=o.ln_before, ln_after=o.ln_after)
+        return self.num_layers * len(o.positions) * per_site
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load exactly the module's keys and shapes, or raise a `StoreError` that lists the differences."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k}: saved {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise StoreError(
+            f"{what} does not fit the model (missing {missing[:4]}, unexpected {unexpected[:4]}, shapes {wrong[:4]}). "
+            f"It was saved with other adapter options (reduction_factor, variant, layer norms) or for another "
+            f"base model. Fix: load it with the adapter_config it was saved with."
+        )
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value)

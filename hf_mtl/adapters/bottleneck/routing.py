@@ -1,0 +1,39 @@
+"""Which owner (task, language, ...) serves each row of a batch, computed once per forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Sequence
+
+import torch
+
+
+@dataclass
+class RowOwners:
+    """The distinct owners of a batch and each row's index among them.
+
+    Attributes:
+        owners: the owners present in the batch, in order of first appearance.
+        rows: (B,) index into `owners` per row; None when one owner serves every row (plain matmuls).
+    """
+
+    owners: list[Hashable]
+    rows: torch.Tensor | None
+
+    @classmethod
+    def of(cls, keys: Sequence[Hashable], device: torch.device) -> "RowOwners":
+        """Build from one key per row."""
+        owners = list(dict.fromkeys(keys))
+        if len(owners) == 1:
+            return cls(owners, None)
+        index = {key: i for i, key in enumerate(owners)}
+        return cls(owners, torch.tensor([index[key] for key in keys], dtype=torch.long, device=device))
+
+    @classmethod
+    def single(cls, owner: Hashable) -> "RowOwners":
+        return cls([owner], None)
+
+
+def row_task_names(task_ids: torch.Tensor, task_names: Sequence[str]) -> list[str]:
+    """The task name of each row."""
+    return [task_names[i] for i in task_ids.tolist()]

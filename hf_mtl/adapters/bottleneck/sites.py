@@ -1,0 +1,96 @@
+"""Where bottleneck adapters sit in a layer, reached through the architecture spec with forward hooks.
+
+Every encoder of `hf_mtl.modeling.arch` is post-LN: a sub-block (attention or feed-forward) computes
+its branch f from its input x, then the layer computes LN(f + x). An adapter *site* rewrites f:
+
+    forward hook on `attention_output` / `ffn_output`:   f -> f'   (the layer then computes LN(f' + x))
+    forward pre-hook on `query` / `ffn_input`:           captures x (only for sites that read it)
+
+`query` and `ffn_input` are the first modules that read x (the layer input, and the attention
+block's output), so their input is x for every family of the spec table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ...errors import TaskConfigError
+from ...modeling.arch import ArchSpec, layers_of, resolve
+
+POSITIONS = {
+    # position: (branch output f, first reader of the residual input x, layer norm of LN(f + x))
+    "attention": ("attention_output", "query", "attention_layer_norm"),
+    "ffn": ("ffn_output", "ffn_input", "ffn_layer_norm"),
+}
+
+
+@dataclass
+class Site:
+    """One adapter place: layer `layer` (0-based), position `attention` or `ffn`."""
+
+    layer: int
+    position: str
+    layer_norm: nn.Module  # the frozen LN of the layer that follows this sub-block
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.layer, self.position
+
+
+SiteFn = Callable[[Site, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def hook_sites(backbone: nn.Module, spec: ArchSpec, positions: tuple[str, ...], needs_residual: bool,
+               apply: SiteFn, residuals: dict[tuple[int, str], torch.Tensor]) -> tuple[list[Site], list[Any]]:
+    """Register the hooks of every (layer, position) site.
+
+    Args:
+        backbone: the encoder.
+        spec: its architecture spec.
+        positions: `attention` and/or `ffn`.
+        needs_residual: capture x for every site (Pfeiffer's LN(f + x), parallel adapters' input x).
+        apply: `apply(site, f, x)` returns f' (x is None when not captured).
+        residuals: where the pre-hooks leave x until the site's forward hook takes it.
+
+    Returns:
+        The sites, and the hook handles.
+    """
+    sites, handles = [], []
+    for index, layer in enumerate(layers_of(backbone, spec)):
+        for position in positions:
+            branch, reader, norm = (getattr(spec, name) for name in POSITIONS[position])
+            site = Site(index, position, resolve(layer, norm))
+            sites.append(site)
+            if needs_residual:
+                handles.append(resolve(layer, reader).register_forward_pre_hook(_capture(site, residuals)))
+            handles.append(resolve(layer, branch).register_forward_hook(_rewrite(site, apply, residuals)))
+    return sites, handles
+
+
+def _capture(site: Site, residuals: dict[tuple[int, str], torch.Tensor]):
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        residuals[site.key] = args[0]  # (B, L, H)
+
+    return hook
+
+
+def _rewrite(site: Site, apply: SiteFn, residuals: dict[tuple[int, str], torch.Tensor]):
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        x = residuals.pop(site.key, None)
+        if isinstance(output, tuple):  # a module that also returns attention weights
+            return (apply(site, output[0], x), *output[1:])
+        return apply(site, output, x)
+
+    return hook
+
+
+def not_routed_error(method: str) -> TaskConfigError:
+    return TaskConfigError(
+        f"adapter method {method!r}: the backbone ran outside MultiTaskModel.forward, so its adapters do not "
+        f"know which task each row belongs to. Fix: call the MultiTaskModel (model(..., task=...)), not "
+        f"model.backbone directly."
+    )
