@@ -30,6 +30,8 @@ METHOD_CONFIGS: dict[str, dict] = {
     "ca_mtl": {"max_seq_length": 16, "num_blocks": 4, "freeze_lower_half": False, "bottleneck_layers": "all"},
     "bottleneck": {"reduction_factor": 8},
     "madx": {"languages": ["en", "pt"], "language_reduction_factor": 4, "task_reduction_factor": 8},
+    "lora": {"r": 2},
+    "prefix_tuning": {"num_virtual_tokens": 3},
 }
 
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)

@@ -13,6 +13,8 @@ BUILTIN_METHOD_MODULES: list[str] = [
     "hf_mtl.adapters.ca_mtl",
     "hf_mtl.adapters.bottleneck",
     "hf_mtl.adapters.madx",
+    "hf_mtl.adapters.lora",
+    "hf_mtl.adapters.prefix_tuning",
 ]
 
 
