@@ -218,3 +218,14 @@ def test_metrics_by_kind() -> None:
     logits = torch.nn.functional.one_hot(torch.tensor([[1, 2, 0, 0]]), 3).float().numpy()
     out = compute_task_metrics(tok, logits, [[1, 2, 0, -100]])
     assert out["entity_f1"] == 1.0 and out["accuracy"] == 1.0
+
+
+def test_classlabel_ids_become_names(tmp_path: Path) -> None:
+    from hf_mtl.data.readers import load_task_split
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"]),
+                                  "tags": datasets.List(datasets.ClassLabel(names=["O", "B-PER"]))})
+    data = datasets.Dataset.from_dict({"text": ["a", "b"], "label": [1, 0], "tags": [[0, 1], [1]]}, features=features)
+    data.to_parquet(str(tmp_path / "d.parquet"))
+    task = Task("s", train_file=str(tmp_path / "d.parquet"))
+    assert load_task_split(task, "train")["label"] == ["pos", "neg"] and task.labels == ["neg", "pos"]

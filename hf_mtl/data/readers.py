@@ -115,9 +115,35 @@ def load_task_split(task: Task, split: str) -> datasets.Dataset | None:
     dataset, origin = source
     _check_not_empty(task, split, dataset, origin)
     _check_columns(task, split, dataset, origin)
+    dataset = _class_ids_to_names(task, dataset)
     dataset = _keep_first_rows(task, split, dataset)
     _check_token_lengths(task, dataset, origin)
     return dataset
+
+
+def _class_ids_to_names(task: Task, dataset: datasets.Dataset) -> datasets.Dataset:
+    """Labels stored as `ClassLabel` ids (Hub and Parquet exports) become their names, so a task's label
+    list is readable and the same whatever the source; a task without `labels` takes the ClassLabel order."""
+    feature = dataset.features.get(task.label_column)
+    inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) / List(ClassLabel) for token tags
+    label_feature = feature if isinstance(feature, datasets.ClassLabel) else inner
+    if not isinstance(label_feature, datasets.ClassLabel):
+        return dataset
+    if task.labels is None and task.kind in ("classification", "token_classification"):
+        task.set_labels(list(label_feature.names))
+    column = task.label_column
+
+    def to_names(batch: dict[str, list]) -> dict[str, list]:
+        values = batch[column]
+        if label_feature is feature:
+            return {column: [label_feature.int2str(v) if v is not None and v >= 0 else None for v in values]}
+        return {column: [[label_feature.int2str(v) for v in row] for row in values]}
+
+    new_type = datasets.Value("string") if label_feature is feature else datasets.List(datasets.Value("string"))
+    features = dataset.features.copy()
+    features[column] = new_type
+    return dataset.map(to_names, batched=True, features=features, keep_in_memory=True, load_from_cache_file=False,
+                       desc=f"Label names {task.name}")
 
 
 # ---------------------------------------------------------------------------------------- sources
