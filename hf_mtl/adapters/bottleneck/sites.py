@@ -92,5 +92,6 @@ def not_routed_error(method: str) -> TaskConfigError:
     return TaskConfigError(
         f"adapter method {method!r}: the backbone ran outside MultiTaskModel.forward, so its adapters do not "
         f"know which task each row belongs to. Fix: call the MultiTaskModel (model(..., task=...)), not "
-        f"model.backbone directly."
+        f"model.backbone directly; with gradient_checkpointing (which re-runs layers during backward, after the "
+        f"forward's routing ended) set gradient_checkpointing=false for this method."
     )
