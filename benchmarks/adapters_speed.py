@@ -1,0 +1,700 @@
+"""Train-step time and peak memory of every adapter method, next to full fine-tuning, the floor, PEFT and AdapterHub.
+
+One training step = forward + backward + AdamW step + zero_grad on one batch (default 32 rows x 128
+tokens, all-MiniLM-L6-v2, 2 threads). Rows of the table:
+
+- hf_mtl: full fine-tuning; the floor (the frozen backbone, the embeddings' output requiring grad so
+  the backward runs through every layer, as it must for any adapter, but computes no weight gradient;
+  only the head trains); every adapter method with a single-task batch, with a batch mixing 4 tasks
+  (8 rows each, interleaved) for the methods that route per row, and with `backbone_dropout=0.0`.
+- PEFT 0.21: LoRA (r=8, alpha=8, query+value: hf_mtl's default), IA3 (PEFT's BERT defaults), and
+  prefix tuning, which PEFT refuses on BERT under transformers 5 (the error is reported).
+- AdapterHub `adapters` 1.3 in its own venv (it pins transformers 4.57): the floor, Pfeiffer (SeqBn),
+  Houlsby (DoubleSeqBn), parallel (ParBn), prefix tuning, LoRA, MAD-X (Stack(lang, task)) and a
+  BatchSplit batch of 4 Pfeiffer adapters. The venv is created once under
+  ~/.cache/hf_mtl_bench/adapterhub-venv; `benchmarks/adapterhub_runner.py` runs in it as a
+  subprocess that times its steps when this process asks, so only one process computes at a time.
+
+Timing (single timings swing +-10-30% on a shared machine, ../shared/STACK.md): the configurations
+are grouped by method, each group preceded and followed by a floor step, and every round runs all
+groups (order reversed every other round). A configuration's ratio to the floor is its step time over
+the mean of the two floor steps around its group, taken per round; the table gives medians over
+rounds of these paired ratios. Ratios between two configurations (hf_mtl vs PEFT/AdapterHub, mixed vs
+single task, no dropout vs dropout, vs full FT) are paired per round too. Peak memory is measured
+afterwards in separate probe processes (see `adapterhub_runner.peak_rss_delta_mib`).
+
+The quality side of `backbone_dropout`: a Pfeiffer bottleneck trained on 2,000 SST-2 examples for
+200 steps with and without backbone dropout, dev accuracy (needs ../shared/data/glue_sst2).
+
+    python benchmarks/adapters_speed.py [--rounds 10] [--steps 1] [--batch 32] [--seq 128] [--threads 2]
+    python benchmarks/adapters_speed.py --quick      # 2 rounds on an 8 x 32 batch: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapterhub_runner import PROTOCOL, Bench, count, make_inputs, peak_rss_delta_mib  # noqa: E402  (no hf_mtl inside)
+
+from hf_mtl import Task  # noqa: E402
+from hf_mtl.modeling import MultiTaskModel  # noqa: E402
+from hf_mtl.modeling.backbone import build_backbone, load_backbone_config, load_tokenizer, resolve_model_path  # noqa: E402
+from hf_mtl.modeling.heads import SequenceHead  # noqa: E402
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RUNNER = HERE / "adapterhub_runner.py"
+VENV = Path.home() / ".cache" / "hf_mtl_bench" / "adapterhub-venv"
+VENV_REQUIREMENTS = ["adapters==1.3.*", "transformers==4.57.6"]
+DATA = HERE.parent.parent / "shared" / "data"
+TASKS = [Task(f"t{i}", labels=["neg", "pos"]) for i in range(4)]
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # fixed threshold: freed tensors return to the OS
+
+# hf_mtl method name in the table -> (adapter_method, adapter_config)
+HF_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lora": ("lora", {}),
+    "prefix_tuning": ("prefix_tuning", {}),
+    "bottleneck/pfeiffer": ("bottleneck", {"variant": "pfeiffer"}),
+    "bottleneck/houlsby": ("bottleneck", {"variant": "houlsby"}),
+    "bottleneck/parallel": ("bottleneck", {"variant": "parallel"}),
+    "madx": ("madx", {"languages": ["en"]}),
+    "pals": ("pals", {}),
+    "hyperformer": ("hyperformer", {}),
+    "hyperformer++": ("hyperformer++", {}),
+    "ca_mtl": ("ca_mtl", {}),
+}
+PER_ROW = {"prefix_tuning", "bottleneck/pfeiffer", "bottleneck/houlsby", "bottleneck/parallel", "madx",
+           "pals", "hyperformer", "hyperformer++", "ca_mtl"}
+# goal on the ratio to the floor (the issues "Adapter methods I" and "II")
+FLOOR_GOALS = {"pals": 1.10, "ca_mtl": 1.10, "hyperformer": 1.15, "hyperformer++": 1.15}
+DEFAULT_FLOOR_GOAL = 1.05
+MIXED_GOAL = 1.05
+# configurations timed next to each other, each group between two floor steps. Names: library/method[/mixed][@nodrop]
+GROUPS: list[list[str]] = [
+    ["hf_mtl/full_ft", "hf_mtl/floor@nodrop", "adapterhub/floor"],
+    ["hf_mtl/lora", "peft/lora", "adapterhub/lora", "hf_mtl/lora@nodrop", "peft/ia3"],
+    ["hf_mtl/prefix_tuning", "hf_mtl/prefix_tuning/mixed", "adapterhub/prefix_tuning", "hf_mtl/prefix_tuning@nodrop"],
+    ["hf_mtl/bottleneck/pfeiffer", "hf_mtl/bottleneck/pfeiffer/mixed", "adapterhub/bottleneck/pfeiffer",
+     "adapterhub/bottleneck/pfeiffer/mixed", "hf_mtl/bottleneck/pfeiffer@nodrop"],
+    ["hf_mtl/bottleneck/houlsby", "hf_mtl/bottleneck/houlsby/mixed", "adapterhub/bottleneck/houlsby", "hf_mtl/bottleneck/houlsby@nodrop"],
+    ["hf_mtl/bottleneck/parallel", "hf_mtl/bottleneck/parallel/mixed", "adapterhub/bottleneck/parallel",
+     "hf_mtl/bottleneck/parallel@nodrop"],
+    ["hf_mtl/madx", "hf_mtl/madx/mixed", "adapterhub/madx", "hf_mtl/madx@nodrop"],
+    ["hf_mtl/pals", "hf_mtl/pals/mixed", "hf_mtl/pals@nodrop"],
+    ["hf_mtl/hyperformer", "hf_mtl/hyperformer/mixed", "hf_mtl/hyperformer@nodrop"],
+    ["hf_mtl/hyperformer++", "hf_mtl/hyperformer++/mixed", "hf_mtl/hyperformer++@nodrop"],
+    ["hf_mtl/ca_mtl", "hf_mtl/ca_mtl/mixed", "hf_mtl/ca_mtl@nodrop"],
+]
+FLOOR = "hf_mtl/floor"
+
+
+# ---------------------------------------------------------------------------------------------- hf_mtl + PEFT
+def _hf_bench(name: str, model: MultiTaskModel, inputs: dict, task: Any, optimizer=None) -> Bench:
+    params = [p for p in model.parameters() if p.requires_grad]
+    counts = model.trainable_parameters()
+    per_task = counts["tasks"]["t0"]["total"]
+    shared = counts["shared"]["total"]
+    x = {k: v for k, v in inputs.items()}
+    return Bench(name, lambda: model(**x, task=task).loss, params, per_task, shared, optimizer=optimizer,
+                 info={"attn_implementation": model.backbone.config._attn_implementation})
+
+
+def build_hf_mtl(model_id: str, inputs: dict, names: set[str]) -> dict[str, Callable[[], list[Bench]]]:
+    """Factories of hf_mtl's configurations; each builds one model and the configurations that share it."""
+    mixed_tasks = [TASKS[i % len(TASKS)].name for i in range(inputs["input_ids"].shape[0])]
+    tokenizer = load_tokenizer(model_id)  # loaded once, not once per model
+    factories: dict[str, Callable[[], list[Bench]]] = {}
+
+    def reference(name: str, dropout: float | None, full: bool) -> Callable[[], list[Bench]]:
+        def build() -> list[Bench]:
+            model = MultiTaskModel.from_backbone(model_id, TASKS, freeze_backbone=not full, backbone_dropout=dropout,
+                                                 tokenizer=tokenizer).train()
+            if not full:  # the floor: backward through every frozen layer, no weight gradient
+                model.backbone.embeddings.register_forward_hook(lambda m, a, out: out.requires_grad_(True))
+            return [_hf_bench(name, model, inputs, "t0")]
+        return build
+
+    factories["hf_mtl/full_ft"] = reference("hf_mtl/full_ft", None, True)
+    factories[FLOOR] = reference(FLOOR, None, False)
+    factories["hf_mtl/floor@nodrop"] = reference("hf_mtl/floor@nodrop", 0.0, False)
+    for method, (adapter_method, adapter_config) in HF_METHODS.items():
+        for dropout, suffix in ((None, ""), (0.0, "@nodrop")):
+            def build(method=method, adapter_method=adapter_method, adapter_config=adapter_config, dropout=dropout,
+                      suffix=suffix) -> list[Bench]:
+                model = MultiTaskModel.from_backbone(model_id, TASKS, adapter_method=adapter_method,
+                                                     adapter_config=adapter_config, backbone_dropout=dropout,
+                                                     tokenizer=tokenizer).train()
+                single = _hf_bench(f"hf_mtl/{method}{suffix}", model, inputs, "t0")
+                benches = [single]
+                if method in PER_ROW and not suffix:  # one model, one optimizer for both batch kinds
+                    benches.append(_hf_bench(f"hf_mtl/{method}/mixed", model, inputs, mixed_tasks, single.optimizer))
+                return benches
+            factories[f"hf_mtl/{method}{suffix}"] = build
+    return {k: v for k, v in factories.items() if k in names or k == FLOOR}
+
+
+def _peft_model(model_id: str, peft_config) -> tuple[torch.nn.Module, SequenceHead]:
+    from peft import get_peft_model
+
+    backbone = build_backbone(load_backbone_config(model_id), model_id)
+    model = get_peft_model(backbone, peft_config).train()
+    config = backbone.config
+    head = SequenceHead(config.hidden_size, 2, "cls", 1, config.hidden_dropout_prob).train()  # hf_mtl's head
+    return model, head
+
+
+def _peft_bench(name: str, model_id: str, inputs: dict, peft_config) -> Bench:
+    model, head = _peft_model(model_id, peft_config)
+    x = {k: v for k, v in inputs.items() if k != "labels"}
+    labels = inputs["labels"]
+
+    def loss() -> torch.Tensor:
+        hidden = model(**x).last_hidden_state
+        return F.cross_entropy(head(hidden, x["attention_mask"]), labels)
+
+    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    return Bench(name, loss, params, count(params))
+
+
+def build_peft(model_id: str, inputs: dict, names: set[str]) -> dict[str, Callable[[], list[Bench]]]:
+    from peft import IA3Config, LoraConfig
+
+    factories = {
+        "peft/lora": lambda: [_peft_bench("peft/lora", model_id, inputs,
+                                          LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"]))],
+        "peft/ia3": lambda: [_peft_bench("peft/ia3", model_id, inputs, IA3Config())],
+    }
+    return {k: v for k, v in factories.items() if k in names}
+
+
+def peft_prefix_tuning_status(model_id: str, inputs: dict) -> str:
+    """PEFT's prefix tuning on BERT: one step, or the error it raises (transformers 5 renamed the cache argument)."""
+    from peft import PrefixTuningConfig
+
+    try:
+        bench = _peft_bench("peft/prefix_tuning", model_id, {k: v[:2, :16] if v.dim() == 2 else v[:2] for k, v in inputs.items()},
+                            PrefixTuningConfig(num_virtual_tokens=20, task_type="FEATURE_EXTRACTION"))
+        loss = bench.loss_fn()
+        loss.backward()
+    except Exception as err:  # noqa: BLE001 - the message is the result
+        return f"not supported: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    # transformers 5's attention takes `cache`, not `past_key_values`: the prefixes may be dropped silently
+    prefix = [p for p in bench.params[:-4]]  # the PEFT model's trainable tensors (the head's 4 come last)
+    if all(p.grad is None or not p.grad.abs().sum() for p in prefix):
+        return ("not supported: the step runs but the prefixes get no gradient (PEFT passes them as past_key_values, "
+                "which transformers 5's BERT ignores)")
+    return "runs"
+
+
+# ---------------------------------------------------------------------------------------------- AdapterHub
+def ensure_venv() -> Path:
+    """The AdapterHub venv (created once): system site-packages for torch, adapters 1.3 + transformers 4.57."""
+    python = VENV / "bin" / "python"
+    marker = VENV / ".hf_mtl_bench_ready"
+    if marker.exists():
+        return python
+    print(f"creating {VENV} (once): {' '.join(VENV_REQUIREMENTS)}", flush=True)
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
+    # pin the system's torch so pip never downloads another one (the CUDA build is GBs)
+    torch_pin = f"torch=={torch.__version__.split('+')[0]}"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *VENV_REQUIREMENTS, torch_pin], check=True)
+    check = subprocess.run([str(python), "-c", "import torch, adapters; print(torch.__file__)"],
+                           check=True, capture_output=True, text=True)
+    if str(VENV) in check.stdout:
+        raise RuntimeError(f"pip installed a second torch into {VENV}: {check.stdout.strip()}; delete the venv and pin torch.")
+    marker.write_text(" ".join(VENV_REQUIREMENTS) + "\n")
+    return python
+
+
+def _protocol_line(process: subprocess.Popen) -> dict[str, Any]:
+    for line in process.stdout:
+        if line.startswith(PROTOCOL):
+            return json.loads(line[len(PROTOCOL):])
+    raise RuntimeError(f"the AdapterHub runner ended without an answer (exit code {process.wait()}); see its stderr above")
+
+
+class AdapterHubRunner:
+    """The runner process in the AdapterHub venv, asked to time its configurations one group at a time."""
+
+    def __init__(self, python: Path, model_path: str, args: argparse.Namespace):
+        self.process = subprocess.Popen(
+            [str(python), str(RUNNER), "--serve", "--model", model_path, "--batch", str(args.batch),
+             "--seq", str(args.seq), "--threads", str(args.threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"},
+        )
+        self.info = _protocol_line(self.process)
+
+    def run(self, names: list[str], steps: int) -> dict[str, list[float]]:
+        self.process.stdin.write(json.dumps({"cmd": "run", "configs": names, "steps": steps}) + "\n")
+        self.process.stdin.flush()
+        return _protocol_line(self.process)["times"]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=60)
+
+
+def adapterhub_memory(python: Path, model_path: str, args: argparse.Namespace) -> dict[str, float]:
+    process = subprocess.Popen(
+        [str(python), str(RUNNER), "--memory", "--model", model_path, "--batch", str(args.batch), "--seq", str(args.seq),
+         "--threads", str(args.threads)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, **MALLOC_ENV, "TRANSFORMERS_VERBOSITY": "error",
+                                                 "PYTHONWARNINGS": "ignore"})
+    result = _protocol_line(process)["peak_rss_delta_mib"]
+    process.wait()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def wanted_configs(args: argparse.Namespace) -> list[list[str]]:
+    groups = []
+    for group in GROUPS:
+        group = [c for c in group if (args.adapterhub or not c.startswith("adapterhub/"))
+                 and (not args.only or any(o in c for o in args.only))]
+        if group:
+            groups.append(group)
+    return groups
+
+
+def build_local(model_id: str, inputs: dict, names: set[str]) -> dict[str, Callable[[], list[Bench]]]:
+    return {**build_hf_mtl(model_id, inputs, names), **build_peft(model_id, inputs, names)}
+
+
+def time_rounds(args: argparse.Namespace, benches: dict[str, Bench], runner: AdapterHubRunner | None,
+                groups: list[list[str]], on_round: Callable[[dict], None],
+                deadline: float | None = None) -> dict[str, list[dict[str, float]]]:
+    """Per round: {config: median step time} and {config: ratio to the floor steps around its group}."""
+    times: list[dict[str, float]] = []
+    ratios: list[dict[str, float]] = []
+
+    def run(names: list[str]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        remote = [n for n in names if n.startswith("adapterhub/")]
+        for name in names:  # local configurations in order; a run of remote ones goes to the runner at once
+            if name.startswith("adapterhub/"):
+                if name == remote[0]:
+                    out.update({k: statistics.median(v) for k, v in runner.run(remote, args.steps).items()})
+                continue
+            out[name] = statistics.median(benches[name].run(args.steps))
+        return out
+
+    for r in range(args.rounds):
+        if deadline is not None and r >= 1 and time.perf_counter() > deadline:
+            print(f"--max-minutes reached: stopping after {r} rounds", flush=True)
+            break
+        order = groups if r % 2 == 0 else [list(reversed(g)) for g in reversed(groups)]
+        round_times: dict[str, float] = {}
+        round_ratios: dict[str, float] = {}
+        floors = [statistics.median(benches[FLOOR].run(args.steps))]
+        for group in order:
+            if deadline is not None and r >= 1 and time.perf_counter() > deadline:
+                break  # a partial round: the groups done are paired with their own floor steps
+            group_times = run(group)
+            floors.append(statistics.median(benches[FLOOR].run(args.steps)))
+            reference = (floors[-2] + floors[-1]) / 2
+            for name, value in group_times.items():
+                round_times[name] = value
+                round_ratios[name] = value / reference
+        round_times[FLOOR] = statistics.median(floors)
+        round_ratios[FLOOR] = 1.0
+        times.append(round_times)
+        ratios.append(round_ratios)
+        round_times["_loadavg"] = os.getloadavg()[0]
+        print(f"round {r + 1}/{args.rounds} ({len(round_ratios) - 1} configurations, load average "
+              f"{round_times['_loadavg']:.1f}): floor {round_times[FLOOR]:.3f}s; "
+              + ", ".join(f"{n} {round_ratios[n]:.2f}x" for n in round_ratios if n != FLOOR), flush=True)
+        on_round({"times": times, "ratios": ratios})
+    return {"times": times, "ratios": ratios}
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """`--memory-probe`: in a fresh process (MALLOC_ENV set), the peak RSS delta of each local configuration."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    names = set(json.loads(args.memory_probe))
+    model_id = args.model
+    inputs = make_inputs(args.batch, args.seq, load_backbone_config(model_id).vocab_size)
+    result = {}
+    for factory in build_local(model_id, inputs, names).values():
+        benches = factory()
+        for bench in benches:
+            if bench.name in names:
+                result[bench.name] = peak_rss_delta_mib(bench)
+        del benches, bench
+        gc.collect()
+    print(PROTOCOL + json.dumps({"peak_rss_delta_mib": result}), flush=True)
+
+
+def local_memory(args: argparse.Namespace, names: list[str]) -> dict[str, float]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", json.dumps(names), "--model", args.model,
+               "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, **MALLOC_ENV, "TRANSFORMERS_VERBOSITY": "error"})
+    result = _protocol_line(process)["peak_rss_delta_mib"]
+    process.wait()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- quality
+def quality(args: argparse.Namespace) -> dict[str, Any] | str:
+    """Dev accuracy of a Pfeiffer bottleneck trained on an SST-2 slice, with and without backbone dropout."""
+    folder = Path(args.data_dir) / "glue_sst2"
+    if not (folder / "train.tsv").exists():
+        message = f"skipped: {folder}/train.tsv not found (the quality check needs ../shared/data/glue_sst2)"
+        print(f"quality: {message}", flush=True)
+        return message
+
+    def read(path: Path) -> tuple[list[str], list[int]]:
+        rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+        return [r[0] for r in rows], [int(r[1]) for r in rows]
+
+    train_texts, train_labels = read(folder / "train.tsv")
+    dev_texts, dev_labels = read(folder / "dev.tsv")
+    pick = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(0))[: args.quality_examples].tolist()
+    train_texts, train_labels = [train_texts[i] for i in pick], [train_labels[i] for i in pick]
+    tokenizer = load_tokenizer(args.model)
+    task = Task("sst2", labels=["0", "1"])
+    runs = []
+    for seed in range(args.quality_seeds):
+        for dropout in (None, 0.0):
+            torch.manual_seed(seed)
+            model = MultiTaskModel.from_backbone(args.model, [task], adapter_method="bottleneck",
+                                                 adapter_config={"variant": "pfeiffer"}, backbone_dropout=dropout,
+                                                 tokenizer=tokenizer)
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.quality_lr)
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / 20, 1.0) * (1 - s / args.quality_steps))
+            g = torch.Generator().manual_seed(seed)
+            model.train()
+            start = time.perf_counter()
+            for step in range(args.quality_steps):
+                rows = torch.randint(len(train_texts), (args.quality_batch,), generator=g).tolist()
+                enc = tokenizer([train_texts[i] for i in rows], truncation=True, max_length=64, padding=True, return_tensors="pt")
+                loss = model(**enc, labels=torch.tensor([train_labels[i] for i in rows]), task="sst2").loss
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            train_s = time.perf_counter() - start
+            model.eval()
+            correct = 0
+            with torch.no_grad():
+                for i in range(0, len(dev_texts), 64):
+                    enc = tokenizer(dev_texts[i:i + 64], truncation=True, max_length=128, padding=True, return_tensors="pt")
+                    correct += (model(**enc, task="sst2").logits.argmax(-1) == torch.tensor(dev_labels[i:i + 64])).sum().item()
+            run = {"seed": seed, "backbone_dropout": 0.1 if dropout is None else dropout,
+                   "dev_accuracy": correct / len(dev_texts), "train_seconds": train_s}
+            runs.append(run)
+            print(f"quality: seed {seed}, backbone dropout {run['backbone_dropout']}: dev accuracy "
+                  f"{run['dev_accuracy']:.4f}, {train_s:.1f}s for {args.quality_steps} steps", flush=True)
+            del model, optimizer
+    summary = {}
+    for d in (0.1, 0.0):
+        accs = [r["dev_accuracy"] for r in runs if r["backbone_dropout"] == d]
+        secs = [r["train_seconds"] for r in runs if r["backbone_dropout"] == d]
+        summary[str(d)] = {"dev_accuracy_mean": statistics.mean(accs), "dev_accuracy_min": min(accs),
+                           "dev_accuracy_max": max(accs), "train_seconds_median": statistics.median(secs)}
+    return {"setup": {"method": "bottleneck/pfeiffer", "train_examples": args.quality_examples, "steps": args.quality_steps,
+                      "batch": args.quality_batch, "lr": args.quality_lr, "seeds": args.quality_seeds,
+                      "dev_examples": len(dev_texts), "max_length": 64},
+            "runs": runs, "summary": summary}
+
+
+# ---------------------------------------------------------------------------------------------- report
+def paired(rounds: list[dict[str, float]], a: str, b: str) -> float | None:
+    """Median over rounds of rounds[r][a] / rounds[r][b] (None when either is missing)."""
+    values = [r[a] / r[b] for r in rounds if a in r and b in r]
+    return statistics.median(values) if values else None
+
+
+def split_name(name: str) -> tuple[str, str, bool, bool]:
+    """'hf_mtl/bottleneck/pfeiffer/mixed@nodrop' -> ('hf_mtl', 'bottleneck/pfeiffer', mixed, nodrop)."""
+    nodrop = name.endswith("@nodrop")
+    name = name.removesuffix("@nodrop")
+    mixed = name.endswith("/mixed")
+    name = name.removesuffix("/mixed")
+    library, method = name.split("/", 1)
+    return library, method, mixed, nodrop
+
+
+COUNTERPARTS = {"lora": ["peft/lora", "adapterhub/lora"], "prefix_tuning": ["adapterhub/prefix_tuning"],
+                "bottleneck/pfeiffer": ["adapterhub/bottleneck/pfeiffer"], "bottleneck/houlsby": ["adapterhub/bottleneck/houlsby"],
+                "bottleneck/parallel": ["adapterhub/bottleneck/parallel"], "madx": ["adapterhub/madx"]}
+
+
+def summarize(measured: dict, params: dict[str, dict], memory: dict[str, float]) -> list[dict[str, Any]]:
+    times, ratios = measured["times"], measured["ratios"]
+    names = [n for n in dict.fromkeys(n for r in times for n in r) if not n.startswith("_")]
+    rows = []
+    for name in names:
+        library, method, mixed, nodrop = split_name(name)
+        if mixed:
+            continue
+        floor_ref = "hf_mtl/floor@nodrop" if nodrop else FLOOR
+        own_floor = "adapterhub/floor" if library == "adapterhub" else floor_ref
+        row = {
+            "config": name, "method": method, "library": library, "backbone_dropout": 0.0 if nodrop else 0.1,
+            "step_s": statistics.median(r[name] for r in times if name in r),
+            "ratio_floor": paired(ratios, name, floor_ref) if name != floor_ref else 1.0,
+            "ratio_own_floor": paired(ratios, name, own_floor) if name != own_floor else 1.0,
+            "ratio_full_ft": paired(ratios, name, "hf_mtl/full_ft"),
+            "peak_mib": memory.get(name),
+            "trainable_per_task": params.get(name, {}).get("trainable_per_task"),
+            "shared_trainable": params.get(name, {}).get("shared_trainable", 0),
+            "mixed_ratio": paired(times, name.removesuffix("@nodrop") + "/mixed", name) if not nodrop else None,
+            "mixed_peak_mib": memory.get(name + "/mixed"),
+            "vs_with_dropout": paired(times, name, name.removesuffix("@nodrop")) if nodrop else None,
+        }
+        if library == "hf_mtl" and not nodrop and method in COUNTERPARTS:
+            row["vs_counterparts"] = {c: paired(times, name, c) for c in COUNTERPARTS[method] if c in names}
+        rows.append(row)
+    return rows
+
+
+def goal_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    checks = []
+    for row in rows:
+        if row["library"] != "hf_mtl" or row["method"] in ("floor", "full_ft"):
+            continue
+        tag = f"hf_mtl/{row['method']}" + (" (backbone_dropout=0)" if row["backbone_dropout"] == 0.0 else "")
+        goal = FLOOR_GOALS.get(row["method"], DEFAULT_FLOOR_GOAL)
+        if row["ratio_floor"] is not None:
+            checks.append({"check": f"{tag} / floor", "value": row["ratio_floor"], "goal": f"<= {goal:.2f}",
+                           "met": row["ratio_floor"] <= goal})
+        if row["backbone_dropout"] == 0.1:
+            for c, v in (row.get("vs_counterparts") or {}).items():
+                if v is not None:
+                    checks.append({"check": f"{tag} / {c}", "value": v, "goal": "<= 1.00", "met": v <= 1.0})
+            if row["mixed_ratio"] is not None:
+                checks.append({"check": f"{tag}: 4-task batch / 1-task batch", "value": row["mixed_ratio"],
+                               "goal": f"<= {MIXED_GOAL:.2f}", "met": row["mixed_ratio"] <= MIXED_GOAL})
+    return checks
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    a = result["args"]
+    lines = [f"all-MiniLM-L6-v2, batch {a['batch']} x {a['seq']} tokens, {a['threads']} threads, "
+             f"{result['rounds_done']} interleaved rounds x {a['steps']} step(s); step = forward + backward + AdamW step. "
+             f"Ratios are paired medians over rounds (each configuration against the floor steps around its group). "
+             f"Peak memory: RSS high-water mark of one step above the RSS before it, after a warm-up step (probe "
+             f"process, /proc VmHWM, malloc mmap threshold fixed).", "",
+             "| method | library | backbone dropout | step time (s) | x floor | x own library's floor | x full FT | "
+             "peak memory (MiB RSS) | trainable params per task (+ shared) | mixed 4-task / 1-task |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        params = fmt(row["trainable_per_task"]) + (f" (+ {row['shared_trainable']:,})" if row.get("shared_trainable") else "")
+        lines.append(f"| {row['method']} | {row['library']} | {row['backbone_dropout']} | {fmt(row['step_s'], 3)} | "
+                     f"{fmt(row['ratio_floor'], 3)} | {fmt(row['ratio_own_floor'], 3)} | {fmt(row['ratio_full_ft'], 3)} | "
+                     f"{fmt(row['peak_mib'], 0)} | {params} | {fmt(row['mixed_ratio'], 3)} |")
+    if result.get("peft_prefix_tuning"):
+        lines.append(f"| prefix_tuning | peft | 0.1 | {result['peft_prefix_tuning']} | | | | | | |")
+    lines += ["", "| goal check | value | goal | met |", "|---|---|---|---|"]
+    for check in result["goal_checks"]:
+        lines.append(f"| {check['check']} | {check['value']:.3f} | {check['goal']} | {'yes' if check['met'] else 'NO'} |")
+    q = result.get("quality")
+    if isinstance(q, dict):
+        s = q["setup"]
+        lines += ["", f"Backbone dropout, quality: {s['method']} on {s['train_examples']:,} SST-2 training examples, "
+                      f"{s['steps']} steps of {s['batch']}, lr {s['lr']}, {s['seeds']} seed(s); dev accuracy on {s['dev_examples']}.", "",
+                  "| backbone dropout | dev accuracy (mean) | min | max | train time (s, median) |", "|---|---|---|---|---|"]
+        for d, v in q["summary"].items():
+            lines.append(f"| {d} | {v['dev_accuracy_mean']:.4f} | {v['dev_accuracy_min']:.4f} | {v['dev_accuracy_max']:.4f} | "
+                         f"{v['train_seconds_median']:.1f} |")
+    elif q:
+        lines += ["", f"Backbone dropout, quality: {q}"]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [r["method"] for r in rows if r["library"] == "hf_mtl" and r["backbone_dropout"] == 0.1 and r["method"] != "floor"]
+    methods += [m for m in dict.fromkeys(r["method"] for r in rows) if m not in methods and m != "floor"]
+    series = [("hf_mtl", 0.1, "hf_mtl"), ("hf_mtl", 0.0, "hf_mtl, backbone_dropout=0 (x its floor)"),
+              ("peft", 0.1, "PEFT"), ("adapterhub", 0.1, "AdapterHub (x hf_mtl floor)")]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(8, len(methods) * 0.9), 4.5))
+    for i, (library, dropout, label) in enumerate(series):
+        xs, ys = [], []
+        for j, method in enumerate(methods):
+            row = next((r for r in rows if r["library"] == library and r["method"] == method and r["backbone_dropout"] == dropout), None)
+            if row and row["ratio_floor"] is not None:
+                xs.append(j + (i - (len(series) - 1) / 2) * width)
+                ys.append(row["ratio_floor"])
+        ax.bar(xs, ys, width, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(DEFAULT_FLOOR_GOAL, color="red", linestyle="--", linewidth=0.8, label="goal 1.05x floor")
+    ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
+    ax.set_ylabel("train step time / floor (paired median)")
+    ax.set_ylim(0.8, max(1.3, max((r["ratio_floor"] or 0) for r in rows) + 0.05))
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=1, help="measured steps per configuration per round (their median)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, batch 8 x 32, 20 quality steps")
+    parser.add_argument("--only", nargs="*", help="keep the configurations whose name contains one of these strings")
+    parser.add_argument("--no-adapterhub", dest="adapterhub", action="store_false")
+    parser.add_argument("--phases", default="timing,memory,quality",
+                        help="comma-separated subset of timing,memory,quality; each writes <output>_<phase>.json and every "
+                             "run ends by assembling the parts that exist into <output>.json/.md/.png ('report' alone: only that)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop starting new timing rounds after this many minutes (setup included)")
+    parser.add_argument("--data-dir", default=str(DATA))
+    parser.add_argument("--quality-examples", type=int, default=2000)
+    parser.add_argument("--quality-steps", type=int, default=200)
+    parser.add_argument("--quality-batch", type=int, default=16)
+    parser.add_argument("--quality-lr", type=float, default=1e-3)
+    parser.add_argument("--quality-seeds", type=int, default=3)
+    parser.add_argument("--output", default=None, help="results prefix (default benchmarks/results/adapters_speed[_quick])")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.batch, args.seq = 2, 8, 32
+        args.quality_examples, args.quality_steps, args.quality_seeds = 200, 20, 1
+    return args
+
+
+def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) -> None:
+    """Build every configuration, warm each up, then run the interleaved rounds; saves `part` after each round."""
+    import peft
+    import transformers
+
+    names = [n for g in groups for n in g]
+    inputs = make_inputs(args.batch, args.seq, load_backbone_config(args.model).vocab_size)
+    timing: dict[str, Any] = {
+        "args": vars(args), "groups": groups, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                                          "loadavg_start": os.getloadavg()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    }
+    start = time.perf_counter()
+    benches: dict[str, Bench] = {}
+    for factory in build_local(args.model, inputs, set(names)).values():
+        for bench in factory():
+            benches[bench.name] = bench
+            bench.run(1)  # warm-up; creates AdamW's state
+    timing["peft_prefix_tuning"] = peft_prefix_tuning_status(args.model, inputs)
+    timing["params"] = {n: {"trainable_per_task": b.trainable_per_task, "shared_trainable": b.shared_trainable}
+                        for n, b in benches.items()}
+    timing["attn_implementation"] = {n: b.info.get("attn_implementation") for n, b in benches.items()}
+    runner = None
+    if args.adapterhub:
+        runner = AdapterHubRunner(ensure_venv(), resolve_model_path(args.model), args)
+        timing["versions"]["adapterhub"] = runner.info["versions"]
+        for n, c in runner.info["configs"].items():
+            timing["params"][n] = {"trainable_per_task": c["trainable_per_task"], "shared_trainable": 0}
+            timing["attn_implementation"][n] = c.get("attn_implementation")
+    timing["setup_seconds"] = time.perf_counter() - start
+    print(f"built {len(benches)} local configurations{' + the AdapterHub runner' if runner else ''} in "
+          f"{timing['setup_seconds']:.0f}s; PEFT prefix tuning: {timing['peft_prefix_tuning']}", flush=True)
+
+    def save(measured: dict) -> None:
+        timing["per_round"] = measured
+        timing["timing_seconds"] = time.perf_counter() - start
+        timing["machine"]["loadavg_end"] = os.getloadavg()
+        part.write_text(json.dumps(timing, indent=2))
+
+    try:
+        time_rounds(args, benches, runner, groups, save, deadline=start + args.max_minutes * 60 if args.max_minutes else None)
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+def memory_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) -> None:
+    names = [n for g in groups for n in g]
+    local = [n for n in names + [FLOOR] if not n.startswith("adapterhub/")]
+    memory = local_memory(args, local)
+    if args.adapterhub:
+        memory.update(adapterhub_memory(ensure_venv(), resolve_model_path(args.model), args))
+    part.write_text(json.dumps({"peak_rss_delta_mib": memory, "loadavg_end": os.getloadavg()}, indent=2))
+
+
+def report(prefix: Path) -> None:
+    """Assemble the parts that exist into `<prefix>.json`, `.md` and `.png`."""
+    parts = {p: prefix.with_name(f"{prefix.name}_{p}.json") for p in ("timing", "memory", "quality")}
+    if not parts["timing"].exists():
+        print(f"no {parts['timing']} yet: nothing to report")
+        return
+    result = json.loads(parts["timing"].read_text())
+    memory = json.loads(parts["memory"].read_text())["peak_rss_delta_mib"] if parts["memory"].exists() else {}
+    result["quality"] = json.loads(parts["quality"].read_text()) if parts["quality"].exists() else None
+    measured = result["per_round"]
+    result["rounds_done"] = len(measured["times"])
+    result["rows"] = summarize(measured, result["params"], memory)
+    result["goal_checks"] = goal_checks(result["rows"])
+    prefix.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    print("\n" + table)
+    prefix.with_suffix(".md").write_text(table + "\n")
+    a = result["args"]
+    plot(result["rows"], prefix.with_suffix(".png"),
+         f"Train step / floor, all-MiniLM-L6-v2, {a['batch']}x{a['seq']}, {a['threads']} threads, {result['rounds_done']} rounds")
+    print(f"\nwrote {prefix.with_suffix('.json')}, {prefix.with_suffix('.md')}, {prefix.with_suffix('.png')}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.memory_probe:
+        return memory_probe(args)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    prefix = Path(args.output) if args.output else RESULTS / ("adapters_speed_quick" if args.quick else "adapters_speed")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    groups = wanted_configs(args)
+    phases = args.phases.split(",")
+    part = lambda phase: prefix.with_name(f"{prefix.name}_{phase}.json")  # noqa: E731
+    if "timing" in phases:
+        timing_phase(args, groups, part("timing"))
+    if "memory" in phases:
+        memory_phase(args, groups, part("memory"))
+    if "quality" in phases:
+        part("quality").write_text(json.dumps(quality(args), indent=2))
+    report(prefix)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Smoke run of `benchmarks/adapters_speed.py` on a tiny BERT: every configuration builds and steps, the
+memory probe and the SST-2-style quality loop run, and the report assembles. No timing is asserted.
+AdapterHub's half needs its own venv (transformers 4.57) and is left out here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import tiny_bert_config, tiny_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark():
+    path = REPO_ROOT / "benchmarks" / "adapters_speed.py"
+    spec = importlib.util.spec_from_file_location("adapters_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from transformers import BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = tiny_tokenizer(max_length=128)
+    BertModel(tiny_bert_config(len(tokenizer), max_position_embeddings=128)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_adapters_speed_smoke(tiny_model: Path, tmp_path: Path, monkeypatch, capsys):
+    bench = _load_benchmark()
+    data = tmp_path / "data" / "glue_sst2"
+    data.mkdir(parents=True)
+    rows = "".join(f"the film was {'good' if i % 2 else 'bad'}\t{i % 2}\n" for i in range(24))
+    for split in ("train", "dev"):
+        (data / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    out = tmp_path / "results" / "speed"
+    common = ["--model", str(tiny_model), "--batch", "4", "--seq", "16", "--threads", "1", "--output", str(out)]
+    monkeypatch.setattr(sys, "argv", ["adapters_speed.py", *common, "--rounds", "1", "--no-adapterhub",
+                                      "--phases", "timing,quality", "--data-dir", str(tmp_path / "data"),
+                                      "--quality-examples", "16", "--quality-steps", "2", "--quality-seeds", "1",
+                                      "--quality-batch", "4"])
+    bench.main()
+
+    # the memory probe's code path, in this process (the benchmark runs it in a fresh one)
+    local = [n for g in bench.GROUPS for n in g if n.startswith(("hf_mtl/bottleneck/pfeiffer", "peft/lora"))]
+    monkeypatch.setattr(sys, "argv", ["adapters_speed.py", *common, "--memory-probe", json.dumps(local)])
+    capsys.readouterr()
+    bench.main()
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(bench.PROTOCOL))
+    memory = json.loads(line[len(bench.PROTOCOL):])["peak_rss_delta_mib"]
+    assert set(local) <= set(memory)
+    out.with_name("speed_memory.json").write_text(json.dumps({"peak_rss_delta_mib": memory}))
+    bench.report(out)
+
+    result = json.loads(out.with_suffix(".json").read_text())
+    configs = {r["config"] for r in result["rows"]}
+    expected = {n for g in bench.GROUPS for n in g if not n.startswith("adapterhub/") and "/mixed" not in n.split("/", 1)[1]}
+    assert expected <= configs
+    mixed = {r["method"] for r in result["rows"] if r["library"] == "hf_mtl" and r["mixed_ratio"] is not None}
+    assert mixed == bench.PER_ROW
+    assert result["quality"]["summary"].keys() == {"0.1", "0.0"}
+    assert result["goal_checks"] and out.with_suffix(".png").exists() and out.with_suffix(".md").exists()
+    pfeiffer = next(r for r in result["rows"] if r["config"] == "hf_mtl/bottleneck/pfeiffer")
+    assert pfeiffer["peak_mib"] is not None and pfeiffer["trainable_per_task"] > 0
