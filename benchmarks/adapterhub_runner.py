@@ -14,7 +14,7 @@ Two modes, both started by `adapters_speed.py`:
 read from stdin, one JSON object per line: `{"cmd": "run", "configs": [...], "steps": k}` runs those
 configurations k steps each and answers their step times, so the parent can interleave these steps
 with its own (only one process computes at a time). `{"cmd": "quit"}` ends it.
-`--memory` builds each configuration in turn and answers its peak RSS delta over two training steps.
+`--memory` builds each configuration in turn and answers its peak RSS delta over its first training step.
 Only protocol lines start with `@@JSON`; libraries may print anything else.
 """
 
@@ -249,7 +249,8 @@ def serve(args: argparse.Namespace) -> None:
     inputs = make_inputs(args.batch, args.seq, AutoConfig.from_pretrained(args.model).vocab_size)
     benches = build_all(build_adapterhub(args.model, inputs))
     for bench in benches.values():
-        bench.run(1)  # warm-up; creates AdamW's state
+        bench.run(args.warmup)  # AdamW creates its state at the first step
+    benches["adapterhub/floor"].run(1)  # the process's one-time initialisations
     emit({"ready": True, "versions": adapterhub_versions(),
           "configs": {n: {"trainable_per_task": b.trainable_per_task, **b.info} for n, b in benches.items()}})
     for line in sys.stdin:
@@ -264,11 +265,13 @@ def memory(args: argparse.Namespace) -> None:
     from transformers import AutoConfig
 
     inputs = make_inputs(args.batch, args.seq, AutoConfig.from_pretrained(args.model).vocab_size)
+    tiny = {k: v[:2, :16] if v.dim() == 2 else v[:2] for k, v in inputs.items()}
+    build_adapterhub(args.model, tiny)["adapterhub/floor"]().run(1)  # the process's one-time initialisations
     result = {}
     for factory in build_adapterhub(args.model, inputs).values():
         built = factory()
         for bench in (built[1:] if isinstance(built, tuple) else (built,)):
-            result[bench.name] = peak_rss_delta_mib(bench)
+            result[bench.name] = peak_rss_delta_mib(bench, steps=1, warmup=0)
         del built, bench
         gc.collect()
     emit({"peak_rss_delta_mib": result})
@@ -283,6 +286,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=0, help="untimed steps per configuration before serving")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -236,7 +236,7 @@ class AdapterHubRunner:
     def __init__(self, python: Path, model_path: str, args: argparse.Namespace):
         self.process = subprocess.Popen(
             [str(python), str(RUNNER), "--serve", "--model", model_path, "--batch", str(args.batch),
-             "--seq", str(args.seq), "--threads", str(args.threads)],
+             "--seq", str(args.seq), "--threads", str(args.threads), "--warmup", str(args.warmup)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"},
         )
@@ -334,12 +334,14 @@ def memory_probe(args: argparse.Namespace) -> None:
     names = set(json.loads(args.memory_probe))
     model_id = args.model
     inputs = make_inputs(args.batch, args.seq, load_backbone_config(model_id).vocab_size)
+    tiny = {k: v[:2, :16] if v.dim() == 2 else v[:2] for k, v in inputs.items()}
+    build_hf_mtl(model_id, tiny, {FLOOR})[FLOOR]()[0].run(1)  # the process's one-time initialisations
     result = {}
     for factory in build_local(model_id, inputs, names).values():
         benches = factory()
         for bench in benches:
             if bench.name in names:
-                result[bench.name] = peak_rss_delta_mib(bench)
+                result[bench.name] = peak_rss_delta_mib(bench, steps=1, warmup=0)
         del benches, bench
         gc.collect()
     print(PROTOCOL + json.dumps({"peak_rss_delta_mib": result}), flush=True)
@@ -356,7 +358,7 @@ def local_memory(args: argparse.Namespace, names: list[str]) -> dict[str, float]
 
 
 # ---------------------------------------------------------------------------------------------- quality
-def quality(args: argparse.Namespace) -> dict[str, Any] | str:
+def quality(args: argparse.Namespace, part: Path | None = None) -> dict[str, Any] | str:
     """Dev accuracy of a Pfeiffer bottleneck trained on an SST-2 slice, with and without backbone dropout."""
     folder = Path(args.data_dir) / "glue_sst2"
     if not (folder / "train.tsv").exists():
@@ -404,6 +406,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any] | str:
             run = {"seed": seed, "backbone_dropout": 0.1 if dropout is None else dropout,
                    "dev_accuracy": correct / len(dev_texts), "train_seconds": train_s}
             runs.append(run)
+            if part is not None:  # partial results survive an interrupted run
+                part.write_text(json.dumps({"runs": runs, "partial": True}, indent=2))
             print(f"quality: seed {seed}, backbone dropout {run['backbone_dropout']}: dev accuracy "
                   f"{run['dev_accuracy']:.4f}, {train_s:.1f}s for {args.quality_steps} steps", flush=True)
             del model, optimizer
@@ -505,8 +509,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"all-MiniLM-L6-v2, batch {a['batch']} x {a['seq']} tokens, {a['threads']} threads, "
              f"{result['rounds_done']} interleaved rounds x {a['steps']} step(s); step = forward + backward + AdamW step. "
              f"Ratios are paired medians over rounds (each configuration against the floor steps around its group). "
-             f"Peak memory: RSS high-water mark of one step above the RSS before it, after a warm-up step (probe "
-             f"process, /proc VmHWM, malloc mmap threshold fixed).", "",
+             f"Peak memory: RSS high-water mark (/proc VmHWM) of a configuration's first training step above the RSS "
+             f"before it (AdamW's state, activations, gradients), in a probe process with the malloc mmap threshold fixed "
+             f"and one tiny warm-up step for the process. Load average over the timed rounds: "
+             f"{result.get('loadavg_rounds', '-')} on {result['machine']['cpus']} CPUs.", "",
              "| method | library | backbone dropout | step time (s) | x floor | x own library's floor | x full FT | "
              "peak memory (MiB RSS) | trainable params per task (+ shared) | mixed 4-task / 1-task |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -581,6 +587,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--phases", default="timing,memory,quality",
                         help="comma-separated subset of timing,memory,quality; each writes <output>_<phase>.json and every "
                              "run ends by assembling the parts that exist into <output>.json/.md/.png ('report' alone: only that)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed steps per configuration before the rounds (the floor always gets one; a "
+                             "configuration's first step differs only by creating AdamW's state)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop starting new timing rounds after this many minutes (setup included)")
     parser.add_argument("--data-dir", default=str(DATA))
@@ -615,7 +624,8 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
     for factory in build_local(args.model, inputs, set(names)).values():
         for bench in factory():
             benches[bench.name] = bench
-            bench.run(1)  # warm-up; creates AdamW's state
+            bench.run(args.warmup)  # AdamW creates its state at the first step
+    benches[FLOOR].run(1)  # the process's one-time initialisations, before the first measured step
     timing["peft_prefix_tuning"] = peft_prefix_tuning_status(args.model, inputs)
     timing["params"] = {n: {"trainable_per_task": b.trainable_per_task, "shared_trainable": b.shared_trainable}
                         for n, b in benches.items()}
@@ -662,8 +672,12 @@ def report(prefix: Path) -> None:
     result = json.loads(parts["timing"].read_text())
     memory = json.loads(parts["memory"].read_text())["peak_rss_delta_mib"] if parts["memory"].exists() else {}
     result["quality"] = json.loads(parts["quality"].read_text()) if parts["quality"].exists() else None
+    if isinstance(result["quality"], dict) and result["quality"].get("partial"):
+        result["quality"] = f"interrupted after {len(result['quality']['runs'])} run(s): {result['quality']['runs']}"
     measured = result["per_round"]
     result["rounds_done"] = len(measured["times"])
+    loads = [r["_loadavg"] for r in measured["times"] if "_loadavg" in r]
+    result["loadavg_rounds"] = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
     result["rows"] = summarize(measured, result["params"], memory)
     result["goal_checks"] = goal_checks(result["rows"])
     prefix.with_suffix(".json").write_text(json.dumps(result, indent=2))
@@ -692,7 +706,7 @@ def main() -> None:
     if "memory" in phases:
         memory_phase(args, groups, part("memory"))
     if "quality" in phases:
-        part("quality").write_text(json.dumps(quality(args), indent=2))
+        part("quality").write_text(json.dumps(quality(args, part("quality")), indent=2))
     report(prefix)
 
 
