@@ -16,6 +16,7 @@ Offline, the multilingual model is the English+Portuguese multilingual-e5-small 
 With Hub access, `--model intfloat/multilingual-e5-small` works too.
 
     python benchmarks/madx_transfer.py --model /tmp/me5-enpt [--mlm-steps 150] [--task-steps 300]
+    python benchmarks/madx_transfer.py --model /tmp/me5-enpt --mlm-steps 2 --task-steps 2 --eval-rows 32  # smoke
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--task-steps", type=int, default=300)
     parser.add_argument("--mlm-rows", type=int, default=8000, help="sentences of text per language")
     parser.add_argument("--task-rows", type=int, default=12000)
+    parser.add_argument("--eval-rows", type=int, default=None, help="first N dev rows (default: all 872)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,7 +102,7 @@ def main() -> None:
         train(model, [task], {"sst2": read_sst(sst / "train.tsv", args.mlm_rows, args.task_rows)},
               args.task_steps, 1e-3, 32, out)
     print("3. evaluation")
-    en_dev, pt_dev = read_sst(sst / "dev.tsv"), read_sst(plue / "dev.tsv")
+    en_dev, pt_dev = read_sst(sst / "dev.tsv", 0, args.eval_rows), read_sst(plue / "dev.tsv", 0, args.eval_rows)
     rows = [("SST-2 dev (en)", "en", accuracy(model, en_dev, "en")),
             ("PLUE SST-2 dev (pt), no swap", "en", accuracy(model, pt_dev, "en")),
             ("PLUE SST-2 dev (pt), MAD-X swap", "pt", accuracy(model, pt_dev, "pt"))]
