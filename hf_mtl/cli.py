@@ -2,7 +2,8 @@
 
     hf-mtl train RECIPE.json [--field value ...]
     hf-mtl eval OUTPUT_DIR [--split validation|test] [--tasks a b]
-    hf-mtl predict OUTPUT_DIR --task T [TEXT ... | --input FILE] [--language X]
+    hf-mtl predict OUTPUT_DIR|REPO_ID --task T|all [TEXT ... | --input FILE] [--language X] [--revision R]
+    hf-mtl push | pull | export   (see `hf_mtl.cli_hub`)
 
 Errors print one line (`error: ...`) and exit with status 2.
 """
@@ -54,12 +55,11 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
     args.texts = list(args.texts) + extra
     inputs = _read_inputs(args)
     model = MultiTaskModel.from_pretrained(args.store, tasks=[args.task] if args.task != "all" else None,
-                                           revision=args.revision)
-    tasks = list(model.heads) if args.task == "all" else [args.task]
-    for task in tasks:
-        for row in model.predict(inputs, task=task, batch_size=args.batch_size, max_length=args.max_seq_length,
-                                 language=args.language):
-            print(json.dumps(row, ensure_ascii=False))
+                                           revision=args.revision, token=args.token)
+    # --task all: one line per input, {task: prediction}; tasks sharing the backbone share its pass
+    for row in model.predict(inputs, task=args.task, batch_size=args.batch_size, max_length=args.max_seq_length,
+                             language=args.language):
+        print(json.dumps(row, ensure_ascii=False))
     return 0
 
 
@@ -123,12 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     pr = sub.add_parser("predict", help="Predict with one task (or all) of a store; prints JSON lines.")
-    pr.add_argument("store", help="An output folder or a Hub repo id.")
-    pr.add_argument("--task", required=True, help="Task name, or 'all' for every task of the store.")
+    pr.add_argument("store", help="An output folder or a Hub repo id (only the task's files are pulled).")
+    pr.add_argument("--task", required=True, help="Task name, or 'all' for every task of the store (one line per input).")
     pr.add_argument("texts", nargs="*", help="Input texts (token tasks: words separated by spaces).")
     pr.add_argument("--input", help="A file with one text per line, or JSON lines with text/text_pair/tokens.")
     pr.add_argument("--language", help="Language adapter to use (zero-shot cross-lingual transfer).")
     pr.add_argument("--revision", help="Hub revision of the store.")
+    pr.add_argument("--token", help="Hub token for a private repo (default: HF_TOKEN or `hf auth login`).")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--max-seq-length", type=int, default=128)
     pr.set_defaults(func=_predict, allow_extra=True)

@@ -1,13 +1,33 @@
-"""Inference on raw text: one task, or a task per row, with the backbone loaded once."""
+"""Inference on raw text: one task, a task per row, or every task, with the backbone loaded once.
+
+How a chunk of rows runs depends on the adapter method:
+
+- methods that route per row (`model.adapter.routes_per_row`: bottleneck, MAD-X, PALs, prefix
+  tuning, Hyperformer, CA-MTL, and the head-only method `none`): the rows of a chunk go through ONE
+  forward whatever their tasks (`model(task=[one name per row])`), each task's head reading its rows;
+- methods that run one adapter per forward (PEFT's LoRA): rows are grouped by task, one forward per group;
+- `task="all"`: every task answers every input. When the tasks share all backbone computation
+  (method `none`: heads over one backbone), each input goes through the backbone once and every
+  head reads that pass; otherwise each (input, task) pair is a row of the routes above.
+
+Each row is tokenized the way its task was trained (words for token tasks, pairs for pair tasks),
+then the rows of a chunk are padded together.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from .errors import DataError
+from .adapters import Routing
 from .tasks import Task
+
+ALL = "all"
+_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def predict(
@@ -26,79 +46,258 @@ def predict(
         model: a `MultiTaskModel`.
         texts: strings; `(text, text_pair)` pairs for pair tasks; for token tasks a string (split on
             whitespace) or a list of words.
-        task: one task name for all rows, or one per row (default: the model's active task).
+        task: one task name for all rows, one per row, or `"all"` (every task; a task named `all`
+            takes precedence). Default: the model's active task (`set_task`).
         batch_size: rows per forward pass.
         max_length: inputs are truncated to this many tokens.
-        language: language adapter to use (MAD-X / language adapters), overriding the tasks' own.
+        language: language adapter to use for every row (MAD-X / language adapters), overriding the
+            tasks' own: zero-shot transfer to another language.
         tokenizer: defaults to `model.tokenizer`.
 
     Returns:
-        One dict per row: `{"task", "label", "score", "scores"}` for classification,
-        `{"task", "score"}` for regression, `{"task", "tokens", "tags", "scores"}` for token tasks.
+        One dict per input: `{"task", "label", "score", "scores"}` for classification, `{"task", "score"}`
+        for regression, `{"task", "tokens", "tags", "scores"}` for token tasks. With `task="all"`:
+        `{task name: that dict}` per input.
     """
     tokenizer = tokenizer or model.tokenizer
     if tokenizer is None:
         raise DataError("predict() needs a tokenizer: the model has none. Fix: pass tokenizer=.")
+    if isinstance(task, str) and task == ALL and ALL not in model.heads:
+        return _predict_all(model, tokenizer, texts, batch_size, max_length, language)
     names = _per_row_tasks(model, task, len(texts))
     results: list[dict[str, Any] | None] = [None] * len(texts)
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        groups.setdefault(name, []).append(i)
-    was_training = model.training
-    model.eval()
-    try:
-        for name, rows in groups.items():
-            spec = model.tasks[name]
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start:start + batch_size]
-                outputs = _predict_chunk(model, tokenizer, spec, [texts[i] for i in chunk], max_length, language)
-                for i, out in zip(chunk, outputs):
-                    results[i] = out
-    finally:
-        model.train(was_training)
+    with _eval_mode(model):
+        for rows in _chunks(model, names, batch_size):
+            outputs = _run_rows(model, tokenizer, [texts[i] for i in rows], [names[i] for i in rows], max_length, language)
+            for i, out in zip(rows, outputs):
+                results[i] = out
     return results  # type: ignore[return-value]
+
+
+def shares_backbone(model: Any) -> bool:
+    """True when every task reads the same backbone pass (head-only or full fine-tuning: method `none`)."""
+    return model.adapter.name == "none"
 
 
 def _per_row_tasks(model: Any, task: str | Sequence[str] | None, n: int) -> list[str]:
     if task is None:
         task = model.active_task or (model.task_names[0] if len(model.heads) == 1 else None)
         if task is None:
-            raise DataError(f"predict() needs task=...; known tasks: {sorted(model.heads)}.")
+            raise DataError(f"predict() needs task=... (a name, one per input, or 'all'); known tasks: {sorted(model.heads)}.")
     names = [task] * n if isinstance(task, str) else list(task)
     if len(names) != n:
         raise DataError(f"predict() got {len(names)} task names for {n} inputs: give one per input, or a single name.")
     model._check_tasks(dict.fromkeys(names))
+    for name in dict.fromkeys(names):
+        if model.tasks[name].kind == "masked_lm":
+            raise DataError(f"task {name!r} is a masked_lm task (it trains a language adapter): predict() serves "
+                            f"classification, regression and token tasks. Fix: predict with another task.")
     return names
 
 
-@torch.no_grad()
-def _predict_chunk(model: Any, tokenizer: Any, task: Task, texts: list[Any], max_length: int,
-                   language: str | None) -> list[dict[str, Any]]:
-    device = next(model.parameters()).device
-    if task.kind == "token_classification":
-        words = [t.split() if isinstance(t, str) else list(t) for t in texts]
-        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt")
+def _chunks(model: Any, names: list[str], batch_size: int) -> list[list[int]]:
+    """Row indices of each forward: in input order for per-row methods, else grouped by task."""
+    if model.adapter.routes_per_row:
+        return [list(range(i, min(i + batch_size, len(names)))) for i in range(0, len(names), batch_size)]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    return [rows[i:i + batch_size] for rows in groups.values() for i in range(0, len(rows), batch_size)]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------------- one forward
+def _run_rows(model: Any, tokenizer: Any, texts: list[Any], names: list[str], max_length: int,
+              language: str | None) -> list[dict[str, Any]]:
+    """One forward for rows of one or several tasks; one result dict per row."""
+    tasks = [model.tasks[n] for n in names]
+    enc = encode_rows(tokenizer, tasks, texts, max_length, _device(model))
+    distinct = list(dict.fromkeys(names))
+    out = model(**enc.inputs, task=distinct[0] if len(distinct) == 1 else names, language=language)
+    if out.task_logits is None:
+        per_row = list(out.logits.float().cpu())
     else:
-        firsts, seconds = _split_pairs(task, texts)
-        enc = tokenizer(firsts, seconds, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    logits = model(**inputs, task=task.name, language=language).logits.float().cpu()
-    if task.kind == "regression":
-        return [{"task": task.name, "score": float(v)} for v in logits.view(-1)]
-    probs = logits.softmax(-1)
-    if task.kind == "classification":
-        return [_class_result(task, p) for p in probs]
-    return [_token_result(task, words[i], enc.word_ids(i), probs[i]) for i in range(len(words))]
+        per_row = [None] * len(names)
+        for name, rows in out.task_logits.items():
+            for j, i in enumerate(out.task_rows[name].tolist()):
+                per_row[i] = rows[j].float().cpu()
+    return [_result(task, logits, enc.words[i], enc.word_ids[i]) for i, (task, logits) in enumerate(zip(tasks, per_row))]
 
 
-def _split_pairs(task: Task, texts: list[Any]) -> tuple[list[str], list[str] | None]:
-    if task.text_pair_column:
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------------------- task="all"
+def _predict_all(model: Any, tokenizer: Any, texts: Sequence[Any], batch_size: int, max_length: int,
+                 language: str | None) -> list[dict[str, Any]]:
+    names = [n for n in model.heads if model.tasks[n].kind != "masked_lm"]
+    if not names:
+        raise DataError("predict(task='all'): the model has no task to predict with (only masked_lm tasks).")
+    if not shares_backbone(model):
+        pairs = [(i, n) for i in range(len(texts)) for n in names]
+        flat = predict(model, [texts[i] for i, _ in pairs], task=[n for _, n in pairs], batch_size=batch_size,
+                       max_length=max_length, language=language, tokenizer=tokenizer)
+        return [{n: flat[k * len(names) + j] for j, n in enumerate(names)} for k in range(len(texts))]
+    out: list[dict[str, Any]] = []
+    with _eval_mode(model):
+        for start in range(0, len(texts), batch_size):
+            out += _shared_pass(model, tokenizer, list(texts[start:start + batch_size]), names, max_length)
+    return out
+
+
+def _shared_pass(model: Any, tokenizer: Any, texts: list[Any], names: list[str], max_length: int) -> list[dict[str, Any]]:
+    """Every task's head on one backbone pass per distinct tokenization of the chunk.
+
+    Token tasks read words and sequence tasks read sentences; when both tokenize to the same ids (as
+    with BERT's word-piece tokenizers) they share one pass, otherwise each tokenization gets its own.
+    """
+    device = _device(model)
+    by_form: dict[str, Encoded] = {}
+    passes: list[tuple[dict[str, torch.Tensor], list[str]]] = []  # (inputs, tasks reading them)
+    for name in names:
+        form = _form(model.tasks[name])
+        if form not in by_form:
+            by_form[form] = encode_rows(tokenizer, [model.tasks[name]] * len(texts), texts, max_length, device)
+        inputs = by_form[form].inputs
+        shared = next((p for p in passes if _same_inputs(p[0], inputs)), None)
+        if shared is None:
+            passes.append((inputs, [name]))
+        else:
+            shared[1].append(name)
+    results: list[dict[str, Any]] = [{} for _ in texts]
+    for inputs, readers in passes:
+        hidden = _encode_for(model, inputs, readers)
+        for name in readers:
+            task = model.tasks[name]
+            enc = by_form[_form(task)]
+            logits = model._head(name, hidden, inputs.get("attention_mask")).float().cpu()
+            for i in range(len(texts)):
+                results[i][name] = _result(task, logits[i], enc.words[i], enc.word_ids[i])
+    return results
+
+
+def _same_inputs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def _encode_for(model: Any, inputs: dict[str, torch.Tensor], readers: list[str]) -> dict[int | None, torch.Tensor]:
+    """One backbone pass with every hidden layer the `readers`' heads need (the model's own `_encode`;
+    with method `none` the pass does not depend on the task, so one routing serves every head)."""
+    batch = inputs["input_ids"].shape[0]
+    routing = Routing(task_ids=torch.zeros(batch, dtype=torch.long, device=inputs["input_ids"].device),
+                      task_names=model.task_names, batch_tasks=list(readers))
+    return model._encode(routing, inputs["input_ids"], inputs.get("attention_mask"), inputs.get("token_type_ids"))
+
+
+# ---------------------------------------------------------------------------------------------------- tokenization
+@dataclass
+class Encoded:
+    """A padded batch and, for rows of token tasks, their words and each position's word index."""
+
+    inputs: dict[str, torch.Tensor]
+    words: list[list[str] | None]
+    word_ids: list[list[int | None] | None]
+
+
+def encode_rows(tokenizer: Any, tasks: Sequence[Task], texts: Sequence[Any], max_length: int,
+                device: torch.device | None = None) -> Encoded:
+    """Tokenize each row as its task reads it (words, a pair or a sentence), then pad the rows together.
+
+    Args:
+        tokenizer: a fast tokenizer (word alignment of token tasks needs `word_ids`).
+        tasks: one task per row.
+        texts: the raw inputs.
+        max_length: truncation length.
+        device: where to put the tensors.
+
+    Returns:
+        `Encoded` with `input_ids`, `attention_mask` (and `token_type_ids`) of shape (B, L).
+    """
+    n = len(texts)
+    rows: list[dict[str, list[int]]] = [{} for _ in range(n)]
+    words: list[list[str] | None] = [None] * n
+    word_ids: list[list[int | None] | None] = [None] * n
+    for form, idx in _forms(tasks).items():
+        part = [texts[i] for i in idx]
+        if form == "words":
+            split = [t.split() if isinstance(t, str) else list(t) for t in part]
+            enc = tokenizer(split, is_split_into_words=True, truncation=True, max_length=max_length)
+        else:
+            firsts, seconds = _split_pairs(tasks[idx[0]], part, form == "pair")
+            enc = tokenizer(firsts, seconds, truncation=True, max_length=max_length)
+        for j, i in enumerate(idx):
+            rows[i] = {k: enc[k][j] for k in _INPUT_KEYS if k in enc}
+            if form == "words":
+                words[i], word_ids[i] = split[j], enc.word_ids(j)
+    inputs, offsets = _pad(tokenizer, rows)
+    for i, offset in enumerate(offsets):
+        if word_ids[i] is not None and offset:
+            word_ids[i] = [None] * offset + word_ids[i]
+    return Encoded({k: v.to(device) for k, v in inputs.items()} if device is not None else inputs, words, word_ids)
+
+
+def _form(task: Task) -> str:
+    """How a task reads its input: `words` (token tasks), `pair` (pair tasks) or `single`."""
+    return "words" if task.is_token_level else "pair" if task.text_pair_column else "single"
+
+
+def _forms(tasks: Sequence[Task]) -> dict[str, list[int]]:
+    """Row indices by input form."""
+    forms: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        forms.setdefault(_form(task), []).append(i)
+    return forms
+
+
+def _split_pairs(task: Task, texts: list[Any], pair: bool) -> tuple[list[str], list[str] | None]:
+    if pair:
         pairs = [t if isinstance(t, (list, tuple)) else (t, "") for t in texts]
         if any(len(p) != 2 for p in pairs):
             raise DataError(f"task {task.name!r} reads sentence pairs: give each input as (text, text_pair).")
         return [p[0] for p in pairs], [p[1] for p in pairs]
     return [t if isinstance(t, str) else " ".join(t) for t in texts], None
+
+
+def _pad(tokenizer: Any, rows: list[dict[str, list[int]]]) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Pad token-id lists to one length on the tokenizer's padding side; returns the tensors and each
+    row's left offset (non-zero only with left padding)."""
+    if tokenizer.pad_token_id is None:
+        raise DataError("The tokenizer has no pad token, so rows cannot be batched. Fix: set tokenizer.pad_token.")
+    length = max(len(r["input_ids"]) for r in rows)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0,
+            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}
+    out: dict[str, torch.Tensor] = {}
+    for key in (k for k in _INPUT_KEYS if k in rows[0]):
+        padded = []
+        for r in rows:
+            pad = [fill[key]] * (length - len(r[key]))
+            padded.append(pad + list(r[key]) if left else list(r[key]) + pad)
+        out[key] = torch.tensor(padded, dtype=torch.long)
+    offsets = [length - len(r["input_ids"]) if left else 0 for r in rows]
+    return out, offsets
+
+
+# ---------------------------------------------------------------------------------------------------- results
+def _result(task: Task, logits: torch.Tensor, words: list[str] | None, word_ids: list[int | None] | None) -> dict[str, Any]:
+    """One row's prediction from its logits: (C,) for sequence tasks, (L, C) for token tasks."""
+    if task.kind == "regression":
+        return {"task": task.name, "score": float(logits.view(-1)[0])}
+    probs = logits.softmax(-1)
+    if task.kind == "classification":
+        return _class_result(task, probs)
+    return _token_result(task, words or [], word_ids or [], probs)
 
 
 def _class_result(task: Task, probs: torch.Tensor) -> dict[str, Any]:

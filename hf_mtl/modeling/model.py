@@ -132,6 +132,21 @@ class MultiTaskModel(nn.Module):
 
         save_model(self, save_directory, tasks=tasks, **kwargs)
 
+    def push_to_hub(self, repo_id: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Push all tasks or a subset to a Hub repo, keeping the repo's other tasks; see `hf_mtl.hub.push`.
+
+        Args:
+            repo_id: `user/name`.
+            tasks: the tasks to push (default: every task with a head).
+            kwargs: `private`, `revision`, `create_pr`, `token`, `commit_message`.
+
+        Returns:
+            A `hf_mtl.hub.PushResult`.
+        """
+        from ..hub import push_model
+
+        return push_model(self, repo_id, tasks=tasks, **kwargs)
+
     def add_task(self, task: Task) -> None:
         """Register a task: its head (once its labels are known) and its adapter parameters."""
         known = self.tasks.get(task.name)

@@ -1,0 +1,443 @@
+"""Push and pull per-task stores to and from the Hugging Face Hub (or any Hub-compatible server).
+
+A repo has the store layout (DESIGN.md: local folder = Hub repo). Pushing tasks commits only their
+folders, plus `mtl_config.json` merged with the repo's (other tasks' entries stay), the regenerated
+card and the shared parts that changed; unchanged files are not sent, and a push that changes
+nothing makes no commit. Two pushers of different tasks both survive: each commit names its parent
+and is rebuilt on the new head when another push got in first (HTTP 412).
+
+Pulling tasks downloads `mtl_config.json`, `README.md`, the tasks' folders and the shared parts they
+run on, at one pinned commit, and checks every file against the manifest (size, sha256, safetensors
+header). Into the HF cache, or into `local_dir` through a staging folder: files are moved into place
+only once all of them are complete and verified.
+
+Against a server other than huggingface.co, set `HF_HUB_DISABLE_XET=1` (see STACK.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils.sha import git_hash
+
+from .errors import HfMtlError, StoreError, UnknownTaskError
+from .io_utils import atomic_write_json, read_json
+from .manifest import exact_pattern, files_for, is_shared_part, needed_languages, owner_of, verify_files
+from .model_card import render_card, run_metrics
+from .modeling.store import CONFIG_NAME, TASK_NAME, read_store_config
+from .store_merge import check_pushable, kept_tasks, merge_configs
+from .tasks import validate_task_name
+
+if TYPE_CHECKING:
+    from .modeling.model import MultiTaskModel
+
+logger = logging.getLogger(__name__)
+
+README = "README.md"
+MAX_PUSH_ATTEMPTS = 8  # commits rebuilt on a newer head after a 412 (another push got in first)
+LOGIN_HINT = "Fix: run `hf auth login`, or set HF_TOKEN, with a token that has write access (or pass token=/--token)."
+
+
+@dataclass
+class PushResult:
+    """What a push did.
+
+    Attributes:
+        repo_id: the repo.
+        commit: the new commit, or the current head when nothing changed.
+        changed: paths added or updated by the commit (empty: no commit was made).
+        deleted: paths removed (files of a pushed task that its new version no longer has).
+        commit_url, pr_url: links from the Hub (pr_url with `create_pr=True`).
+    """
+
+    repo_id: str
+    commit: str
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    commit_url: str | None = None
+    pr_url: str | None = None
+
+    @property
+    def committed(self) -> bool:
+        return bool(self.changed or self.deleted)
+
+
+# ---------------------------------------------------------------------------------------------------- tokens, errors
+def resolve_token(token: str | None, *, required: bool) -> str | None:
+    """The token to use: the argument, else `HF_TOKEN`, else the stored login (`hf auth login`).
+
+    Raises:
+        StoreError: when `required` and no token is found.
+    """
+    token = token or get_token()
+    if required and not token:
+        raise StoreError(f"Pushing to the Hub needs a token, and none was found. {LOGIN_HINT}")
+    return token
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, revision: str | None, action: str) -> Iterator[None]:
+    """Turn the client's exceptions into one-line `StoreError`s that say what to do."""
+    where = f"{repo_id!r}" + (f" (revision {revision!r})" if revision else "")
+    try:
+        yield
+    except RepositoryNotFoundError as err:
+        raise StoreError(
+            f"Could not {action} {where}: the repo does not exist, or your token cannot see it (private repos are "
+            f"visible to their owner only). Fix: check the repo id; for a private repo, log in as its owner "
+            f"(`hf auth login` or HF_TOKEN)." + ("" if os.path.exists(repo_id) else f" (No local folder {repo_id!r} exists either.)")
+        ) from err
+    except RevisionNotFoundError as err:
+        raise StoreError(f"Could not {action} {where}: no branch, tag or commit {revision!r} in {repo_id!r}. "
+                         f"Fix: use an existing revision, or omit it for the default branch.") from err
+    except (HfHubHTTPError, OfflineModeIsEnabled, HFValidationError, LocalEntryNotFoundError) as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status == 401:
+            raise StoreError(f"Could not {action} {where}: the Hub rejected the token (401). {LOGIN_HINT}") from err
+        if status == 403:
+            raise StoreError(f"Could not {action} {where}: the token's user may not write there (403). {LOGIN_HINT}") from err
+        offline = (" Fix: HF_HUB_OFFLINE is set and these files are not in the cache: unset it, or pull them once "
+                   "with network access.") if constants.HF_HUB_OFFLINE else ""
+        raise StoreError(f"Could not {action} {where}: {_first_line(err)}{offline}") from err
+    except httpx2.HTTPError as err:
+        raise StoreError(
+            f"Could not {action} {where}: the connection to {constants.ENDPOINT} failed ({type(err).__name__}: "
+            f"{_first_line(err)}). Nothing was left half-written. Fix: check the network and run it again."
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------------- push
+def push(store_dir: str | os.PathLike, repo_id: str, tasks: Sequence[str] | None = None, private: bool = False,
+         revision: str | None = None, create_pr: bool = False, token: str | None = None,
+         commit_message: str | None = None) -> PushResult:
+    """Push tasks of a local store to a Hub repo, leaving the repo's other tasks as they are.
+
+    Args:
+        store_dir: a store folder (an `hf-mtl train` output folder or `save_pretrained` folder).
+        repo_id: `user/name`; created when missing.
+        tasks: the tasks to push (default: every task of the store).
+        private: create the repo private (an existing repo keeps its visibility).
+        revision: the branch to push to (created from the default branch when missing), or a PR ref
+            (`refs/pr/N`) to add a commit to an open pull request.
+        create_pr: open a pull request against `revision` instead of committing to it.
+        token: a write token (default: `HF_TOKEN` or the stored login).
+        commit_message: the commit's title (default: "Push tasks a, b").
+
+    Returns:
+        A `PushResult`; `committed` is False when the repo already held these files.
+    """
+    plan = _PushPlan.from_store(Path(store_dir), repo_id, tasks, revision, create_pr, commit_message)
+    api = HfApi(token=resolve_token(token, required=True))
+    with hub_errors(repo_id, revision, "push to"):
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision and not create_pr:
+            _ensure_branch(api, repo_id, revision)
+        for attempt in range(1, MAX_PUSH_ATTEMPTS + 1):
+            try:
+                return plan.commit(api, private)
+            except HfHubHTTPError as err:
+                if getattr(err.response, "status_code", None) != 412 or attempt == MAX_PUSH_ATTEMPTS:
+                    raise
+                logger.info("push to %s: the repo moved on (attempt %d); merging again", repo_id, attempt)
+                time.sleep(random.uniform(0.05, 0.25) * attempt)
+    raise AssertionError("unreachable")
+
+
+def push_model(model: "MultiTaskModel", repo_id: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> PushResult:
+    """Save `model` (all tasks with a head, or `tasks`) to a temporary store and push it; see `push`."""
+    with tempfile.TemporaryDirectory(prefix="hf_mtl-push-") as tmp:
+        model.save_pretrained(tmp, tasks=tasks)
+        return push(tmp, repo_id, tasks=tasks, **kwargs)
+
+
+def _select(config: dict[str, Any], tasks: Sequence[str] | None, where: str) -> list[str]:
+    available = list(config.get("tasks", []))
+    if tasks is None:
+        return available
+    names = list(dict.fromkeys(validate_task_name(t) for t in tasks))
+    missing = [t for t in names if t not in available]
+    if missing:
+        raise UnknownTaskError(f"Task(s) {missing} are not in {where}. Available tasks: {available}.")
+    return names
+
+
+def _ensure_branch(api: HfApi, repo_id: str, revision: str) -> None:
+    """Create `revision` as a branch of the default branch's head, unless it is a PR ref or exists."""
+    if revision.startswith("refs/pr/"):
+        return
+    refs = api.list_repo_refs(repo_id)
+    if revision in {t.name for t in refs.tags}:
+        raise StoreError(f"Cannot push to {repo_id!r} revision {revision!r}: it is a tag. Fix: push to a branch, then tag it.")
+    if revision not in {b.name for b in refs.branches}:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+
+
+@dataclass
+class _PushPlan:
+    """What one push sends: the store's tasks and shared parts, checked against its manifest."""
+
+    root: Path
+    repo_id: str
+    local: dict[str, Any]
+    names: list[str]
+    upload: dict[str, dict[str, Any]]  # manifest entries of the pushed files
+    results: dict[str, dict[str, float]]
+    revision: str | None
+    create_pr: bool
+    message: str
+
+    @classmethod
+    def from_store(cls, root: Path, repo_id: str, tasks: Sequence[str] | None, revision: str | None, create_pr: bool,
+                   message: str | None) -> "_PushPlan":
+        if not (root / CONFIG_NAME).is_file():
+            raise StoreError(f"{root} has no {CONFIG_NAME}: it is not an hf_mtl store. Fix: push an output folder of `hf-mtl train`.")
+        local = read_store_config(root)
+        names = _select(local, tasks, str(root))
+        upload = {rel: e for rel, e in local.get("files", {}).items() if owner_of(rel) in names or is_shared_part(rel)}
+        try:  # a store changed by hand after saving is not pushed: its manifest would describe other files
+            verify_files(root, upload, str(root), remove=False)
+        except StoreError as err:
+            raise StoreError(f"Refusing to push: {err} Fix: save the model again (`save_pretrained`) before pushing.") from err
+        default = f"Push task{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else "Push shared parts"
+        return cls(root, repo_id, local, names, upload, run_metrics(root, names), revision, create_pr, message or default)
+
+    def commit(self, api: HfApi, private: bool) -> PushResult:
+        """One attempt: read the repo at its head, merge, commit with that head as parent (412 if it moved)."""
+        info = api.repo_info(self.repo_id, revision=self.revision)
+        if private and not info.private:
+            logger.warning("%s already exists and is public: private=True only applies to new repos", self.repo_id)
+        head = info.sha
+        tree = {f.path: f for f in api.list_repo_tree(self.repo_id, recursive=True, revision=head) if isinstance(f, RepoFile)}
+        with tempfile.TemporaryDirectory(prefix="hf_mtl-remote-") as tmp:
+            remote = self._remote_config(api, head, tree, Path(tmp))
+            check_pushable(remote, self.local, self.names, self.upload, self.repo_id)
+            merged = merge_configs(remote, self.local, self.names, self.upload, self.results)
+            infos = {**self._remote_task_infos(api, head, tree, kept_tasks(remote, self.names), Path(tmp)),
+                     **{n: read_json(self.root / n / TASK_NAME, f"task {n!r}") for n in self.names}}
+        card = render_card(merged, infos, self.repo_id).encode("utf-8")
+        ops, changed, deleted = self._operations(merged, card, tree, remote)
+        if not ops:
+            logger.info("push to %s: the repo already holds these files; no commit", self.repo_id)
+            return PushResult(self.repo_id, head)
+        done = api.create_commit(self.repo_id, ops, commit_message=self.message, revision=self.revision,
+                                 create_pr=self.create_pr, parent_commit=head)
+        return PushResult(self.repo_id, done.oid, changed, deleted, commit_url=done.commit_url, pr_url=done.pr_url)
+
+    def _remote_config(self, api: HfApi, head: str, tree: dict[str, RepoFile], tmp: Path) -> dict[str, Any] | None:
+        if CONFIG_NAME not in tree:
+            return None
+        api.hf_hub_download(self.repo_id, CONFIG_NAME, revision=head, local_dir=tmp / "config", token=api.token)
+        try:
+            return read_store_config(tmp / "config")
+        except HfMtlError as err:
+            raise StoreError(f"{self.repo_id} holds a {CONFIG_NAME} that hf_mtl cannot use ({err}). Fix: push to another repo.") from err
+
+    def _remote_task_infos(self, api: HfApi, head: str, tree: dict[str, RepoFile], names: list[str],
+                           tmp: Path) -> dict[str, dict[str, Any]]:
+        """`task.json` of the repo's kept tasks, for their card sections (a missing one gives an empty entry)."""
+        infos: dict[str, dict[str, Any]] = {}
+        for name in names:
+            rel = f"{name}/{TASK_NAME}"
+            data = {}
+            if rel in tree:
+                path = api.hf_hub_download(self.repo_id, rel, revision=head, local_dir=tmp / "tasks", token=api.token)
+                data = read_json(path, f"task {name!r} of {self.repo_id}")
+            infos[name] = data if isinstance(data, dict) else {}
+        return infos
+
+    def _operations(self, merged: dict[str, Any], card: bytes, tree: dict[str, RepoFile], remote: dict[str, Any] | None
+                    ) -> tuple[list[Any], list[str], list[str]]:
+        """Adds for files whose content differs from the repo's, deletes for files the pushed tasks dropped."""
+        ops: list[Any] = []
+        changed: list[str] = []
+        for rel, entry in sorted(self.upload.items()):
+            if not _same_file(tree.get(rel), entry["sha256"], self.root / rel):
+                ops.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(self.root / rel)))
+                changed.append(rel)
+        for rel, data in ((CONFIG_NAME, _json_bytes(merged)), (README, card)):
+            if not _same_bytes(tree.get(rel), data):
+                ops.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=data))
+                changed.append(rel)
+        listed = set((remote or {}).get("files", {}))
+        deleted = sorted(p for p in tree if p not in merged["files"] and p not in (CONFIG_NAME, README)
+                         and (owner_of(p) in self.names or p in listed))
+        ops += [CommitOperationDelete(path_in_repo=p) for p in deleted]
+        return ops, changed, deleted
+
+
+def _same_file(remote: RepoFile | None, sha256: str, path: Path) -> bool:
+    if remote is None:
+        return False
+    if remote.lfs is not None:
+        return remote.lfs.sha256 == sha256
+    return remote.blob_id == git_hash(path.read_bytes())
+
+
+def _same_bytes(remote: RepoFile | None, data: bytes) -> bool:
+    if remote is None:
+        return False
+    if remote.lfs is not None:
+        return remote.lfs.sha256 == hashlib.sha256(data).hexdigest()
+    return remote.blob_id == git_hash(data)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """The bytes `atomic_write_json` writes, so a pulled config is byte-identical to the pushed one."""
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------- pull
+def pull(repo_id: str, tasks: Sequence[str] | None = None, revision: str | None = None,
+         local_dir: str | os.PathLike | None = None, token: str | None = None) -> str:
+    """Download what `tasks` need from a Hub repo, at one commit, verified against the manifest.
+
+    Fetched: `mtl_config.json`, `README.md`, `<task>/` of each task, `shared/`, `backbone/` (when the
+    backbone was trained) and `languages/<lang>/` for the tasks' languages and those the method
+    declares (`adapter_config.languages`). Nothing else.
+
+    Args:
+        repo_id: `user/name`.
+        tasks: the tasks to pull (default: all).
+        revision: a branch, tag, commit or `refs/pr/N` (default: the default branch). All files come
+            from the one commit it points to when the pull starts.
+        local_dir: a folder to put the store in; default: the HF cache (usable offline afterwards).
+            Files are downloaded into a staging folder beside it and moved in only when all are
+            complete and verified; a task folder already there is replaced as a whole, and tasks
+            pulled earlier stay listed while their files still match the repo.
+        token: a token for private repos (default: `HF_TOKEN` or the stored login).
+
+    Returns:
+        The local store folder (a snapshot folder of the cache, or `local_dir`).
+    """
+    api = HfApi(token=resolve_token(token, required=False))
+    requested = None if tasks is None else [validate_task_name(t) for t in tasks]
+    with hub_errors(repo_id, revision, "pull"):
+        if local_dir is None:
+            return str(_pull_to_cache(api, repo_id, requested, revision))
+        return str(_pull_to_folder(api, repo_id, requested, revision, Path(local_dir)))
+
+
+def _pull_to_cache(api: HfApi, repo_id: str, tasks: list[str] | None, revision: str | None) -> Path:
+    # The first call resolves the revision (and records it in the cache for offline use); the
+    # snapshot folder's name is the commit, which every later call downloads from.
+    snapshot = Path(api.snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME], token=api.token))
+    commit = snapshot.name
+
+    def fetch(patterns: list[str]) -> None:
+        api.snapshot_download(repo_id, revision=commit, allow_patterns=patterns, token=api.token)
+
+    _fetch_store(snapshot, f"{repo_id}@{commit[:12]}", tasks, fetch)
+    return snapshot
+
+
+def _pull_to_folder(api: HfApi, repo_id: str, tasks: list[str] | None, revision: str | None, target: Path) -> Path:
+    commit = api.repo_info(repo_id, revision=revision).sha
+    staging = Path(tempfile.mkdtemp(prefix=".hf_mtl-pull-", dir=_existing_ancestor(target.resolve())))
+    try:
+        files = staging / "files"
+
+        def fetch(patterns: list[str]) -> None:
+            api.snapshot_download(repo_id, revision=commit, allow_patterns=patterns, local_dir=files, token=api.token)
+
+        fetch([CONFIG_NAME])
+        config, names, wanted = _fetch_store(files, f"{repo_id}@{commit[:12]}", tasks, fetch)
+        _install(files, target, config, names, wanted, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The staging folder sits on the target's file system, so moving files into place is atomic."""
+    for folder in (path.parent, *path.parent.parents):
+        if folder.is_dir():
+            return folder
+    return Path(tempfile.gettempdir())
+
+
+def _fetch_store(root: Path, source: str, tasks: list[str] | None, fetch: Any) -> tuple[dict, list[str], dict]:
+    """Validate the downloaded config, then fetch and verify the tasks' files and the shared parts.
+
+    Returns:
+        (config, task names, manifest entries of every fetched file).
+    """
+    if not (root / CONFIG_NAME).is_file():
+        raise StoreError(f"{source} has no {CONFIG_NAME}: it is not an hf_mtl store. Fix: check the repo id and revision.")
+    try:
+        config = read_store_config(root)  # task names and paths are checked before any is used
+    except HfMtlError as err:
+        raise StoreError(f"{source}: refusing its {CONFIG_NAME}: {err}") from err
+    names = _select(config, tasks, source)
+    first = files_for(config, names, languages=())
+    fetch([README, *(exact_pattern(rel) for rel in first)])
+    verify_files(root, first, source)
+    infos = {name: read_json(root / name / TASK_NAME, f"task {name!r} of {source}") for name in names}
+    wanted = files_for(config, names, needed_languages(config, infos))
+    languages = {rel: entry for rel, entry in wanted.items() if rel not in first}
+    if languages:
+        fetch([exact_pattern(rel) for rel in languages])
+        verify_files(root, languages, source)
+    return config, names, wanted
+
+
+def _install(files: Path, target: Path, config: dict[str, Any], names: list[str], wanted: dict[str, Any],
+             staging: Path) -> None:
+    """Move verified folders into `target` (each replacing its old version whole); the config goes last."""
+    target.mkdir(parents=True, exist_ok=True)
+    for owner in sorted({owner_of(rel) for rel in wanted}):
+        dest = target / owner
+        if dest.exists() or dest.is_symlink():
+            (staging / "replaced" / owner).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(dest, staging / "replaced" / owner)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(files / owner, dest)
+    if (files / README).is_file():
+        os.replace(files / README, target / README)
+    earlier = [t for t in config["tasks"] if t not in names and _still_valid(target, config, t)]
+    present = [t for t in config["tasks"] if t in names or t in earlier]
+    listed = {rel: e for rel, e in config.get("files", {}).items()
+              if owner_of(rel) in present or (is_shared_part(rel) and (target / rel).is_file())}
+    atomic_write_json(target / CONFIG_NAME, {**config, "tasks": present, "files": listed})
+
+
+def _still_valid(target: Path, config: dict[str, Any], name: str) -> bool:
+    """A task pulled into `target` earlier, whose files (and shared parts) match this commit's manifest."""
+    info = target / name / TASK_NAME
+    if not info.is_file():
+        return False
+    try:
+        entries = files_for(config, [name], needed_languages(config, {name: read_json(info, name)}))
+        verify_files(target, entries, str(target), remove=False)
+    except StoreError:
+        return False
+    return True
+
+
+from . import cli_hub  # noqa: E402,F401  (registers `hf-mtl push | pull | export`)
