@@ -55,9 +55,11 @@ class PrefixTuningMethod(AdapterMethod):
         self.prefixes = nn.ModuleDict()  # task -> PrefixEncoder
         self._batch_prefixes: torch.Tensor | None = None  # (T_batch, L, 2, h, P, d) during a routed forward
         self._row_slots: torch.Tensor | None = None  # (B,) index of each row's task in _batch_prefixes
+        self._backbone: nn.Module | None = None
 
     def attach(self, model: nn.Module) -> None:
         """Register one attention modifier per layer (no module of the backbone is replaced)."""
+        object.__setattr__(self, "_backbone", model.backbone)  # a reference, not a submodule: not our weights
         for index, layer in enumerate(layers_of(model.backbone, self.spec)):
             attention = resolve(layer, self.spec.attention)
             add_attention_modifier(model.backbone, attention, self._modifier(index))
@@ -68,8 +70,8 @@ class PrefixTuningMethod(AdapterMethod):
         options = self.options
         encoder = PrefixEncoder(options.num_virtual_tokens, self.num_layers, self.hidden_size,
                                 options.prefix_projection, options.encoder_hidden_size)
-        device = next(self.parameters(), None)
-        self.prefixes[task.name] = encoder.to(device.device) if device is not None else encoder
+        weight = next(self._backbone.parameters(), None) if self._backbone is not None else None
+        self.prefixes[task.name] = encoder.to(weight.device) if weight is not None else encoder  # after model.to(device) too
 
     # ------------------------------------------------------------------ routing
     @contextlib.contextmanager
