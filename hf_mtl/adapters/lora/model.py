@@ -22,7 +22,7 @@ Mechanics:
 - saving: `<task>/adapter_model.safetensors` and `<task>/adapter_config.json` are PEFT's own format,
   so `PeftModel.from_pretrained(AutoModel.from_pretrained(base), "<store>/<task>")` loads a task alone.
   hf_mtl's extra keys in the config (`adapter_method`, `hf_mtl_adapter_config`, `base_model_config`)
-  are ignored by PEFT.
+  are ignored by PEFT (it warns "Unexpected keyword arguments ... these are ignored").
 - language adapters (`language_adapters: true`): one LoRA adapter per language (the tasks' `language`
   fields plus `languages`), stacked under the task's adapter (PEFT sums the active adapters). They are
   frozen while task adapters train; a `masked_lm` task with a `language` trains that language's
