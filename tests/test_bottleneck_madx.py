@@ -168,6 +168,24 @@ def test_backbone_called_without_routing_names_the_fix(method: str, config: dict
         model.backbone(**encode(tok))
 
 
+@pytest.mark.parametrize("method,config,tasks", [("bottleneck", {"variant": "houlsby"}, sentence_tasks),
+                                                  ("madx", MADX, madx_tasks)])
+def test_deepcopy_routes_through_the_copied_adapters(method: str, config: dict, tasks) -> None:
+    import copy
+
+    model, tok = build(method, config, tasks())
+    twin = copy.deepcopy(model)
+    inputs = encode(tok)
+    task = "mlm_en" if method == "madx" else "sent"  # madx: the MLM head's inverse is rebound too
+    with torch.no_grad():
+        before = model(**inputs, task=task).logits
+        torch.testing.assert_close(twin(**inputs, task=task).logits, before, rtol=0, atol=0)
+        for p in twin.adapter.parameters():
+            p.zero_()
+        assert not torch.allclose(twin(**inputs, task=task).logits, before)
+        torch.testing.assert_close(model(**inputs, task=task).logits, before, rtol=0, atol=0)
+
+
 def _train(model: MultiTaskModel, tok, out: Path, train: dict, tasks: list[Task] | None = None, steps: int = 3,
            **kwargs) -> MultiTaskTrainer:
     args = MultiTaskTrainingArguments(

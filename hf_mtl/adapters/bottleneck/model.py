@@ -61,7 +61,7 @@ class BottleneckMethod(AdapterMethod):
         self._residuals: dict[tuple[int, str], torch.Tensor] = {}
         self._active: RowOwners | None = None
         self._handles: list[Any] = []
-        self._device: tuple[torch.device, torch.dtype] | None = None
+        self._backbone: tuple[nn.Module, ...] = ()  # kept out of this module's children
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self, model: nn.Module) -> None:
@@ -70,8 +70,7 @@ class BottleneckMethod(AdapterMethod):
         self._sites, self._handles = hook_sites(
             model.backbone, self.spec, self.options.positions, needs_x, self._site_forward, self._residuals
         )
-        weight = next(model.backbone.parameters())
-        self._device = (weight.device, weight.dtype)
+        self._backbone = (model.backbone,)
 
     def add_task(self, task: Task) -> None:
         """Create the task's adapters: one per site, (H, r) down and (r, H) up (r = H // reduction_factor)."""
@@ -83,10 +82,8 @@ class BottleneckMethod(AdapterMethod):
                                                 ln_after=o.ln_after) for p in o.positions})
             for _ in range(self.num_layers)
         )
-        if self._device is not None:
-            layers.to(*self._device)
         self._slots[task.name] = len(self.task_adapters)
-        self.task_adapters.append(layers)
+        self.task_adapters.append(to_backbone(layers, self._backbone))
 
     @contextlib.contextmanager
     def route(self, routing: Routing) -> Iterator[None]:
@@ -143,6 +140,14 @@ class BottleneckMethod(AdapterMethod):
         o = self.options
         per_site = BottleneckAdapter.parameter_count(self.hidden_size, self.rank, ln_before=o.ln_before, ln_after=o.ln_after)
         return self.num_layers * len(o.positions) * per_site
+
+
+def to_backbone(module: nn.Module, backbone: tuple[nn.Module, ...]) -> nn.Module:
+    """Put new adapter weights where the backbone is now (device and dtype), which may differ from attach time."""
+    if backbone:
+        weight = next(backbone[0].parameters())
+        module.to(device=weight.device, dtype=weight.dtype)
+    return module
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -64,28 +64,31 @@ def hook_sites(backbone: nn.Module, spec: ArchSpec, positions: tuple[str, ...], 
         for position in positions:
             branch, reader, norm = (getattr(spec, name) for name in POSITIONS[position])
             site = Site(index, position, resolve(layer, norm))
+            hook = SiteHook(site, apply, residuals)
             sites.append(site)
             if needs_residual:
-                handles.append(resolve(layer, reader).register_forward_pre_hook(_capture(site, residuals)))
-            handles.append(resolve(layer, branch).register_forward_hook(_rewrite(site, apply, residuals)))
+                handles.append(resolve(layer, reader).register_forward_pre_hook(hook.capture))
+            handles.append(resolve(layer, branch).register_forward_hook(hook.rewrite))
     return sites, handles
 
 
-def _capture(site: Site, residuals: dict[tuple[int, str], torch.Tensor]):
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        residuals[site.key] = args[0]  # (B, L, H)
+class SiteHook:
+    """The hooks of one site. An object rather than a closure: `copy.deepcopy(model)` copies bound
+    methods with their object, so a copied model's hooks call the copied adapter method."""
 
-    return hook
+    def __init__(self, site: Site, apply: SiteFn, residuals: dict[tuple[int, str], torch.Tensor]):
+        self.site = site
+        self.apply = apply
+        self.residuals = residuals
 
+    def capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.residuals[self.site.key] = args[0]  # x: (B, L, H)
 
-def _rewrite(site: Site, apply: SiteFn, residuals: dict[tuple[int, str], torch.Tensor]):
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        x = residuals.pop(site.key, None)
+    def rewrite(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        x = self.residuals.pop(self.site.key, None)
         if isinstance(output, tuple):  # a module that also returns attention weights
-            return (apply(site, output[0], x), *output[1:])
-        return apply(site, output, x)
-
-    return hook
+            return (self.apply(self.site, output[0], x), *output[1:])
+        return self.apply(self.site, output, x)
 
 
 def not_routed_error(method: str) -> TaskConfigError:

@@ -25,7 +25,7 @@ from ...tasks import Task
 from ..base import AdapterMethod, Routing, register_method
 from ..bottleneck.config import NON_LINEARITIES, bottleneck_size
 from ..bottleneck.layer import AdapterTensors, BottleneckAdapter, routed_adapter
-from ..bottleneck.model import load_strict, strip_prefix
+from ..bottleneck.model import load_strict, strip_prefix, to_backbone
 from ..bottleneck.routing import RowOwners, row_task_names
 from ..bottleneck.sites import Site, hook_sites, not_routed_error
 from .config import MadXConfig
@@ -102,7 +102,7 @@ class MadXMethod(AdapterMethod):
         self._residuals: dict[tuple[int, str], torch.Tensor] = {}
         self._active: MadXRows | None = None
         self._handles: list[Any] = []
-        self._device: tuple[torch.device, torch.dtype] | None = None
+        self._backbone: tuple[nn.Module, ...] = ()  # kept out of this module's children
         self._refresh_trainable()
 
     @property
@@ -117,9 +117,8 @@ class MadXMethod(AdapterMethod):
             embeddings = resolve(model.backbone, self.spec.embeddings)
             self._handles.append(embeddings.register_forward_hook(self._embed))
         self._heads = (model.heads,)
-        weight = next(model.backbone.parameters())
-        self._device = (weight.device, weight.dtype)
-        self.language_adapters.to(*self._device)
+        self._backbone = (model.backbone,)
+        to_backbone(self.language_adapters, self._backbone)
 
     def add_task(self, task: Task) -> None:
         """A task adapter for every task but `masked_lm` ones, which train their language's adapters."""
@@ -130,10 +129,8 @@ class MadXMethod(AdapterMethod):
         elif task.name not in self._slots:
             layers = nn.ModuleList(BottleneckAdapter(self.hidden_size, self.task_rank, init=self.options.init)
                                    for _ in range(self.num_layers))
-            if self._device is not None:
-                layers.to(*self._device)
             self._slots[task.name] = len(self.task_adapters)
-            self.task_adapters.append(layers)
+            self.task_adapters.append(to_backbone(layers, self._backbone))
         self._refresh_trainable()
 
     def task_language(self, task: Task) -> str:
