@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 README = "README.md"
 MAX_PUSH_ATTEMPTS = 8  # commits rebuilt on a newer head after a 412 (another push got in first)
-LOGIN_HINT = "Fix: run `hf auth login`, or set HF_TOKEN, with a token that has write access (or pass token=/--token)."
+LOGIN_HINT = "Fix: run `hf auth login`, or set HF_TOKEN (or pass token=/--token); pushing needs a token with write access."
 
 
 @dataclass
@@ -107,7 +107,8 @@ def hub_errors(repo_id: str, revision: str | None, action: str) -> Iterator[None
         raise StoreError(
             f"Could not {action} {where}: the repo does not exist, or your token cannot see it (private repos are "
             f"visible to their owner only). Fix: check the repo id; for a private repo, log in as its owner "
-            f"(`hf auth login` or HF_TOKEN)." + ("" if os.path.exists(repo_id) else f" (No local folder {repo_id!r} exists either.)")
+            f"(`hf auth login` or HF_TOKEN)."
+            + (f" (No local folder {repo_id!r} exists either.)" if action == "pull" and not os.path.exists(repo_id) else "")
         ) from err
     except RevisionNotFoundError as err:
         raise StoreError(f"Could not {action} {where}: no branch, tag or commit {revision!r} in {repo_id!r}. "
@@ -115,9 +116,11 @@ def hub_errors(repo_id: str, revision: str | None, action: str) -> Iterator[None
     except (HfHubHTTPError, OfflineModeIsEnabled, HFValidationError, LocalEntryNotFoundError) as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if status == 401:
-            raise StoreError(f"Could not {action} {where}: the Hub rejected the token (401). {LOGIN_HINT}") from err
+            raise StoreError(f"Could not {action} {where}: the Hub rejected the token (401): it is invalid or expired. "
+                             f"{LOGIN_HINT}") from err
         if status == 403:
-            raise StoreError(f"Could not {action} {where}: the token's user may not write there (403). {LOGIN_HINT}") from err
+            raise StoreError(f"Could not {action} {where}: the token's user has no {'write' if action == 'push to' else 'read'} "
+                             f"access there (403). {LOGIN_HINT}") from err
         offline = (" Fix: HF_HUB_OFFLINE is set and these files are not in the cache: unset it, or pull them once "
                    "with network access.") if constants.HF_HUB_OFFLINE else ""
         raise StoreError(f"Could not {action} {where}: {_first_line(err)}{offline}") from err
@@ -358,6 +361,8 @@ def _pull_to_cache(api: HfApi, repo_id: str, tasks: list[str] | None, revision: 
 
 
 def _pull_to_folder(api: HfApi, repo_id: str, tasks: list[str] | None, revision: str | None, target: Path) -> Path:
+    if target.exists() and not target.is_dir():
+        raise StoreError(f"--local-dir {target} is a file, not a folder. Fix: give a folder path.")
     commit = api.repo_info(repo_id, revision=revision).sha
     staging = Path(tempfile.mkdtemp(prefix=".hf_mtl-pull-", dir=_existing_ancestor(target.resolve())))
     try:

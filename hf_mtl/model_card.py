@@ -89,6 +89,8 @@ def render_card(config: dict[str, Any], tasks: dict[str, dict[str, Any]], repo_i
 
 def _metadata(config: dict[str, Any], tasks: dict[str, dict[str, Any]]) -> ModelCardData:
     method = config.get("adapter_method", "none")
+    if method == "none":
+        method = "full-fine-tuning" if config.get("backbone_trained") else "head-only"
     kinds = sorted({t.get("kind", "classification") for t in tasks.values()})
     tags = ["hf_mtl", "multi-task", "adapters", method, *(_KIND_TAGS[k] for k in kinds if k in _KIND_TAGS)]
     if method == "lora":
@@ -136,6 +138,11 @@ def _task_table(config: dict[str, Any], tasks: dict[str, dict[str, Any]], names:
             f"| `{name}` | {task.get('kind', '?')} | {len(labels) if labels else '-'} | "
             f"{task.get('dataset_name') or '-'} | {f'{total:,}' if isinstance(total, int) else '?'} |"
         )
+    shared = (config.get("trainable_parameters") or {}).get("shared") or {}
+    if shared.get("total"):
+        rows.append(f"\nShared by every task: {shared.get('backbone', 0):,} trainable backbone parameters and "
+                    f"{shared.get('adapter', 0):,} shared adapter parameters.")
+    rows.append("\n`mtl_config.json` lists every file with its size and sha256; `hf-mtl pull` checks them.")
     return "\n".join(rows) + "\n"
 
 
@@ -167,7 +174,7 @@ def _usage(config: dict[str, Any], repo_id: str, names: list[str]) -> str:
         "## Use with hf_mtl\n\n"
         "```python\n"
         "from hf_mtl.modeling import MultiTaskModel\n\n"
-        f"model = MultiTaskModel.from_pretrained(\"{repo_id}\", tasks={names[:2]!r})  # pulls only these tasks\n"
+        f"model = MultiTaskModel.from_pretrained(\"{repo_id}\", tasks={json.dumps(names[:2])})  # pulls only these tasks\n"
         f"model.predict([\"a fine film\"], task=\"{first}\")\n"
         "```\n\n"
         "```bash\n"

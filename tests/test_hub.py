@@ -254,9 +254,9 @@ def test_token_errors_say_how_to_log_in(hub, hub_api, tmp_path, base, monkeypatc
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(StoreError, match=r"needs a token, and none was found. Fix: run `hf auth login`, or set HF_TOKEN"):
         push(src, REPO)
-    with pytest.raises(StoreError, match=r"rejected the token \(401\). Fix: run `hf auth login`"):
+    with pytest.raises(StoreError, match=r"rejected the token \(401\): it is invalid or expired. Fix: run `hf auth login`"):
         push(src, REPO, token="hf_not_a_token")
-    with pytest.raises(StoreError, match=r"may not write there \(403\)"):
+    with pytest.raises(StoreError, match=r"has no write access there \(403\)"):
         push(src, REPO, token=BOB_TOKEN)
     assert not hub_api.repo_exists(REPO)
     huggingface_hub.login(token=ALICE_TOKEN)  # the stored login is used when no token is given
