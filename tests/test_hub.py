@@ -429,7 +429,17 @@ def test_madx_task_pulls_its_language_adapters_and_swaps_language(hub, hub_api, 
     torch.testing.assert_close(torch.tensor(list(row["scores"].values())), expected, rtol=1e-5, atol=1e-6)
 
 
-# ------------------------------------------------------------------------------------------------ merging (no server)
+# ------------------------------------------------------------------------------------------------ no server
+def test_a_store_changed_after_saving_is_not_pushed(tmp_path, base):
+    src = store(tmp_path / "run", build(base))
+    (src / "ner" / "head.safetensors").write_bytes(b"edited")
+    with pytest.raises(StoreError, match=r"Refusing to push: ner/head.safetensors in .* has 6 bytes.*save the model again"):
+        push(src, REPO, token=ALICE_TOKEN)
+    with pytest.raises(StoreError, match="has no mtl_config.json: it is not an hf_mtl store"):
+        push(tmp_path, REPO, token=ALICE_TOKEN)
+
+
+
 def test_merge_rules_protect_the_tasks_a_push_keeps():
     remote = {"library": "hf_mtl", "adapter_method": "hyperformer", "base_model": "b", "tasks": ["a", "b"],
               "files": {"a/x": {"sha256": "1"}, "b/x": {"sha256": "2"}, "shared/w": {"sha256": "s"}},
