@@ -14,7 +14,8 @@ Two modes, both started by `adapters_speed.py`:
 read from stdin, one JSON object per line: `{"cmd": "run", "configs": [...], "steps": k}` runs those
 configurations k steps each and answers their step times, so the parent can interleave these steps
 with its own (only one process computes at a time). `{"cmd": "quit"}` ends it.
-`--memory` builds each configuration in turn and answers its peak RSS delta over its first training step.
+`--memory` builds each configuration in turn and answers its peak RSS delta over its first training step,
+one protocol line per configuration, then `{"done": true}`.
 Only protocol lines start with `@@JSON`; libraries may print anything else.
 """
 
@@ -267,14 +268,13 @@ def memory(args: argparse.Namespace) -> None:
     inputs = make_inputs(args.batch, args.seq, AutoConfig.from_pretrained(args.model).vocab_size)
     tiny = {k: v[:2, :16] if v.dim() == 2 else v[:2] for k, v in inputs.items()}
     build_adapterhub(args.model, tiny)["adapterhub/floor"]().run(1)  # the process's one-time initialisations
-    result = {}
     for factory in build_adapterhub(args.model, inputs).values():
         built = factory()
         for bench in (built[1:] if isinstance(built, tuple) else (built,)):
-            result[bench.name] = peak_rss_delta_mib(bench, steps=1, warmup=0)
+            emit({"config": bench.name, "mib": peak_rss_delta_mib(bench, steps=1, warmup=0)})
         del built, bench
         gc.collect()
-    emit({"peak_rss_delta_mib": result})
+    emit({"done": True})
 
 
 def main() -> None:

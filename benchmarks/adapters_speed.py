@@ -8,7 +8,9 @@ tokens, all-MiniLM-L6-v2, 2 threads). Rows of the table:
   only the head trains); every adapter method with a single-task batch, with a batch mixing 4 tasks
   (8 rows each, interleaved) for the methods that route per row, and with `backbone_dropout=0.0`.
 - PEFT 0.21: LoRA (r=8, alpha=8, query+value: hf_mtl's default), IA3 (PEFT's BERT defaults), and
-  prefix tuning, which PEFT refuses on BERT under transformers 5 (the error is reported).
+  prefix tuning (20 flat prefixes) where it runs: PEFT passes the prefixes as `past_key_values`, which
+  transformers 5.24 still maps to `cache` on BERT (deprecated, removal announced for 5.40); where it
+  fails, or the prefixes get no gradient, the table reports why instead.
 - AdapterHub `adapters` 1.3 in its own venv (it pins transformers 4.57): the floor, Pfeiffer (SeqBn),
   Houlsby (DoubleSeqBn), parallel (ParBn), prefix tuning, LoRA, MAD-X (Stack(lang, task)) and a
   BatchSplit batch of 4 Pfeiffer adapters. The venv is created once under
@@ -40,6 +42,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +92,8 @@ MIXED_GOAL = 1.05
 GROUPS: list[list[str]] = [
     ["hf_mtl/full_ft", "hf_mtl/floor@nodrop", "adapterhub/floor"],
     ["hf_mtl/lora", "peft/lora", "adapterhub/lora", "hf_mtl/lora@nodrop", "peft/ia3"],
-    ["hf_mtl/prefix_tuning", "hf_mtl/prefix_tuning/mixed", "adapterhub/prefix_tuning", "hf_mtl/prefix_tuning@nodrop"],
+    ["hf_mtl/prefix_tuning", "hf_mtl/prefix_tuning/mixed", "peft/prefix_tuning", "adapterhub/prefix_tuning",
+     "hf_mtl/prefix_tuning@nodrop"],
     ["hf_mtl/bottleneck/pfeiffer", "hf_mtl/bottleneck/pfeiffer/mixed", "adapterhub/bottleneck/pfeiffer",
      "adapterhub/bottleneck/pfeiffer/mixed", "hf_mtl/bottleneck/pfeiffer@nodrop"],
     ["hf_mtl/bottleneck/houlsby", "hf_mtl/bottleneck/houlsby/mixed", "adapterhub/bottleneck/houlsby", "hf_mtl/bottleneck/houlsby@nodrop"],
@@ -173,18 +177,22 @@ def _peft_bench(name: str, model_id: str, inputs: dict, peft_config) -> Bench:
 
 
 def build_peft(model_id: str, inputs: dict, names: set[str]) -> dict[str, Callable[[], list[Bench]]]:
-    from peft import IA3Config, LoraConfig
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig
 
     factories = {
         "peft/lora": lambda: [_peft_bench("peft/lora", model_id, inputs,
                                           LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"]))],
         "peft/ia3": lambda: [_peft_bench("peft/ia3", model_id, inputs, IA3Config())],
+        # 20 flat prefixes, hf_mtl's default; runs only where `peft_prefix_tuning_status` says so
+        "peft/prefix_tuning": lambda: [_peft_bench("peft/prefix_tuning", model_id, inputs,
+                                                   PrefixTuningConfig(num_virtual_tokens=20, task_type="FEATURE_EXTRACTION"))],
     }
     return {k: v for k, v in factories.items() if k in names}
 
 
 def peft_prefix_tuning_status(model_id: str, inputs: dict) -> str:
-    """PEFT's prefix tuning on BERT: one step, or the error it raises (transformers 5 renamed the cache argument)."""
+    """PEFT's prefix tuning on BERT: "runs", or why not. PEFT passes the prefixes as `past_key_values`, which
+    transformers 5 renamed `cache` (5.24 still maps the old name, with a FutureWarning, until 5.40)."""
     from peft import PrefixTuningConfig
 
     try:
@@ -254,15 +262,22 @@ class AdapterHubRunner:
             self.process.wait(timeout=60)
 
 
-def adapterhub_memory(python: Path, model_path: str, args: argparse.Namespace) -> dict[str, float]:
-    process = subprocess.Popen(
-        [str(python), str(RUNNER), "--memory", "--model", model_path, "--batch", str(args.batch), "--seq", str(args.seq),
-         "--threads", str(args.threads)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, **MALLOC_ENV, "TRANSFORMERS_VERBOSITY": "error",
-                                                 "PYTHONWARNINGS": "ignore"})
-    result = _protocol_line(process)["peak_rss_delta_mib"]
+def _probe(command: list[str], on_result: Callable[[str, float], None]) -> None:
+    """Run a memory probe process; it prints one protocol line per configuration (`{"config": .., "mib": ..}`)
+    and a last one `{"done": true}`, so an interrupted probe still leaves the configurations it measured."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, **MALLOC_ENV, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"})
+    while True:
+        answer = _protocol_line(process)
+        if answer.get("done"):
+            break
+        on_result(answer["config"], answer["mib"])
     process.wait()
-    return result
+
+
+def adapterhub_memory(python: Path, model_path: str, args: argparse.Namespace, on_result: Callable[[str, float], None]) -> None:
+    _probe([str(python), str(RUNNER), "--memory", "--model", model_path, "--batch", str(args.batch), "--seq", str(args.seq),
+            "--threads", str(args.threads)], on_result)
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -336,25 +351,21 @@ def memory_probe(args: argparse.Namespace) -> None:
     inputs = make_inputs(args.batch, args.seq, load_backbone_config(model_id).vocab_size)
     tiny = {k: v[:2, :16] if v.dim() == 2 else v[:2] for k, v in inputs.items()}
     build_hf_mtl(model_id, tiny, {FLOOR})[FLOOR]()[0].run(1)  # the process's one-time initialisations
-    result = {}
-    for factory in build_local(model_id, inputs, names).values():
-        benches = factory()
+    factories = build_local(model_id, inputs, names)
+    for key in sorted(factories, key=lambda k: k.endswith("@nodrop")):  # the no-dropout variants last
+        benches = factories[key]()
         for bench in benches:
             if bench.name in names:
-                result[bench.name] = peak_rss_delta_mib(bench, steps=1, warmup=0)
+                mib = peak_rss_delta_mib(bench, steps=1, warmup=0)
+                print(PROTOCOL + json.dumps({"config": bench.name, "mib": mib}), flush=True)
         del benches, bench
         gc.collect()
-    print(PROTOCOL + json.dumps({"peak_rss_delta_mib": result}), flush=True)
+    print(PROTOCOL + json.dumps({"done": True}), flush=True)
 
 
-def local_memory(args: argparse.Namespace, names: list[str]) -> dict[str, float]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", json.dumps(names), "--model", args.model,
-               "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, **MALLOC_ENV, "TRANSFORMERS_VERBOSITY": "error"})
-    result = _protocol_line(process)["peak_rss_delta_mib"]
-    process.wait()
-    return result
+def local_memory(args: argparse.Namespace, names: list[str], on_result: Callable[[str, float], None]) -> None:
+    _probe([sys.executable, str(Path(__file__).resolve()), "--memory-probe", json.dumps(names), "--model", args.model,
+            "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)], on_result)
 
 
 # ---------------------------------------------------------------------------------------------- quality
@@ -440,7 +451,7 @@ def split_name(name: str) -> tuple[str, str, bool, bool]:
     return library, method, mixed, nodrop
 
 
-COUNTERPARTS = {"lora": ["peft/lora", "adapterhub/lora"], "prefix_tuning": ["adapterhub/prefix_tuning"],
+COUNTERPARTS = {"lora": ["peft/lora", "adapterhub/lora"], "prefix_tuning": ["peft/prefix_tuning", "adapterhub/prefix_tuning"],
                 "bottleneck/pfeiffer": ["adapterhub/bottleneck/pfeiffer"], "bottleneck/houlsby": ["adapterhub/bottleneck/houlsby"],
                 "bottleneck/parallel": ["adapterhub/bottleneck/parallel"], "madx": ["adapterhub/madx"]}
 
@@ -521,7 +532,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['method']} | {row['library']} | {row['backbone_dropout']} | {fmt(row['step_s'], 3)} | "
                      f"{fmt(row['ratio_floor'], 3)} | {fmt(row['ratio_own_floor'], 3)} | {fmt(row['ratio_full_ft'], 3)} | "
                      f"{fmt(row['peak_mib'], 0)} | {params} | {fmt(row['mixed_ratio'], 3)} |")
-    if result.get("peft_prefix_tuning"):
+    if result.get("peft_prefix_tuning", "runs") != "runs":
         lines.append(f"| prefix_tuning | peft | 0.1 | {result['peft_prefix_tuning']} | | | | | | |")
     lines += ["", "| goal check | value | goal | met |", "|---|---|---|---|"]
     for check in result["goal_checks"]:
@@ -612,8 +623,11 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
     import peft
     import transformers
 
-    names = [n for g in groups for n in g]
     inputs = make_inputs(args.batch, args.seq, load_backbone_config(args.model).vocab_size)
+    peft_prefix = peft_prefix_tuning_status(args.model, inputs)
+    if peft_prefix != "runs":  # reported in the table instead of timed
+        groups = [[n for n in g if n != "peft/prefix_tuning"] for g in groups]
+    names = [n for g in groups for n in g]
     timing: dict[str, Any] = {
         "args": vars(args), "groups": groups, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                           "loadavg_start": os.getloadavg()},
@@ -626,7 +640,7 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
             benches[bench.name] = bench
             bench.run(args.warmup)  # AdamW creates its state at the first step
     benches[FLOOR].run(1)  # the process's one-time initialisations, before the first measured step
-    timing["peft_prefix_tuning"] = peft_prefix_tuning_status(args.model, inputs)
+    timing["peft_prefix_tuning"] = peft_prefix
     timing["params"] = {n: {"trainable_per_task": b.trainable_per_task, "shared_trainable": b.shared_trainable}
                         for n, b in benches.items()}
     timing["attn_implementation"] = {n: b.info.get("attn_implementation") for n, b in benches.items()}
@@ -656,11 +670,27 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
 
 def memory_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) -> None:
     names = [n for g in groups for n in g]
+    if "peft/prefix_tuning" in names:
+        tiny = make_inputs(2, 16, load_backbone_config(args.model).vocab_size)
+        if peft_prefix_tuning_status(args.model, tiny) != "runs":
+            names.remove("peft/prefix_tuning")
     local = [n for n in names + [FLOOR] if not n.startswith("adapterhub/")]
-    memory = local_memory(args, local)
-    if args.adapterhub:
-        memory.update(adapterhub_memory(ensure_venv(), resolve_model_path(args.model), args))
-    part.write_text(json.dumps({"peak_rss_delta_mib": memory, "loadavg_end": os.getloadavg()}, indent=2))
+    memory: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def record(config: str, mib: float) -> None:  # written after each configuration
+        with lock:
+            memory[config] = mib
+            part.write_text(json.dumps({"peak_rss_delta_mib": memory, "loadavg": os.getloadavg()}, indent=2))
+            print(f"memory: {config}: {mib:.0f} MiB", flush=True)
+
+    probes = [threading.Thread(target=local_memory, args=(args, local, record))]
+    if args.adapterhub:  # the two probe processes run side by side: memory does not need a quiet machine
+        probes.append(threading.Thread(target=adapterhub_memory, args=(ensure_venv(), resolve_model_path(args.model), args, record)))
+    for probe in probes:
+        probe.start()
+    for probe in probes:
+        probe.join()
 
 
 def report(prefix: Path) -> None:

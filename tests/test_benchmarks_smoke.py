@@ -55,8 +55,9 @@ def test_adapters_speed_smoke(tiny_model: Path, tmp_path: Path, monkeypatch, cap
     monkeypatch.setattr(sys, "argv", ["adapters_speed.py", *common, "--memory-probe", json.dumps(local)])
     capsys.readouterr()
     bench.main()
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(bench.PROTOCOL))
-    memory = json.loads(line[len(bench.PROTOCOL):])["peak_rss_delta_mib"]
+    answers = [json.loads(l[len(bench.PROTOCOL):]) for l in capsys.readouterr().out.splitlines() if l.startswith(bench.PROTOCOL)]
+    assert answers[-1] == {"done": True}
+    memory = {a["config"]: a["mib"] for a in answers[:-1]}
     assert set(local) <= set(memory)
     out.with_name("speed_memory.json").write_text(json.dumps({"peak_rss_delta_mib": memory}))
     bench.report(out)
