@@ -17,7 +17,7 @@ from transformers import BertConfig, GPT2Config
 from hf_mtl import Task, TaskConfigError
 from hf_mtl.adapters import Routing, build_adapter_method, load_builtin_methods
 from hf_mtl.adapters.per_row import count
-from hf_mtl.adapters.pals.config import default_pal_size
+from hf_mtl.adapters.pals.config import default_pal_heads, default_pal_size
 from hf_mtl.modeling import MultiTaskModel
 
 from helpers import tiny_tokenizer
@@ -64,10 +64,13 @@ def encode(tok, texts=("good film", "bad food the city", "john smith in paris", 
 
 # ---------------------------------------------------------------------------------------------- options
 def test_pal_size_default_scales_with_hidden_size() -> None:
-    assert default_pal_size(768, 12) == 204  # the paper's setting
-    assert default_pal_size(384, 12) == 108  # all-MiniLM-L6-v2: round(102 / 12) * 12
+    assert (default_pal_heads(768), default_pal_size(768, 12)) == (12, 204)  # the paper's setting
+    assert (default_pal_heads(384), default_pal_size(384, 6)) == (6, 102)  # all-MiniLM-L6-v2: 17 per head, as the paper
+    assert default_pal_size(384, 12) == 108  # 102 moved to the nearest multiple of 12
     assert default_pal_size(32, 2) == 8
     method = build_adapter_method("pals", bert_config(100))
+    assert method.config == {"pal_size": 9, "pal_heads": 1}  # round(8.5): 9
+    method = build_adapter_method("pals", bert_config(100), {"pal_heads": 12})
     assert method.config == {"pal_size": 12, "pal_heads": 12}  # at least one dimension per head
 
 
@@ -252,7 +255,7 @@ def test_recipe_builds_the_method(method: str) -> None:
     minilm = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
     adapter = build_adapter_method(method, minilm, recipe.adapter_config)
     if method == "pals":
-        assert adapter.config["pal_size"] == 108
+        assert adapter.config == {"pal_size": 102, "pal_heads": 6}
 
 
 # ---------------------------------------------------------------------------------------------- real data
