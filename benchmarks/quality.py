@@ -432,12 +432,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="backbone folder or Hub id")
     parser.add_argument("--output", default=None, help="output folder (default benchmarks/results/quality[_quick])")
     parser.add_argument("--runs", nargs="*", default=None, help="only these runs (names as in the table)")
-    parser.add_argument("--jobs", type=int, default=1, help="units run at once, each in its own process (0: in this process)")
+    parser.add_argument("--jobs", type=int, default=1, help="units run at once, each in its own process (0: one after another in this process; "
+                             "then CPU time and peak memory are this process's running totals)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per unit process (0: torch's default)")
     parser.add_argument("--steps-per-task", type=int, default=None, help="override the scale's optimizer steps per task")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (through Accelerate) when a GPU is present")
     parser.add_argument("--write-recipes", default=None, metavar="DIR", help="only write every unit's recipe into DIR")
+    parser.add_argument("--store-dir", default=None, help="where each unit saves its trained store (default outputs/<output name>_stores)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the JSON, table and plot from finished units")
     parser.add_argument("--unit", nargs=2, metavar=("RECIPE", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -474,7 +476,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
 
     output = Path(args.output or REPO_ROOT / "benchmarks" / "results" / ("quality_quick" if args.quick else "quality"))
-    unit_dir, recipe_dir, store_dir = output / "units", output / "recipes", output / "stores"
+    unit_dir, recipe_dir = output / "units", output / "recipes"
+    # the trained stores (full fine-tuning saves the whole backbone) go under the git-ignored outputs/
+    store_dir = Path(args.store_dir or REPO_ROOT / "outputs" / f"{output.name}_stores")
     for d in (unit_dir, recipe_dir, store_dir):
         d.mkdir(parents=True, exist_ok=True)
     meta = {"model": args.model, "data": data_dir or "Hugging Face Hub", "quick": args.quick, "seed": args.seed,

@@ -26,9 +26,14 @@ def _load(name: str):
     return module
 
 
+# About 1 CPU-minute (13 tiny train + evaluate units): a couple of minutes on 2 idle cores, but 15+ minutes
+# on a machine shared with other jobs, hence `slow` and its own timeout (CI runs every test, slow ones too).
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_quick_quality_benchmark(shared_data, tmp_path):
     quality = _load("quality")
-    report = quality.main(["--quick", "--jobs", "0", "--data-dir", str(shared_data), "--output", str(tmp_path)])
+    report = quality.main(["--quick", "--jobs", "0", "--threads", "0", "--data-dir", str(shared_data),
+                           "--output", str(tmp_path)])
 
     expected_runs = [r.name for r in quality.run_specs(quick=True)]
     assert [row["run"] for row in report["runs"]] == expected_runs
