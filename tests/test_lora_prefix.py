@@ -107,10 +107,16 @@ def test_lora_dora_parameter_count_and_mixed_batch() -> None:
     assert_mixed_equals_single(model, encode(tok), ["sent", "ner", "topic", "sent"])  # PEFT refuses DoRA here: grouped path
 
 
-def test_lora_rank_pattern_and_all_targets_in_formula() -> None:
-    model, _ = make("lora", {"r": 2, "rank_pattern": {"value": 4}, "target_modules": ["query", "value", "dense"]})
+@pytest.mark.parametrize("adapter_config", [
+    {"r": 2, "rank_pattern": {"value": 4}, "target_modules": ["query", "value", "dense"]},
+    {"r": 2, "target_modules": ["word_embeddings", "query"]},
+    {"r": 2, "lora_bias": True, "use_rslora": True},
+])
+def test_lora_formula_follows_rank_pattern_targets_and_embeddings(adapter_config: dict) -> None:
+    model, tok = make("lora", adapter_config)
     counted = sum(p.numel() for p in model.adapter.task_parameters("sent"))
     assert counted == model.adapter.formula_parameter_count("sent")
+    assert_mixed_equals_single(model, encode(tok), ["sent", "ner", "topic", "sent"])
 
 
 def test_lora_mixed_batch_inference_and_error_in_training() -> None:
@@ -312,3 +318,43 @@ def test_adapter_on_another_base_model_names_both(method: str, adapter_config: d
     foreign, _ = make(method, adapter_config, config=config)
     with pytest.raises(StoreError, match=f"task 'sent' was trained on the base model .*{pattern}.*Fix"):
         _load_weights(foreign, tmp_path, ["sent"])
+
+
+# ---------------------------------------------------------------------------------------------------- real data
+REAL_RUNS = {  # method -> (adapter_config, learning rate)
+    "lora": ({"r": 8, "lora_alpha": 16}, 3e-3),
+    "prefix_tuning": ({"num_virtual_tokens": 20}, 1e-2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(REAL_RUNS))
+def test_real_data_sst2_and_upos_learn(method: str, shared_data: Path, tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 + the method, 120 steps of batch 16 on SST-2 and UD-EWT UPOS slices: both tasks
+    far above chance (SST-2 dev is balanced: 0.5; UPOS's majority tag NOUN: about 0.17)."""
+    from hf_mtl.data.dataset import load_raw_splits
+    from hf_mtl.trainer import MultiTaskTrainer
+    from hf_mtl.training_args import MultiTaskTrainingArguments
+
+    ud = shared_data / "ud_english_ewt"
+    task_list = [
+        Task("sst2", text_column="sentence", pooling="mean", train_file=str(shared_data / "glue_sst2/train.tsv"),
+             validation_file=str(shared_data / "glue_sst2/dev.tsv"), max_train_samples=2000, max_eval_samples=200),
+        Task("upos", kind="token_classification", label_column="upos", train_file=str(ud / "en_ewt-ud-train.conllu"),
+             validation_file=str(ud / "en_ewt-ud-dev.conllu"), max_train_samples=1500, max_eval_samples=100),
+    ]
+    adapter_config, learning_rate = REAL_RUNS[method]
+    torch.manual_seed(0)
+    model = MultiTaskModel.from_backbone("sentence-transformers/all-MiniLM-L6-v2", task_list, adapter_method=method,
+                                         adapter_config=adapter_config)
+    args = MultiTaskTrainingArguments(
+        output_dir=str(tmp_path), max_steps=120, per_device_train_batch_size=16, per_device_eval_batch_size=64,
+        learning_rate=learning_rate, warmup_steps=10, max_seq_length=64, sampling_strategy="uniform", seed=0,
+        use_cpu=True, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=60,
+    )
+    trainer = MultiTaskTrainer(model, args, tasks=task_list, train_dataset=load_raw_splits(task_list, "train"),
+                               eval_dataset=load_raw_splits(task_list, "validation"))
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert metrics["eval_sst2_accuracy"] > 0.7, metrics
+    assert metrics["eval_upos_accuracy"] > 0.8, metrics

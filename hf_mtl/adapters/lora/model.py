@@ -245,14 +245,15 @@ class LoraMethod(AdapterMethod):
         return adapter_parameters(self._layers, language_adapter_name(language)) if language in self.languages else []
 
     def formula_parameter_count(self, task: str) -> int:
-        """Σ over the targeted Linear layers of r·(in + out), + out per layer for DoRA's magnitude vector
+        """Σ over the targeted Linear layers of r·(in + out) (Embedding layers: r·(vocabulary + dimension)),
+        + out per layer for DoRA's magnitude vector
         (`use_dora`) and for LoRA's bias (`lora_bias`); r from `rank_pattern` where it matches.
         A masked_lm task that trains a language adapter has no adapter of its own: 0."""
         if task not in self.task_adapters:
             return 0
         config = self._backbone.peft_config[task]
         total = 0
-        for path, in_features, out_features in _targeted_linears(self._backbone, config):
+        for path, in_features, out_features in _targeted_layers(self._backbone, config):
             key = get_pattern_key(list(config.rank_pattern), path) if config.rank_pattern else None
             r = config.rank_pattern.get(key, config.r) if key is not None else config.r
             total += r * (in_features + out_features) + out_features * (int(config.use_dora) + int(config.lora_bias))
@@ -282,13 +283,14 @@ class LoraMethod(AdapterMethod):
         return {**self._peft_config_dict(language_adapter_name(language)), "language": language}
 
     def _adapter_state(self, adapter: str) -> dict[str, torch.Tensor]:
-        state = get_peft_model_state_dict(self._backbone, adapter_name=adapter)
+        # save_embedding_layers=False: the shared embedding matrix is the base model's, never a task's
+        state = get_peft_model_state_dict(self._backbone, adapter_name=adapter, save_embedding_layers=False)
         return {PEFT_PREFIX + key: value for key, value in state.items()}
 
     def _load_adapter(self, adapter: str, state: dict[str, torch.Tensor], owner: str) -> None:
         """Strict load of PEFT-format weights (keys and shapes must match exactly)."""
         saved = {key.removeprefix(PEFT_PREFIX): value for key, value in state.items()}
-        expected = get_peft_model_state_dict(self._backbone, adapter_name=adapter)
+        expected = get_peft_model_state_dict(self._backbone, adapter_name=adapter, save_embedding_layers=False)
         missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
         wrong = [f"{k}: saved {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
                  for k, v in expected.items() if k in saved and saved[k].shape != v.shape]
@@ -323,8 +325,9 @@ def _check_adapter_name(name: str) -> None:
         )
 
 
-def _targeted_linears(backbone: nn.Module, config: LoraConfig) -> list[tuple[str, int, int]]:
-    """(path, in_features, out_features) of every Linear layer that `config` targets (LoRA-wrapped or not)."""
+def _targeted_layers(backbone: nn.Module, config: LoraConfig) -> list[tuple[str, int, int]]:
+    """(path, in, out) of every Linear (in/out features) or Embedding (vocabulary/dimension) layer that
+    `config` targets, LoRA-wrapped or not."""
     found, wrapped = [], []
     for path, module in backbone.named_modules():
         if any(path.startswith(prefix) for prefix in wrapped):
@@ -332,6 +335,10 @@ def _targeted_linears(backbone: nn.Module, config: LoraConfig) -> list[tuple[str
         if isinstance(module, LoraLayer):
             wrapped.append(path + ".")
             module = module.get_base_layer()
-        if isinstance(module, nn.Linear) and check_target_module_exists(config, path):
+        if not check_target_module_exists(config, path):
+            continue
+        if isinstance(module, nn.Linear):
             found.append((path, module.in_features, module.out_features))
+        elif isinstance(module, nn.Embedding):
+            found.append((path, module.num_embeddings, module.embedding_dim))
     return found
