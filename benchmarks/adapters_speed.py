@@ -89,21 +89,22 @@ FLOOR_GOALS = {"pals": 1.10, "ca_mtl": 1.10, "hyperformer": 1.15, "hyperformer++
 DEFAULT_FLOOR_GOAL = 1.05
 MIXED_GOAL = 1.05
 # configurations timed next to each other, each group between two floor steps. Names: library/method[/mixed][@nodrop]
+# In order of priority: a run stopped by --max-minutes keeps the groups it finished.
 GROUPS: list[list[str]] = [
-    ["hf_mtl/full_ft", "hf_mtl/floor@nodrop", "adapterhub/floor"],
-    ["hf_mtl/lora", "peft/lora", "adapterhub/lora", "hf_mtl/lora@nodrop", "peft/ia3"],
-    ["hf_mtl/prefix_tuning", "hf_mtl/prefix_tuning/mixed", "peft/prefix_tuning", "adapterhub/prefix_tuning",
-     "hf_mtl/prefix_tuning@nodrop"],
     ["hf_mtl/bottleneck/pfeiffer", "hf_mtl/bottleneck/pfeiffer/mixed", "adapterhub/bottleneck/pfeiffer",
      "adapterhub/bottleneck/pfeiffer/mixed", "hf_mtl/bottleneck/pfeiffer@nodrop"],
+    ["hf_mtl/full_ft", "hf_mtl/floor@nodrop", "adapterhub/floor"],
+    ["hf_mtl/lora", "peft/lora", "adapterhub/lora", "hf_mtl/lora@nodrop", "peft/ia3"],
+    ["hf_mtl/pals", "hf_mtl/pals/mixed", "hf_mtl/pals@nodrop"],
+    ["hf_mtl/hyperformer", "hf_mtl/hyperformer/mixed", "hf_mtl/hyperformer@nodrop"],
+    ["hf_mtl/ca_mtl", "hf_mtl/ca_mtl/mixed", "hf_mtl/ca_mtl@nodrop"],
+    ["hf_mtl/prefix_tuning", "hf_mtl/prefix_tuning/mixed", "peft/prefix_tuning", "adapterhub/prefix_tuning",
+     "hf_mtl/prefix_tuning@nodrop"],
     ["hf_mtl/bottleneck/houlsby", "hf_mtl/bottleneck/houlsby/mixed", "adapterhub/bottleneck/houlsby", "hf_mtl/bottleneck/houlsby@nodrop"],
     ["hf_mtl/bottleneck/parallel", "hf_mtl/bottleneck/parallel/mixed", "adapterhub/bottleneck/parallel",
      "hf_mtl/bottleneck/parallel@nodrop"],
     ["hf_mtl/madx", "hf_mtl/madx/mixed", "adapterhub/madx", "hf_mtl/madx@nodrop"],
-    ["hf_mtl/pals", "hf_mtl/pals/mixed", "hf_mtl/pals@nodrop"],
-    ["hf_mtl/hyperformer", "hf_mtl/hyperformer/mixed", "hf_mtl/hyperformer@nodrop"],
     ["hf_mtl/hyperformer++", "hf_mtl/hyperformer++/mixed", "hf_mtl/hyperformer++@nodrop"],
-    ["hf_mtl/ca_mtl", "hf_mtl/ca_mtl/mixed", "hf_mtl/ca_mtl@nodrop"],
 ]
 FLOOR = "hf_mtl/floor"
 
@@ -295,7 +296,24 @@ def build_local(model_id: str, inputs: dict, names: set[str]) -> dict[str, Calla
     return {**build_hf_mtl(model_id, inputs, names), **build_peft(model_id, inputs, names)}
 
 
-def time_rounds(args: argparse.Namespace, benches: dict[str, Bench], runner: AdapterHubRunner | None,
+class LazyBenches:
+    """The local configurations, each model built (untimed) the first time one of its configurations runs,
+    so a run stopped by --max-minutes never pays for models it does not reach."""
+
+    def __init__(self, factories: dict[str, Callable[[], list[Bench]]], warmup: int):
+        self.factories, self.warmup = factories, warmup
+        self.built: dict[str, Bench] = {}
+
+    def __getitem__(self, name: str) -> Bench:
+        if name not in self.built:
+            key = name.removesuffix("/mixed") if name.endswith("/mixed") else name
+            for bench in self.factories[key]():
+                self.built[bench.name] = bench
+                bench.run(self.warmup)  # AdamW creates its state at the first step
+        return self.built[name]
+
+
+def time_rounds(args: argparse.Namespace, benches: "LazyBenches | dict[str, Bench]", runner: AdapterHubRunner | None,
                 groups: list[list[str]], on_round: Callable[[dict], None],
                 deadline: float | None = None) -> dict[str, list[dict[str, float]]]:
     """Per round: {config: median step time} and {config: ratio to the floor steps around its group}."""
@@ -322,7 +340,7 @@ def time_rounds(args: argparse.Namespace, benches: dict[str, Bench], runner: Ada
         round_ratios: dict[str, float] = {}
         floors = [statistics.median(benches[FLOOR].run(args.steps))]
         for group in order:
-            if deadline is not None and r >= 1 and time.perf_counter() > deadline:
+            if deadline is not None and time.perf_counter() > deadline:
                 break  # a partial round: the groups done are paired with their own floor steps
             group_times = run(group)
             floors.append(statistics.median(benches[FLOOR].run(args.steps)))
@@ -387,6 +405,9 @@ def quality(args: argparse.Namespace, part: Path | None = None) -> dict[str, Any
     train_texts, train_labels = [train_texts[i] for i in pick], [train_labels[i] for i in pick]
     tokenizer = load_tokenizer(args.model)
     task = Task("sst2", labels=["0", "1"])
+    setup = {"method": "bottleneck/pfeiffer", "train_examples": args.quality_examples, "steps": args.quality_steps,
+             "batch": args.quality_batch, "lr": args.quality_lr, "seeds": args.quality_seeds,
+             "dev_examples": len(dev_texts), "max_length": 64, "threads": args.threads}
     runs = []
     for seed in range(args.quality_seeds):
         for dropout in (None, 0.0):
@@ -418,20 +439,23 @@ def quality(args: argparse.Namespace, part: Path | None = None) -> dict[str, Any
                    "dev_accuracy": correct / len(dev_texts), "train_seconds": train_s}
             runs.append(run)
             if part is not None:  # partial results survive an interrupted run
-                part.write_text(json.dumps({"runs": runs, "partial": True}, indent=2))
+                part.write_text(json.dumps({"runs": runs, "setup": setup, "partial": True}, indent=2))
             print(f"quality: seed {seed}, backbone dropout {run['backbone_dropout']}: dev accuracy "
                   f"{run['dev_accuracy']:.4f}, {train_s:.1f}s for {args.quality_steps} steps", flush=True)
             del model, optimizer
+    return summarize_quality(runs, setup)
+
+
+def summarize_quality(runs: list[dict[str, Any]], setup: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     summary = {}
     for d in (0.1, 0.0):
         accs = [r["dev_accuracy"] for r in runs if r["backbone_dropout"] == d]
         secs = [r["train_seconds"] for r in runs if r["backbone_dropout"] == d]
-        summary[str(d)] = {"dev_accuracy_mean": statistics.mean(accs), "dev_accuracy_min": min(accs),
-                           "dev_accuracy_max": max(accs), "train_seconds_median": statistics.median(secs)}
-    return {"setup": {"method": "bottleneck/pfeiffer", "train_examples": args.quality_examples, "steps": args.quality_steps,
-                      "batch": args.quality_batch, "lr": args.quality_lr, "seeds": args.quality_seeds,
-                      "dev_examples": len(dev_texts), "max_length": 64},
-            "runs": runs, "summary": summary}
+        if accs:
+            summary[str(d)] = {"dev_accuracy_mean": statistics.mean(accs), "dev_accuracy_min": min(accs),
+                               "dev_accuracy_max": max(accs), "train_seconds_median": statistics.median(secs),
+                               "seeds": len(accs)}
+    return {"setup": setup, "runs": runs, "summary": summary, "partial": partial}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -540,12 +564,14 @@ def markdown(result: dict[str, Any]) -> str:
     q = result.get("quality")
     if isinstance(q, dict):
         s = q["setup"]
-        lines += ["", f"Backbone dropout, quality: {s['method']} on {s['train_examples']:,} SST-2 training examples, "
-                      f"{s['steps']} steps of {s['batch']}, lr {s['lr']}, {s['seeds']} seed(s); dev accuracy on {s['dev_examples']}.", "",
-                  "| backbone dropout | dev accuracy (mean) | min | max | train time (s, median) |", "|---|---|---|---|---|"]
+        lines += ["", f"Backbone dropout, quality: {s.get('method')} on {s.get('train_examples', 0):,} SST-2 training examples, "
+                      f"{s.get('steps')} steps of {s.get('batch')}, lr {s.get('lr')}, {s.get('threads')} thread(s); dev accuracy on "
+                      f"{s.get('dev_examples')}" + (" (interrupted: the seeds that finished)" if q.get("partial") else "") + ".", "",
+                  "| backbone dropout | seeds | dev accuracy (mean) | min | max | train time (s, median; shared machine) |",
+                  "|---|---|---|---|---|---|"]
         for d, v in q["summary"].items():
-            lines.append(f"| {d} | {v['dev_accuracy_mean']:.4f} | {v['dev_accuracy_min']:.4f} | {v['dev_accuracy_max']:.4f} | "
-                         f"{v['train_seconds_median']:.1f} |")
+            lines.append(f"| {d} | {v['seeds']} | {v['dev_accuracy_mean']:.4f} | {v['dev_accuracy_min']:.4f} | "
+                         f"{v['dev_accuracy_max']:.4f} | {v['train_seconds_median']:.1f} |")
     elif q:
         lines += ["", f"Backbone dropout, quality: {q}"]
     return "\n".join(lines)
@@ -634,16 +660,10 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
     }
     start = time.perf_counter()
-    benches: dict[str, Bench] = {}
-    for factory in build_local(args.model, inputs, set(names)).values():
-        for bench in factory():
-            benches[bench.name] = bench
-            bench.run(args.warmup)  # AdamW creates its state at the first step
+    benches = LazyBenches(build_local(args.model, inputs, set(names)), args.warmup)
     benches[FLOOR].run(1)  # the process's one-time initialisations, before the first measured step
     timing["peft_prefix_tuning"] = peft_prefix
-    timing["params"] = {n: {"trainable_per_task": b.trainable_per_task, "shared_trainable": b.shared_trainable}
-                        for n, b in benches.items()}
-    timing["attn_implementation"] = {n: b.info.get("attn_implementation") for n, b in benches.items()}
+    timing["params"], timing["attn_implementation"] = {}, {}
     runner = None
     if args.adapterhub:
         runner = AdapterHubRunner(ensure_venv(), resolve_model_path(args.model), args)
@@ -652,10 +672,13 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
             timing["params"][n] = {"trainable_per_task": c["trainable_per_task"], "shared_trainable": 0}
             timing["attn_implementation"][n] = c.get("attn_implementation")
     timing["setup_seconds"] = time.perf_counter() - start
-    print(f"built {len(benches)} local configurations{' + the AdapterHub runner' if runner else ''} in "
+    print(f"ready ({'local configurations are built at their first use' + (', AdapterHub runner started' if runner else '')}) in "
           f"{timing['setup_seconds']:.0f}s; PEFT prefix tuning: {timing['peft_prefix_tuning']}", flush=True)
 
     def save(measured: dict) -> None:
+        for n, b in benches.built.items():
+            timing["params"][n] = {"trainable_per_task": b.trainable_per_task, "shared_trainable": b.shared_trainable}
+            timing["attn_implementation"][n] = b.info.get("attn_implementation")
         timing["per_round"] = measured
         timing["timing_seconds"] = time.perf_counter() - start
         timing["machine"]["loadavg_end"] = os.getloadavg()
@@ -702,8 +725,11 @@ def report(prefix: Path) -> None:
     result = json.loads(parts["timing"].read_text())
     memory = json.loads(parts["memory"].read_text())["peak_rss_delta_mib"] if parts["memory"].exists() else {}
     result["quality"] = json.loads(parts["quality"].read_text()) if parts["quality"].exists() else None
-    if isinstance(result["quality"], dict) and result["quality"].get("partial"):
-        result["quality"] = f"interrupted after {len(result['quality']['runs'])} run(s): {result['quality']['runs']}"
+    if isinstance(result["quality"], dict) and result["quality"].get("partial"):  # an interrupted quality phase
+        a = result["args"]  # a quality part written before `setup` was saved with it: the defaults it ran with
+        setup = result["quality"].get("setup") or {"method": "bottleneck/pfeiffer", "train_examples": a["quality_examples"],
+                                                   "steps": a["quality_steps"], "batch": a["quality_batch"], "lr": a["quality_lr"]}
+        result["quality"] = summarize_quality(result["quality"]["runs"], setup, partial=True)
     measured = result["per_round"]
     result["rounds_done"] = len(measured["times"])
     loads = [r["_loadavg"] for r in measured["times"] if "_loadavg" in r]
