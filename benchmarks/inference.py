@@ -119,16 +119,20 @@ def mixed_batches(rounds: int) -> dict[str, dict[str, list[float]]]:
             "mixed 4 tasks, one forward (32 rows)": lambda: model(**inputs, task=mixed),
             "4 single-task forwards (4 x 8 rows)": lambda: [model(**quarter, task=f"t{i}") for i in range(N_TASKS)],
         }
-        times: dict[str, list[float]] = {name: [] for name in runs}
+        wall: dict[str, list[float]] = {name: [] for name in runs}
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
         with torch.no_grad():
             for fn in runs.values():
                 fn()  # warm-up
-            for _ in range(rounds):
-                for name, fn in runs.items():
-                    start = time.perf_counter()
+            order = list(runs)
+            for r in range(rounds):
+                for name in order[r % len(order):] + order[: r % len(order)]:  # rotated: no configuration always runs first
+                    fn = runs[name]
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     fn()
-                    times[name].append(time.perf_counter() - start)
-        out[method] = times
+                    wall[name].append(time.perf_counter() - start)
+                    cpu[name].append(time.process_time() - start_cpu)
+        out[method] = {"wall": wall, "cpu": cpu}
     return out
 
 
@@ -160,21 +164,25 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
 
 
 def report(switch: dict, mixed: dict, pulled: dict, rounds: int) -> dict:
+    print(f"machine load average (1, 5, 15 min): {os.getloadavg()}")
     print(f"\n1. Switching task (MiniLM, {N_TASKS} tasks; medians over {rounds} rounds)")
     print(f"{'operation':34s} {'ms / switch':>12s}")
     for name, values in switch.items():
         print(f"{name:34s} {statistics.median(values) * 1e3:12.4f}")
     print(f"{'AdapterHub set_active_adapters':34s} {0.68:12.4f}   (quoted, other venv)")
 
-    print(f"\n2. Batch {BATCH} x {SEQ} (medians over {rounds} interleaved rounds)")
-    print(f"{'method':11s} {'configuration':40s} {'s':>8s} {'x single':>9s}")
-    ratios = {}
-    for method, times in mixed.items():
-        single = times["single-task forward (32 rows)"]
-        for name, values in times.items():
-            ratio = paired_ratio(values, single)
-            ratios[f"{method}: {name}"] = ratio
-            print(f"{method:11s} {name:40s} {statistics.median(values):8.3f} {ratio:9.3f}")
+    print(f"\n2. Batch {BATCH} x {SEQ} (medians over {rounds} interleaved rounds; ratios are paired medians of wall "
+          f"time and of this process's CPU time, which other load on the machine disturbs less)")
+    print(f"{'method':11s} {'configuration':40s} {'wall s':>8s} {'x single':>9s} {'cpu s':>8s} {'x single':>9s}")
+    ratios: dict[str, dict[str, float]] = {"wall": {}, "cpu": {}}
+    for method, clocks in mixed.items():
+        for name in clocks["wall"]:
+            cells = []
+            for clock in ("wall", "cpu"):
+                values, single = clocks[clock][name], clocks[clock]["single-task forward (32 rows)"]
+                ratios[clock][f"{method}: {name}"] = paired_ratio(values, single)
+                cells.append(f"{statistics.median(values):8.3f} {ratios[clock][f'{method}: {name}']:9.3f}")
+            print(f"{method:11s} {name:40s} {' '.join(cells)}")
 
     print("\n3. Pulling from an 8-task repo (bottleneck adapters + heads) through the local Hub server")
     for label in ("1 task of 8", "all 8 tasks"):
@@ -183,11 +191,13 @@ def report(switch: dict, mixed: dict, pulled: dict, rounds: int) -> dict:
               + (" ..." if len(entry["files"]) > 6 else ""))
     summary = {
         "switch_ms": {k: statistics.median(v) * 1e3 for k, v in switch.items()},
-        "batch_seconds": {m: {k: statistics.median(v) for k, v in t.items()} for m, t in mixed.items()},
+        "batch_seconds": {m: {clock: {k: statistics.median(v) for k, v in t[clock].items()} for clock in t}
+                          for m, t in mixed.items()},
         "batch_ratio_to_single": ratios,
         "pull": pulled,
         "rounds": rounds,
         "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),  # other processes on the machine (this one uses 2 threads)
     }
     return summary
 
@@ -198,14 +208,18 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5))
     switch = dict(summary["switch_ms"], **{"AdapterHub set_active_adapters\n(quoted)": 0.68})
     axes[0].barh(list(switch), list(switch.values()), color="tab:blue")
     axes[0].set_xscale("log")
     axes[0].set_xlabel("ms per switch (log)")
     axes[0].set_title("Switching task")
-    labels, values = zip(*summary["batch_ratio_to_single"].items())
-    axes[1].barh(labels, values, color="tab:orange")
+    labels = list(summary["batch_ratio_to_single"]["wall"])
+    y = range(len(labels))
+    for offset, clock, color in ((-0.2, "wall", "tab:orange"), (0.2, "cpu", "tab:red")):
+        axes[1].barh([i + offset for i in y], [summary["batch_ratio_to_single"][clock][k] for k in labels], height=0.4,
+                     color=color, label=f"{clock} time")
+    axes[1].set_yticks(list(y), labels, fontsize=7)
     axes[1].axvline(1.05, color="gray", linestyle="--", label="goal 1.05x")
     axes[1].set_xlabel("time / single-task 32-row forward")
     axes[1].set_title(f"Batch {BATCH} x {SEQ}")

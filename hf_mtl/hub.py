@@ -364,7 +364,7 @@ def _pull_to_folder(api: HfApi, repo_id: str, tasks: list[str] | None, revision:
     if target.exists() and not target.is_dir():
         raise StoreError(f"--local-dir {target} is a file, not a folder. Fix: give a folder path.")
     commit = api.repo_info(repo_id, revision=revision).sha
-    staging = Path(tempfile.mkdtemp(prefix=".hf_mtl-pull-", dir=_existing_ancestor(target.resolve())))
+    staging = Path(tempfile.mkdtemp(prefix=".hf_mtl-pull-", dir=_staging_parent(target.resolve())))
     try:
         files = staging / "files"
 
@@ -379,9 +379,10 @@ def _pull_to_folder(api: HfApi, repo_id: str, tasks: list[str] | None, revision:
     return target
 
 
-def _existing_ancestor(path: Path) -> Path:
-    """The staging folder sits on the target's file system, so moving files into place is atomic."""
-    for folder in (path.parent, *path.parent.parents):
+def _staging_parent(target: Path) -> Path:
+    """The staging folder sits inside the target (or its nearest existing ancestor), on the same file
+    system, so moving files into place is an atomic rename."""
+    for folder in (target, *target.parents):
         if folder.is_dir():
             return folder
     return Path(tempfile.gettempdir())
