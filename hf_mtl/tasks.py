@@ -79,7 +79,20 @@ class Task:
             CoNLL-U `.conllu`, or `token<TAB>tag` column files for token tasks).
         train_split, validation_split, test_split: split names for `dataset_name`.
         max_train_samples, max_eval_samples: keep only the first N examples of a split.
-        head_layer: read the hidden states of this layer (1-based) instead of the last one.
+        head_layer: read the hidden states of layer k (1-based; the embeddings are layer 0) instead of the
+            last one: parallel multi-level supervision, e.g. a low-level task such as POS tagging supervises a
+            lower layer than a semantic task (Søgaard & Goldberg, 2016). Must not exceed the backbone's depth.
+        adversarial_weight: weight w_t of this task's rows in the adversarial loss of shared-private training
+            (Liu et al., 2017, "Adversarial Multi-task Learning for Text Classification"): a task discriminator
+            D reads the pooled shared representation h through a gradient-reversal layer R (Ganin & Lempitsky,
+            2015) and the loss gains mean_rows w_t · CE(D(R(h)), t); D learns to tell the tasks apart while
+            the encoder, receiving the reversed gradient, makes h task-invariant. 0 (default) keeps the task out
+            of the discriminator; at least two tasks need a weight > 0.
+        input_from_tasks: hierarchical feature pipeline (Søgaard & Goldberg, 2016; Hashimoto et al., 2017):
+            this task's head also reads the predicted label distributions of these lower tasks (e.g. NER reads
+            UPOS), concatenated to the hidden states: softmax(logits) of a classification or token task, the
+            predicted value of a regression task, broadcast over the tokens for sequence-level tasks. The
+            dependency graph must be acyclic; lower tasks get their heads first.
         extra: method- or strategy-specific fields (kept and saved as they are).
     """
 
@@ -105,6 +118,8 @@ class Task:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     head_layer: int | None = None
+    adversarial_weight: float = 0.0
+    input_from_tasks: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -142,6 +157,29 @@ class Task:
             raise TaskConfigError(f"{where}: `head_layer` must be a layer number >= 1, got {self.head_layer!r}.")
         if not isinstance(self.loss_weight, (int, float)) or self.loss_weight < 0:
             raise TaskConfigError(f"{where}: `loss_weight` must be a number >= 0, got {self.loss_weight!r}.")
+        if isinstance(self.adversarial_weight, bool) or not isinstance(self.adversarial_weight, (int, float)) \
+                or not self.adversarial_weight >= 0:
+            raise TaskConfigError(f"{where}: `adversarial_weight` must be a number >= 0, got {self.adversarial_weight!r}.")
+        self._check_input_from_tasks(where)
+
+    def _check_input_from_tasks(self, where: str) -> None:
+        lower = self.input_from_tasks
+        if lower is None:
+            return
+        if isinstance(lower, str):
+            lower = [lower]
+        if not isinstance(lower, (list, tuple)) or not lower:
+            raise TaskConfigError(f"{where}: `input_from_tasks` must be a non-empty list of task names, got {lower!r}.")
+        for name in lower:
+            validate_task_name(name, f"task name in `input_from_tasks` of {where}")
+        if self.name in lower:
+            raise TaskConfigError(f"{where}: `input_from_tasks` names the task itself. Fix: list only lower tasks.")
+        if len(set(lower)) != len(lower):
+            raise TaskConfigError(f"{where}: `input_from_tasks` lists a task twice: {list(lower)}.")
+        if self.kind == "masked_lm":
+            raise TaskConfigError(f"{where}: a masked_lm head is tied to the embeddings and cannot read other tasks' "
+                                  f"predictions. Fix: remove `input_from_tasks`.")
+        self.input_from_tasks = list(lower)
 
     # ------------------------------------------------------------------ derived properties
     @property
@@ -219,4 +257,48 @@ def tasks_from_config(entries: list[dict[str, Any] | Task]) -> list[Task]:
         raise TaskConfigError("No tasks given. Fix: list at least one task under `tasks`.")
     tasks = [entry if isinstance(entry, Task) else Task.from_dict(entry) for entry in entries]
     check_unique_names(tasks)
+    dependency_order(tasks)  # unknown or cyclic `input_from_tasks`
     return tasks
+
+
+def dependency_order(tasks: list[Task]) -> list[Task]:
+    """The tasks ordered so that every task comes after the tasks of its `input_from_tasks`.
+
+    Tasks without dependencies keep their relative order (a stable depth-first topological sort).
+
+    Args:
+        tasks: tasks with unique names.
+
+    Returns:
+        The same `Task` objects, reordered.
+
+    Raises:
+        TaskConfigError: a task reads an unknown task, or the dependencies form a cycle (the cycle is named).
+    """
+    by_name = {t.name: t for t in tasks}
+    order: list[Task] = []
+    state: dict[str, str] = {}  # "visiting" while on the current path, "done" once placed
+
+    def visit(task: Task, path: list[str]) -> None:
+        if state.get(task.name) == "done":
+            return
+        if state.get(task.name) == "visiting":
+            cycle = path[path.index(task.name):] + [task.name]
+            raise TaskConfigError(
+                f"task {task.name!r}: `input_from_tasks` forms a cycle {' -> '.join(cycle)}. Fix: a task may read only "
+                f"lower tasks; remove one of these dependencies."
+            )
+        state[task.name] = "visiting"
+        for lower in task.input_from_tasks or []:
+            if lower not in by_name:
+                raise TaskConfigError(
+                    f"task {task.name!r}: `input_from_tasks` names {lower!r}, which is not among the tasks "
+                    f"{sorted(by_name)}. Fix: add task {lower!r} too, or remove it from `input_from_tasks`."
+                )
+            visit(by_name[lower], path + [task.name])
+        state[task.name] = "done"
+        order.append(task)
+
+    for task in tasks:
+        visit(task, [])
+    return order

@@ -1,13 +1,17 @@
 """`MultiTaskTrainer`: a thin `transformers.Trainer` subclass over its documented hooks.
 
 Overridden: the train dataloader (task sampler), `compute_loss` (per-task losses and their weighting),
-`log` (per-task train losses), `evaluate` (one pass per task, `eval_<task>_<metric>` + `eval_average`),
-`_save` / `_load_from_checkpoint` / `_load_best_model` (the store layout, safetensors only), and the
-checkpoint's RNG-state hook, which also saves the sampler's state so a resumed run continues exactly.
+`training_step` (per-task gradients for gradient surgery, and the once-per-step work of the optimization
+strategies; see `hf_mtl.optim.plan`), `create_optimizer` (a learned loss weighting's parameters),
+`log` (per-task train losses, `weight_<task>`, `prob_<task>`), `evaluate` (one pass per task,
+`eval_<task>_<metric>` + `eval_average`), `_save` / `_load_from_checkpoint` / `_load_best_model` (the
+store layout, safetensors only), and the checkpoint's RNG-state hook, which also saves the sampler's and
+the optimization strategies' states so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,16 +27,22 @@ from transformers.trainer_utils import EvalPrediction, get_last_checkpoint
 
 from .data.collators import MultiTaskCollator
 from .data.dataset import MultiTaskDataset, TaskDataset, prepare_datasets
-from .data.samplers import SAMPLING_STRATEGIES, MultiTaskBatchSampler, build_scheduler
+from .data.samplers import SAMPLING_STRATEGIES, MultiTaskBatchSampler, TaskScheduler, build_scheduler
 from .errors import DataError, TaskConfigError
-from .io_utils import atomic_write_json, read_json
+from .io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
 from .modeling.model import MultiTaskModel
 from .modeling.store import CONFIG_NAME, load_trainable_state
-from .tasks import Task, check_unique_names
+from .optim.feedback import SchedulerFeedback, build_held_out
+from .optim.mixed import forward_per_task, rows_by_task, task_batches
+from .optim.plan import OptimizationPlan
+from .optim.schedulers.uncertainty import select_uncertain_rows
+from .optim.weighting import Progress
+from .tasks import Task, check_unique_names, dependency_order
 from .training_args import MultiTaskTrainingArguments
 
 MTL_STATE_NAME = "hf_mtl_state.json"
+DISCRIMINATOR_NAME = "task_discriminator.safetensors"  # checkpoints of adversarial runs (training-only weights)
 _IGNORE_OUTPUT_KEYS = ["task_losses", "task_logits", "task_rows"]
 
 
@@ -66,6 +76,7 @@ class MultiTaskTrainer(Trainer):
         self._attach_tasks(model)
         evals = prepare_datasets(list(self.tasks.values()), eval_dataset or {}, tokenizer, args.max_seq_length, "validation")
         collator = data_collator or MultiTaskCollator(tokenizer, self.tasks, args.pad_to_multiple_of)
+        self.optim_plan = self._build_optimization(args, model, train)
         super().__init__(
             model=model, args=args, data_collator=collator, processing_class=tokenizer,
             train_dataset=MultiTaskDataset(train) if train else None,
@@ -77,6 +88,8 @@ class MultiTaskTrainer(Trainer):
         self._resume_checkpoint: str | None = None
         self._eval_task: str | None = None
         self._loss_sums = {name: [0.0, 0] for name in self.tasks}
+        self._add_weighting_parameters(self.optimizer)
+        self._add_scheduler_feedback()
 
     # ------------------------------------------------------------------ setup steps
     @staticmethod
@@ -96,14 +109,41 @@ class MultiTaskTrainer(Trainer):
         return {t.name: t for t in tasks}
 
     def _attach_tasks(self, model: MultiTaskModel) -> None:
-        """Give every task its head now that its labels are known (inferred from the training data)."""
-        for task in self.tasks.values():
+        """Give every task its head now that its labels are known (inferred from the training data); tasks
+        that read other tasks' predictions (`input_from_tasks`) come after them."""
+        for task in dependency_order(list(self.tasks.values())):
             model.add_task(task)
             if task.name not in model.heads:
                 raise DataError(
                     f"task {task.name!r}: its label list is unknown (no training data, no `labels`). "
                     f"Fix: pass its training data or set `labels`."
                 )
+
+    def _build_optimization(self, args: MultiTaskTrainingArguments, model: MultiTaskModel,
+                            train: dict[str, datasets.Dataset]) -> OptimizationPlan:
+        """The loss weighting, gradient surgery and sampling mode, checked together (`hf_mtl.optim.plan`)."""
+        plan = OptimizationPlan(args, self.tasks, {name: len(data) for name, data in train.items()}, model,
+                                SAMPLING_STRATEGIES[args.sampling_strategy])
+        plan.weighting.to(args.device)
+        return plan
+
+    def _add_weighting_parameters(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """A learned loss weighting's parameters (log σ_t) train in their own group, without weight decay."""
+        params = self.optim_plan.weighting.parameters()
+        if optimizer is None or not params:
+            return
+        if not any(p is q for group in optimizer.param_groups for p in group["params"] for q in params):
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+
+    def _add_scheduler_feedback(self) -> None:
+        """A dynamic scheduler (bandit, uncertainty) learns after every optimizer step (`hf_mtl.optim.feedback`);
+        one that is rewarded on held-out data needs evaluation data for the tasks it reads."""
+        if self.train_dataset is None or not SAMPLING_STRATEGIES[self.args.sampling_strategy].dynamic:
+            return
+        held_out = build_held_out(self._make_scheduler(self.train_dataset), dict(self.eval_dataset or {}),
+                                  self.data_collator, self.args.per_device_eval_batch_size,
+                                  self.args.process_index, self.args.world_size)
+        self.add_callback(SchedulerFeedback(self, held_out))
 
     # ------------------------------------------------------------------ training data
     def get_train_dataloader(self) -> DataLoader:
@@ -122,48 +162,129 @@ class MultiTaskTrainer(Trainer):
         shard = getattr(prepared, "batch_sampler", None)
         if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
             shard.num_processes, shard.process_index = 1, 0
+            # Batches of every task (all_tasks, uncertainty pools) hold M·batch_size rows: with its batch_size set,
+            # the shard would take them for incomplete batches and refill them from the epoch's first indices.
+            shard.batch_size = None
         return prepared
 
-    def _build_task_sampler(self, data: MultiTaskDataset) -> MultiTaskBatchSampler:
+    def _make_scheduler(self, data: MultiTaskDataset) -> TaskScheduler:
         args = self.args
         strategy = SAMPLING_STRATEGIES[args.sampling_strategy]
         defaults = {k: v for k, v in args.sampler_options().items() if k in strategy.option_defaults}
         options = {**defaults, **(args.sampling_options or {})}
-        scheduler = build_scheduler(args.sampling_strategy, data.task_names, data.sizes, seed=args.seed, **options)
+        return build_scheduler(args.sampling_strategy, data.task_names, data.sizes, seed=args.seed, **options)
+
+    def _build_task_sampler(self, data: MultiTaskDataset) -> MultiTaskBatchSampler:
+        args = self.args
         sampler = MultiTaskBatchSampler(
-            data.task_names, data.sizes, args.per_device_train_batch_size, scheduler, seed=args.seed,
+            data.task_names, data.sizes, args.per_device_train_batch_size, self._make_scheduler(data), seed=args.seed,
             num_replicas=args.world_size, rank=args.process_index, steps_per_epoch=args.steps_per_epoch,
         )
         if self._resume_checkpoint is not None:
             state_file = Path(self._resume_checkpoint) / MTL_STATE_NAME
             if state_file.is_file():
-                sampler.load_state_dict(read_json(state_file, "checkpoint sampler state")["sampler"])
+                state = read_json(state_file, "checkpoint sampler state")
+                sampler.load_state_dict(state["sampler"])
+                self.optim_plan.load_state_dict(state.get("optim"))
         self.task_sampler = sampler
         return sampler
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        outputs = model(**inputs)
-        task_losses = outputs["task_losses"]
-        if task_losses is None:
-            raise DataError(f"Batch of task {inputs.get('task')!r} has no labels; training needs labelled data.")
+        outputs, inputs = self._forward(model, inputs)
+        task_losses = self._task_losses(outputs, inputs)
         loss = self.combine_task_losses(task_losses, inputs)
+        if outputs.get("adversarial_loss") is not None:
+            loss = loss + outputs["adversarial_loss"]
         if model.training:
-            for name, value in task_losses.items():
-                self._loss_sums[name][0] += float(value.detach())
-                self._loss_sums[name][1] += 1
+            self._record_training_batch(task_losses, inputs)
         return (loss, outputs) if return_outputs else loss
 
     def combine_task_losses(self, task_losses: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
-        """One loss from the per-task losses: static weighting by each task's `loss_weight`, rows shared
-        as in the batch (a single-task batch is that task's weighted loss)."""
-        task = inputs.get("task")
-        if isinstance(task, str):
-            return self.tasks[task].loss_weight * task_losses[task]
-        counts = {name: task.count(name) for name in task_losses}
-        total = sum(counts.values())
-        return sum(self.tasks[n].loss_weight * loss * (counts[n] / total) for n, loss in task_losses.items())
+        """One loss from the per-task losses through the run's `loss_weighting` (default `static`: each task's
+        `loss_weight`). A single-task batch gives λ_t L_t, an `all_tasks` batch Σ_t λ_t L_t (or the
+        weighting's own W), a sampled mixed batch counts each task by its share of the rows."""
+        return self.optim_plan.combine(task_losses, inputs.get("task"), self._progress())
+
+    def _forward(self, model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The model's outputs and the inputs they are for. In training with uncertainty sampling the pool is
+        first cut to its most uncertain rows; a mixed batch runs as one forward per task for adapter methods
+        that do not route per row."""
+        if model.training and self.optim_plan.selects_rows:
+            inputs = select_uncertain_rows(self.accelerator.unwrap_model(model), inputs, self.tasks,
+                                           self.args.per_device_train_batch_size, self.optim_plan.split_forward)
+        if self.optim_plan.split_forward and isinstance(inputs.get("task"), list):
+            return forward_per_task(model, inputs, self.tasks), inputs
+        return model(**inputs), inputs
+
+    @staticmethod
+    def _task_losses(outputs: Any, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        task_losses = outputs.get("task_losses")
+        if task_losses is None:
+            raise DataError(f"Batch of task {inputs.get('task')!r} has no labels; training needs labelled data.")
+        return task_losses
+
+    def _record_training_batch(self, task_losses: dict[str, torch.Tensor], inputs: dict[str, Any]) -> None:
+        values = {name: float(value.detach()) for name, value in task_losses.items()}
+        for name, value in values.items():
+            self._loss_sums[name][0] += value
+            self._loss_sums[name][1] += 1
+        rows = {name: index.numel() for name, index in rows_by_task(inputs["task"], inputs["input_ids"].shape[0]).items()}
+        self.optim_plan.record(values, rows)
+
+    def _progress(self) -> Progress:
+        batches = len(self.task_sampler) if self.task_sampler is not None else 1
+        return Progress(step=self.state.global_step, epoch=float(self.state.epoch or 0.0),
+                        max_steps=max(1, self.state.max_steps or 1),
+                        steps_per_epoch=max(1, -(-batches // self.args.gradient_accumulation_steps)))
+
+    # ------------------------------------------------------------------ optimizer step
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """The Trainer's step, or, with gradient surgery (or Tchebycheff over several micro-batches or ranks),
+        one that keeps each task's gradient (`hf_mtl.optim.task_gradients`). When the plan syncs by hand
+        (per-task gradients, split forwards) the micro-batches run under DDP's `no_sync` and the gradients are
+        all-reduced once, after the step's last micro-batch, in `OptimizationPlan.finish_step`."""
+        plan = self.optim_plan
+        plan.begin_micro_batch()
+        with self.accelerator.no_sync(model) if plan.manual_sync else contextlib.nullcontext():
+            if plan.per_task_gradients:
+                loss = self._task_gradient_step(model, inputs)
+            else:
+                loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            scaler = self.accelerator.scaler
+            plan.finish_step(self._progress(), float(scaler.get_scale()) if scaler is not None else None)
+        return loss
+
+    def _task_gradient_step(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """One forward and one backward pass per task, each over the task's own rows: the backward of L_t
+        through a forward of the whole mixed batch would cost a full-batch backward per task."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        scaler = self.accelerator.scaler
+        loss_scale = scaler.scale if scaler is not None else (lambda loss: loss)
+        size = inputs["input_ids"].shape[0]
+        task_losses, adversarial = {}, None
+        for name, rows, batch in task_batches(inputs, self.tasks):
+            with self.compute_loss_context_manager():
+                outputs = model(**batch)
+            loss = self._task_losses(outputs, batch)[name]
+            share = outputs.adversarial_loss * (rows.numel() / size) if outputs.adversarial_loss is not None else None
+            self.optim_plan.task_gradients.accumulate({name: loss}, share, scale, loss_scale)
+            task_losses[name] = loss.detach()
+            if share is not None:
+                adversarial = share.detach() if adversarial is None else adversarial + share.detach()
+        self._record_training_batch(task_losses, inputs)
+        # the loss the Trainer logs, as the plain step would report it
+        loss = self.combine_task_losses(task_losses, inputs) + (adversarial if adversarial is not None else 0.0)
+        return loss.detach() * scale
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        self._add_weighting_parameters(optimizer)
+        return optimizer
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and any(count for _, count in self._loss_sums.values()):
@@ -175,6 +296,10 @@ class MultiTaskTrainer(Trainer):
                 if count:
                     logs[f"train_{name}_loss"] = round(total / count, 4)
             self._loss_sums = {name: [0.0, 0] for name in self.tasks}
+        if "loss" in logs and self.task_sampler is not None:
+            dynamic = self.task_sampler.scheduler.dynamic
+            logs.update(self.optim_plan.logged_values(self._progress(),
+                                                      self.task_sampler.current_probabilities() if dynamic else None))
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ evaluation
@@ -246,18 +371,24 @@ class MultiTaskTrainer(Trainer):
             return
         model = self.accelerator.unwrap_model(self.model)
         model.save_pretrained(output_dir)
+        if model.task_discriminator is not None:
+            save_tensors(os.path.join(output_dir, DISCRIMINATOR_NAME), model.task_discriminator.state_dict())
         atomic_write_json(os.path.join(output_dir, "training_args.json"), json.loads(self.args.to_json_string()))
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
         if self.args.should_save and self.task_sampler is not None:
-            atomic_write_json(os.path.join(output_dir, MTL_STATE_NAME), {"sampler": self.task_sampler.state_dict()})
+            atomic_write_json(os.path.join(output_dir, MTL_STATE_NAME),
+                              {"sampler": self.task_sampler.state_dict(), "optim": self.optim_plan.state_dict()})
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if not os.path.isfile(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
             raise DataError(f"{resume_from_checkpoint} is not an hf_mtl checkpoint (no {CONFIG_NAME}).")
         load_trainable_state(target, resume_from_checkpoint)
+        discriminator = os.path.join(resume_from_checkpoint, DISCRIMINATOR_NAME)
+        if target.task_discriminator is not None and os.path.isfile(discriminator):
+            target.task_discriminator.load_state_dict(load_tensors(discriminator, "checkpoint task discriminator"))
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)

@@ -44,11 +44,33 @@ class MultiTaskTrainingArguments(TrainingArguments):
     pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batches to a multiple of this length."})
     sampling_strategy: str = field(
         default="proportional",
-        metadata={"help": "Which task each step trains: proportional, temperature, annealed, uniform, round_robin, sequential."},
+        metadata={"help": "Which task each step trains: proportional, temperature, annealed, uniform, round_robin, "
+                          "sequential (option `stages` for a curriculum of task sets), all_tasks (a batch of every "
+                          "task in every step), bandit (Boltzmann bandit rewarded by held-out loss decrease), "
+                          "uncertainty (CA-MTL: the most uncertain rows of a pool of every task)."},
     )
     sampling_temperature: float = field(default=2.0, metadata={"help": "T of the temperature strategy: p_t ∝ |D_t|^(1/T)."})
     sampling_options: dict | None = field(
-        default=None, metadata={"help": "Extra options of the sampling strategy (e.g. {'task_order': [...]} for sequential)."}
+        default=None, metadata={"help": "Extra options of the sampling strategy (e.g. {'task_order': [...]} for sequential, "
+                                         "{'tau': 0.1, 'reward_every': 10} for bandit)."}
+    )
+    loss_weighting: str = field(
+        default="static",
+        metadata={"help": "How the task losses become one loss: static (each task's loss_weight), equal (1/M), size "
+                          "(∝ 1/|D_t|), uncertainty (learned log σ_t, Kendall et al. 2018), dwa (dynamic weight "
+                          "average, Liu et al. 2019), tchebycheff (max_t λ_t L_t, Mao et al. 2020; needs all_tasks), "
+                          "curriculum (sigmoid or linear ramps per task). See hf_mtl/optim/weighting/."},
+    )
+    loss_weighting_options: dict | None = field(
+        default=None, metadata={"help": "Options of the loss weighting (e.g. {'temperature': 2.0, 'window_steps': 50} for dwa)."}
+    )
+    gradient_surgery: str = field(
+        default="none",
+        metadata={"help": "Gradient surgery on the parameters shared between tasks: none, pcgrad (Yu et al. 2020) or "
+                          "gradvac (Wang et al. 2021). Needs sampling_strategy=all_tasks and trainable shared weights."},
+    )
+    gradient_surgery_options: dict | None = field(
+        default=None, metadata={"help": "Options of the gradient surgery (e.g. {'beta': 0.01, 'granularity': 'parameter'} for gradvac)."}
     )
     steps_per_epoch: int | None = field(
         default=None, metadata={"help": "Optimizer micro-steps per epoch (default: enough to see each task's data once)."}
@@ -58,7 +80,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        for name in ("tasks", "adapter_config", "sampling_options"):
+        for name in ("tasks", "adapter_config", "sampling_options", "loss_weighting_options", "gradient_surgery_options"):
             value = getattr(self, name)
             if isinstance(value, str):  # from the command line: a JSON string
                 try:
@@ -74,12 +96,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
     def _validate_multitask(self) -> None:
         from .adapters import ADAPTER_METHODS, load_builtin_methods
         from .data.samplers import SAMPLING_STRATEGIES
+        from .optim.plan import check_optimization_fields
 
         load_builtin_methods()
         if self.sampling_strategy not in SAMPLING_STRATEGIES:
             raise TaskConfigError(
                 f"Unknown sampling_strategy {self.sampling_strategy!r}. Fix: use one of {sorted(SAMPLING_STRATEGIES)}."
             )
+        check_optimization_fields(self.loss_weighting, self.gradient_surgery, self.sampling_strategy)
         if self.adapter_method not in ADAPTER_METHODS:
             raise TaskConfigError(f"Unknown adapter_method {self.adapter_method!r}. Fix: use one of {sorted(ADAPTER_METHODS)}.")
         if self.sampling_temperature <= 0:

@@ -129,7 +129,7 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     import torch
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, {repo!r}]  # the checkout under test, installed or not
     from transformers import TrainerCallback
     from test_trainer import make_trainer
     from pathlib import Path
@@ -147,7 +147,7 @@ def test_two_process_ddp_same_tasks_and_weights(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     out.mkdir()
     script = tmp_path / "ddp_train.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests"), out=str(out)))
+    script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests"), repo=str(REPO), out=str(out)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     # accelerate 1.15 runs a single process for `--cpu --num_processes 2` (multi-CPU needs MPI there); on a host
     # without GPUs `--multi_gpu` starts the processes through torchrun and they join a gloo group.

@@ -9,6 +9,10 @@ task t's stream (a seeded permutation of its examples, cycled) --> next global_b
 rank r <-- indices[r * batch_size : (r + 1) * batch_size]  +  offsets[t]   (ConcatDataset order)
 ```
 
+A scheduler with `draws_all_tasks` (`all_tasks`, and the `uncertainty` scheduler's candidate pool)
+trains every task at every step: each rank's batch is its slice of every task's next global batch,
+in task order (a mixed-task batch of M·batch_size rows).
+
 Resume is exact: the sampler records the tasks it drew in the current epoch (`history`) and
 replays them after `load_state_dict`, so skipping the first k batches of the epoch (what the
 Trainer does on resume) reproduces what the uninterrupted run yields, even for dynamic schedulers
@@ -115,6 +119,17 @@ def _allocate_steps(sizes: list[int], steps: int, global_batch_size: int) -> lis
     return counts
 
 
+def _draw_task(probabilities: np.ndarray, entropy: list[int]) -> int:
+    """One uniform u from `default_rng(entropy)`; the task is the first t with u < Σ_{s<=t} p_s.
+
+    Tasks with p_t = 0 have an empty bin and are never drawn, the trailing ones included (the cdf is
+    set to 1 from the last task with p_t > 0 on, so rounding cannot leave u above it).
+    """
+    cdf = np.cumsum(probabilities)
+    cdf[int(np.flatnonzero(probabilities > 0)[-1]):] = 1.0
+    return bisect.bisect_right(cdf.tolist(), np.random.default_rng(entropy).random())
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     # Powers |D|^(1/T) overflow for small T; log-space keeps them exact up to normalization.
     z = np.exp(logits - logits.max())
@@ -145,6 +160,10 @@ class TaskScheduler:
 
     name: ClassVar[str]
     option_defaults: ClassVar[dict[str, Any]] = {}
+    # Trainer-facing flags (hf_mtl.optim.schedulers holds the strategies that set them):
+    draws_all_tasks: ClassVar[bool] = False  # every step holds a batch of every task; task_for_step is unused
+    selects_rows: ClassVar[bool] = False  # the trainer keeps the most uncertain batch_size rows of that pool
+    dynamic: ClassVar[bool] = False  # learns from `update`; its probabilities are logged as prob_<task>
 
     def __init__(self, task_names: list[str], sizes: list[int], *, seed: int = 0, **options: Any) -> None:
         self.task_names, self.sizes = _check_tasks(task_names, sizes)
@@ -216,6 +235,16 @@ class TaskScheduler:
         Args:
             feedback: whatever the dynamic scheduler documents (e.g. `{"task": ..., "loss": ...}`).
         """
+
+    def eval_feedback(self) -> tuple[int, int, list[str]] | None:
+        """What held-out feedback the scheduler wants from the trainer, or None (the default).
+
+        Returns:
+            (every K optimizer steps, rows per task of the held-out slice, the tasks to evaluate): the
+            trainer then passes `{"eval_losses": {task: loss}}` to `update` every K steps (and once before
+            the first step).
+        """
+        return None
 
     # -- checkpointing
 
@@ -306,14 +335,11 @@ class IIDScheduler(TaskScheduler):
     """Base of the schedulers that draw each step's task independently from `probabilities(epoch)`.
 
     The draw uses `np.random.default_rng([seed, epoch, step])`: one uniform u, task = the first t with
-    u < Σ_{s<=t} p_s.
+    u < Σ_{s<=t} p_s (`_draw_task`).
     """
 
     def task_for_step(self, epoch: int, step: int, steps_per_epoch: int, global_batch_size: int) -> int:
-        cdf = np.cumsum(self.probabilities(epoch)).tolist()
-        cdf[-1] = 1.0  # rounding must not leave u above the last bin
-        u = np.random.default_rng([self.seed, epoch, step]).random()
-        return bisect.bisect_right(cdf, u)  # tasks with p_t = 0 have an empty bin: never drawn
+        return _draw_task(self.probabilities(epoch), [self.seed, epoch, step])
 
 
 @register_scheduler
@@ -433,21 +459,36 @@ class SequentialScheduler(TaskScheduler):
     Tasks come in the order of option `task_order` (every task name once; default `task_names`).
     Block t lasts ceil(|D_t| / B) steps with the default epoch length, otherwise S·|D_t|/Σ|D| steps
     rounded by largest remainder. `probabilities` gives each task's share of the epoch.
+
+    Curriculum option `stages` (instead of `task_order`): a list of `{"step": s, "tasks": [...] or "all"}`
+    that switches the set of tasks in training at given steps, counted over the whole run (epoch·S +
+    step, in batches: optimizer steps × gradient_accumulation_steps), e.g. low-level tasks first, then
+    all (Søgaard & Goldberg, 2016; Hashimoto et al., 2017). The first stage starts at step 0; within a
+    stage each step draws a task i.i.d. with p_t ∝ |D_t| over the stage's tasks (`default_rng([seed,
+    epoch, step])`). `probabilities` are those of the stage of the last drawn step (stage 0 before).
     """
 
     name = "sequential"
-    option_defaults = {"task_order": None}
+    option_defaults = {"task_order": None, "stages": None}
 
     def __init__(self, task_names: list[str], sizes: list[int], *, seed: int = 0, **options: Any) -> None:
         super().__init__(task_names, sizes, seed=seed, **options)
         self._order = [self.task_names.index(n) for n in self.options["task_order"]]
         self._ends_key: tuple[int, int] | None = None
         self._ends = np.empty(0, dtype=np.int64)
+        self._stage = 0  # stage of the last drawn step (for `probabilities`)
 
     def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        if options["stages"] is not None:
+            if options["task_order"] is not None:
+                raise TaskConfigError(
+                    "Sampling strategy 'sequential': give either `task_order` (one block per task and epoch) or "
+                    "`stages` (task sets switched at given steps), not both."
+                )
+            return {"task_order": list(self.task_names), "stages": self._check_stages(options["stages"])}
         order = options["task_order"]
         if order is None:
-            return {"task_order": list(self.task_names)}
+            return {"task_order": list(self.task_names), "stages": None}
         if isinstance(order, str) or not isinstance(order, (list, tuple)):
             raise TaskConfigError(f"Invalid task_order {order!r}: give a list of task names, e.g. {self.task_names}.")
         unknown = [n for n in order if n not in self.task_names]
@@ -462,13 +503,47 @@ class SequentialScheduler(TaskScheduler):
                 + (f"; missing: {missing}" if missing else "")
                 + "."
             )
-        return {"task_order": list(order)}
+        return {"task_order": list(order), "stages": None}
+
+    def _check_stages(self, stages: Any) -> list[dict[str, Any]]:
+        example = '[{"step": 0, "tasks": ["upos"]}, {"step": 500, "tasks": "all"}]'
+        if isinstance(stages, (str, dict)) or not isinstance(stages, (list, tuple)) or not stages:
+            raise TaskConfigError(f"Invalid stages {stages!r} for sampling strategy 'sequential': give a list like {example}.")
+        out, previous = [], -1
+        for k, stage in enumerate(stages):
+            if not isinstance(stage, dict) or set(stage) != {"step", "tasks"}:
+                raise TaskConfigError(f"Invalid stages[{k}] {stage!r}: each stage is {{\"step\": s, \"tasks\": [...] or \"all\"}}.")
+            step, names = stage["step"], stage["tasks"]
+            if isinstance(step, bool) or not isinstance(step, int) or step <= previous or (k == 0 and step != 0):
+                raise TaskConfigError(
+                    f"Invalid stages[{k}].step {step!r}: the first stage starts at step 0 and steps increase strictly."
+                )
+            names = list(self.task_names) if names == "all" else names
+            if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+                raise TaskConfigError(f"Invalid stages[{k}].tasks {names!r}: give a non-empty list of task names or \"all\".")
+            unknown = [n for n in names if n not in self.task_names]
+            if unknown:
+                raise TaskConfigError(f"Invalid stages[{k}].tasks: unknown task(s) {unknown}. Known tasks: {self.task_names}.")
+            out.append({"step": step, "tasks": [n for n in self.task_names if n in names]})
+            previous = step
+        return out
+
+    def _stage_probabilities(self, stage: int) -> np.ndarray:
+        active = [n in self.options["stages"][stage]["tasks"] for n in self.task_names]
+        sizes = np.where(active, np.asarray(self.sizes, dtype=np.float64), 0.0)
+        return sizes / sizes.sum()
 
     def probabilities(self, epoch: int) -> np.ndarray:
+        if self.options["stages"] is not None:
+            return self._stage_probabilities(self._stage)
         sizes = np.asarray(self.sizes, dtype=np.float64)
         return sizes / sizes.sum()
 
     def task_for_step(self, epoch: int, step: int, steps_per_epoch: int, global_batch_size: int) -> int:
+        if self.options["stages"] is not None:
+            starts = [stage["step"] for stage in self.options["stages"]]
+            self._stage = bisect.bisect_right(starts, epoch * steps_per_epoch + step) - 1
+            return _draw_task(self._stage_probabilities(self._stage), [self.seed, epoch, step])
         if (steps_per_epoch, global_batch_size) != self._ends_key:
             counts = _allocate_steps([self.sizes[t] for t in self._order], steps_per_epoch, global_batch_size)
             self._ends_key, self._ends = (steps_per_epoch, global_batch_size), np.cumsum(counts)
@@ -507,7 +582,8 @@ class _TaskStream:
 
 
 class MultiTaskBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Yields single-task batches of indices into the concatenation of the task datasets.
+    """Yields single-task batches of indices into the concatenation of the task datasets (or, for a
+    scheduler with `draws_all_tasks`, one slice of every task per step; `last_task` is then None).
 
     At each step of the epoch, `scheduler.task_for_step` picks task t (the same on every rank); the
     next `batch_size * num_replicas` positions of t's stream are taken and rank r keeps slice
@@ -577,7 +653,9 @@ class MultiTaskBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __len__(self) -> int:
         if self.steps_per_epoch is not None:
             return self.steps_per_epoch
-        return max(1, sum(-(-n // self.global_batch_size) for n in self.sizes))
+        batches = [-(-n // self.global_batch_size) for n in self.sizes]
+        # every step trains every task: an epoch is one pass over the largest dataset
+        return max(1, max(batches) if self.scheduler.draws_all_tasks else sum(batches))
 
     def task_of_index(self, index: int) -> str:
         """The task owning global index `index` of the concatenated dataset."""
@@ -609,18 +687,24 @@ class MultiTaskBatchSampler(torch.utils.data.Sampler[list[int]]):
         streams: dict[int, _TaskStream] = {}
         cursors = [0] * len(self.task_names)
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        every_task = list(range(len(self.task_names)))
         for step in range(steps):
-            if step < len(history):
-                task = history[step]
+            if self.scheduler.draws_all_tasks:
+                tasks = every_task  # nothing is drawn: nothing to record
+            elif step < len(history):
+                tasks = [history[step]]
             else:
-                task = self._draw(epoch, step, steps)
-                history.append(task)
-            if task not in streams:
-                streams[task] = _TaskStream(self.sizes[task], self.seed, epoch, task)
-            local = streams[task].take(cursors[task] + lo, hi - lo)
-            cursors[task] += B
-            self.last_task = self.task_names[task]
-            yield [self.offsets[task] + i for i in local]
+                tasks = [self._draw(epoch, step, steps)]
+                history.append(tasks[0])
+            batch = []
+            for task in tasks:
+                if task not in streams:
+                    streams[task] = _TaskStream(self.sizes[task], self.seed, epoch, task)
+                local = streams[task].take(cursors[task] + lo, hi - lo)
+                cursors[task] += B
+                batch.extend(self.offsets[task] + i for i in local)
+            self.last_task = self.task_names[tasks[0]] if len(tasks) == 1 else None
+            yield batch
         if self.epoch == epoch and self.history is history:  # nobody called set_epoch meanwhile
             self._previous = (epoch, history)
             self.epoch, self.history = epoch + 1, []
@@ -714,3 +798,8 @@ class MultiTaskBatchSampler(torch.utils.data.Sampler[list[int]]):
                     f"Invalid sampler state: field 'history' {h[:10]}... is not a task sequence of at most "
                     f"{len(self)} steps over {len(self.task_names)} tasks."
                 )
+
+
+# The dynamic and all-task strategies live in hf_mtl.optim.schedulers (one file each); importing them
+# here registers them wherever SAMPLING_STRATEGIES is used.
+from ..optim import schedulers as _optim_schedulers  # noqa: E402,F401

@@ -17,9 +17,11 @@ from transformers.utils import ModelOutput
 
 from ..adapters import AdapterMethod, Routing, build_adapter_method
 from ..errors import TaskConfigError, UnknownTaskError
-from ..tasks import Task, check_unique_names
+from ..tasks import Task, check_unique_names, dependency_order
+from .adversarial import TaskDiscriminator
 from .backbone import backbone_forward_args, build_backbone, load_backbone_config, load_tokenizer, set_dropout
 from .heads import build_head, task_loss
+from .hierarchy import prediction_features, prediction_width, with_lower_tasks
 
 _BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
 
@@ -35,6 +37,8 @@ class MultiTaskOutput(ModelOutput):
         task_losses: {task: mean loss of its rows}.
         task_logits: {task: logits of its rows}, for mixed-task batches.
         task_rows: {task: (n_t,) row indices of its rows in the batch}.
+        adversarial_loss: in training, the task discriminator's loss L_adv when some task has
+            `adversarial_weight > 0` (see `adversarial.py`); the trainer adds it to the weighted task losses.
     """
 
     loss: torch.Tensor | None = None
@@ -42,6 +46,7 @@ class MultiTaskOutput(ModelOutput):
     task_losses: dict[str, torch.Tensor] | None = None
     task_logits: dict[str, torch.Tensor] | None = None
     task_rows: dict[str, torch.Tensor] | None = None
+    adversarial_loss: torch.Tensor | None = None
 
 
 class MultiTaskModel(nn.Module):
@@ -85,13 +90,14 @@ class MultiTaskModel(nn.Module):
         self.tasks: dict[str, Task] = {}
         self.heads = nn.ModuleDict()
         self.active_task: str | None = None
+        self.task_discriminator: TaskDiscriminator | None = None  # built once two tasks have adversarial_weight > 0
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         self.adapter: AdapterMethod = build_adapter_method(adapter_method, self.config, adapter_config)
         self.adapter.attach(self)
         self._forward_args = backbone_forward_args(self.backbone)
         check_unique_names(list(tasks))
-        for task in tasks:
+        for task in dependency_order(list(tasks)):  # lower tasks first: their sizes shape the heads that read them
             self.add_task(task)
 
     # ------------------------------------------------------------------ construction
@@ -148,12 +154,14 @@ class MultiTaskModel(nn.Module):
         return push_model(self, repo_id, tasks=tasks, **kwargs)
 
     def add_task(self, task: Task) -> None:
-        """Register a task: its head (once its labels are known) and its adapter parameters."""
+        """Register a task: its head (once its labels, and those of the tasks it reads, are known) and its
+        adapter parameters. Tasks that read other tasks (`input_from_tasks`) must come after them."""
         known = self.tasks.get(task.name)
         if known is not None and task.name in self.heads:
             _check_same_head(known, task)
             return
         self.tasks[task.name] = task
+        self._sync_discriminator()
         if task.kind != "masked_lm" and task.kind != "regression" and task.labels is None:
             return  # labels come from the training data; the trainer calls add_task again
         if task.head_layer is not None and task.head_layer > self.config.num_hidden_layers:
@@ -161,11 +169,38 @@ class MultiTaskModel(nn.Module):
                 f"task {task.name!r}: head_layer={task.head_layer} but the backbone has "
                 f"{self.config.num_hidden_layers} layers. Fix: use a layer between 1 and {self.config.num_hidden_layers}."
             )
-        head = build_head(task, self.config.hidden_size, self.head_dropout, self.config.vocab_size)
+        extra_width = self._lower_tasks_width(task)
+        if extra_width is None:
+            return  # a task it reads has no head yet; the trainer adds tasks again in dependency order
+        head = build_head(task, self.config.hidden_size + extra_width, self.head_dropout, self.config.vocab_size)
         if task.kind == "masked_lm":
             head.tie(self.backbone.get_input_embeddings())
         self.heads[task.name] = head.to(_device_of(self.backbone))
         self.adapter.add_task(task)
+
+    def _lower_tasks_width(self, task: Task) -> int | None:
+        """Σ C_u over the tasks `task` reads (0 for none), or None while one of them has no head yet."""
+        width = 0
+        for name in task.input_from_tasks or []:
+            lower = self.tasks.get(name)
+            if lower is None:
+                raise TaskConfigError(
+                    f"task {task.name!r}: `input_from_tasks` names {name!r}, which this model does not have. "
+                    f"Fix: add (or load) task {name!r} before {task.name!r}."
+                )
+            if name not in self.heads:
+                return None
+            width += prediction_width(lower)
+        return width
+
+    def _sync_discriminator(self) -> None:
+        """(Re)build the task discriminator over the tasks with `adversarial_weight > 0` (at least two)."""
+        names = [n for n, t in self.tasks.items() if t.adversarial_weight > 0]
+        current = self.task_discriminator.task_names if self.task_discriminator is not None else []
+        if len(names) < 2 or names == current:
+            return
+        weights = [self.tasks[n].adversarial_weight for n in names]
+        self.task_discriminator = TaskDiscriminator(self.config.hidden_size, names, weights).to(_device_of(self.backbone))
 
     @property
     def task_names(self) -> list[str]:
@@ -233,12 +268,17 @@ class MultiTaskModel(nn.Module):
             name = routing.single_task
             logits = self._head(name, hidden_by_layer, attention_mask)
             losses = {name: task_loss(self.tasks[name], logits, labels)} if labels is not None else None
-            return MultiTaskOutput(loss=losses[name] if losses else None, logits=logits, task_losses=losses)
-        return self._mixed_forward(routing, hidden_by_layer, attention_mask, labels)
+            output = MultiTaskOutput(loss=losses[name] if losses else None, logits=logits, task_losses=losses)
+        else:
+            output = self._mixed_forward(routing, hidden_by_layer, attention_mask, labels)
+        if self.task_discriminator is not None and self.training:
+            row_tasks = [routing.task_names[i] for i in routing.task_ids.tolist()]
+            output.adversarial_loss = self.task_discriminator.loss(hidden_by_layer[None], attention_mask, row_tasks)
+        return output
 
     def _encode(self, routing: Routing, *inputs: torch.Tensor | None) -> dict[int | None, torch.Tensor]:
         """Backbone hidden states: {None: last layer} plus {k: layer k} for heads that read layer k."""
-        layers = {self.tasks[t].head_layer for t in routing.batch_tasks} - {None}
+        layers = {self.tasks[t].head_layer for t in with_lower_tasks(self.tasks, routing.batch_tasks)} - {None}
         kwargs = {k: v for k, v in zip(_BACKBONE_INPUTS, inputs) if v is not None and k in self._forward_args}
         with self.adapter.route(routing):
             out = self.backbone(**kwargs, output_hidden_states=bool(layers), return_dict=True)
@@ -249,11 +289,18 @@ class MultiTaskModel(nn.Module):
 
     def _head(self, name: str, hidden: dict[int | None, torch.Tensor], attention_mask: torch.Tensor | None,
               rows: torch.Tensor | None = None) -> torch.Tensor:
-        states = hidden[self.tasks[name].head_layer]
+        """Task `name`'s logits on `rows` (all rows by default), from the layer its head reads (`head_layer`)."""
+        states = hidden[self.tasks[name].head_layer]  # (B, L, H)
+        mask = attention_mask
         if rows is not None:
             states = states[rows]
-            attention_mask = attention_mask[rows] if attention_mask is not None else None
-        return self.heads[name](states, attention_mask)
+            mask = attention_mask[rows] if attention_mask is not None else None
+        lower = self.tasks[name].input_from_tasks
+        if lower:  # hierarchical pipeline: (B, L, H) -> (B, L, H + Σ C_u), see hierarchy.py
+            blocks = [prediction_features(self.tasks[u], self._head(u, hidden, attention_mask, rows), states.shape[1])
+                      for u in lower]
+            states = torch.cat([states, *(b.to(states.dtype) for b in blocks)], dim=-1)
+        return self.heads[name](states, mask)
 
     def _mixed_forward(self, routing: Routing, hidden: dict[int | None, torch.Tensor],
                        attention_mask: torch.Tensor | None, labels: torch.Tensor | None) -> MultiTaskOutput:

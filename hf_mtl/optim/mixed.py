@@ -3,12 +3,13 @@
 Methods that route per row (`adapter.routes_per_row`) run a mixed batch in one forward pass. The others
 (PEFT's LoRA trains one adapter per forward) get the batch split into one single-task micro-batch per
 task, each trimmed to its own length, and their outputs merged: the task losses are the same as those
-of the single forward of a per-row method.
+of the single forward of a per-row method. The per-task gradient step splits every method's batches
+the same way, so that each task's backward pass runs over its own rows only.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -51,6 +52,14 @@ def single_task_batch(inputs: dict[str, Any], rows: torch.Tensor, task: Task) ->
     return sub
 
 
+def task_batches(inputs: dict[str, Any], tasks: dict[str, Task]) -> Iterator[tuple[str, torch.Tensor, dict[str, Any]]]:
+    """(task, its (n_t,) rows, its single-task batch) for every task of a batch, in order of first appearance
+    (a single-task batch yields itself)."""
+    batch_size = inputs["input_ids"].shape[0]
+    for name, rows in rows_by_task(inputs["task"], batch_size).items():
+        yield name, rows, inputs if isinstance(inputs["task"], str) else single_task_batch(inputs, rows, tasks[name])
+
+
 def forward_per_task(model: torch.nn.Module, inputs: dict[str, Any], tasks: dict[str, Task]) -> dict[str, Any]:
     """Run a mixed batch as one forward per task and merge the outputs.
 
@@ -66,8 +75,8 @@ def forward_per_task(model: torch.nn.Module, inputs: dict[str, Any], tasks: dict
     """
     batch_size = inputs["input_ids"].shape[0]
     merged: dict[str, Any] = {"task_losses": {}, "task_logits": {}, "task_rows": {}, "adversarial_loss": None}
-    for name, rows in rows_by_task(inputs["task"], batch_size).items():
-        out = model(**single_task_batch(inputs, rows, tasks[name]))
+    for name, rows, batch in task_batches(inputs, tasks):
+        out = model(**batch)
         if out.task_losses is not None:
             merged["task_losses"][name] = out.task_losses[name]
         merged["task_logits"][name], merged["task_rows"][name] = out.logits, rows

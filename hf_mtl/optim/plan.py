@@ -110,6 +110,7 @@ class OptimizationPlan:
         self.model_parameters = trainable  # reduced by hand when `manual_sync`
         self.stats = StepStats(self.task_names)
         self.last_step_rows: dict[str, float] = {}
+        self._in_step = False
 
     def _check_tasks_and_model(self, model: nn.Module) -> None:
         if self.mixed_batches:
@@ -129,6 +130,13 @@ class OptimizationPlan:
             )
 
     # ------------------------------------------------------------------ per micro-batch
+    def begin_micro_batch(self) -> None:
+        """Before each micro-batch: the first one of a step clears the weighting's gradients, which the
+        Trainer's `model.zero_grad()` does not reach."""
+        if not self._in_step:
+            for param in self.weighting.parameters():
+                param.grad = None
+            self._in_step = True
     def combine(self, task_losses: dict[str, torch.Tensor], batch_task: str | list[str], progress: Progress) -> torch.Tensor:
         """W of one batch. An `all_tasks` batch gives W(L_1, ..., L_M); in any other mixed batch (uncertainty
         sampling) each task's loss first counts by its share of the rows, so W is a mean over rows."""
@@ -140,24 +148,25 @@ class OptimizationPlan:
         self.stats.add(losses, rows)
 
     # ------------------------------------------------------------------ once per optimizer step
-    def finish_step(self, progress: Progress, loss_scale: float) -> None:
+    def finish_step(self, progress: Progress, loss_scale: float | None) -> None:
         """After the last micro-batch of a step, before gradient clipping and the optimizer step: reduce what
         the strategies read, write the per-task-gradient result, sync by hand where DDP did not, update
         the weighting.
 
         Args:
             progress: `step` is this step's index.
-            loss_scale: the mixed-precision loss scale (1.0 without a scaler).
+            loss_scale: the mixed-precision loss scale, or None without a loss scaler.
         """
+        self._in_step = False
         needs_losses = self.weighting.uses_step_losses or self.per_task_gradients
         needs_reduce = world_size() > 1 and (needs_losses or self.feeds_scheduler)
         step_losses, self.last_step_rows = self.stats.pop(reduce=needs_reduce)
         weighting_params = self.weighting.parameters()
         if self.per_task_gradients:
             coefficients, param_grads = loss_coefficients(self.weighting, step_losses, progress, self.task_names)
-            self.task_gradients.finish(coefficients, progress.step)
+            self.task_gradients.finish(coefficients, progress.step, check_finite=loss_scale is not None)
             for param, grad in zip(weighting_params, param_grads):  # already global: from reduced losses
-                param.grad = None if grad is None else grad * loss_scale
+                param.grad = None if grad is None else grad * (loss_scale or 1.0)
         else:
             if self.manual_sync:
                 all_reduce_grads(self.model_parameters)

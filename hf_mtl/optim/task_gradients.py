@@ -2,7 +2,9 @@
 
 For every micro-batch of a step, the gradient of each task's loss L_t (and of the adversarial loss, a
 separate row that no surgery touches) with respect to every trainable parameter is accumulated in a
-(M [+1], P) buffer G, scaled by 1/accumulation steps as the Trainer scales losses. When the step's last
+(M [+1], P) buffer G, scaled by 1/accumulation steps as the Trainer scales losses. Each task runs its
+own forward and backward pass on its own rows (a backward of L_t through a forward of the whole mixed
+batch would cost a full-batch backward per task), so the M backward passes cost about one. When the step's last
 micro-batch is done (`finish`):
 
     G <- mean of G over ranks                              (one all-reduce: exactly DDP's average)
@@ -108,11 +110,12 @@ class TaskGradients:
 
     def accumulate(self, task_losses: dict[str, torch.Tensor], adversarial_loss: torch.Tensor | None, scale: float,
                    loss_scale: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Add one micro-batch's per-task gradients (one backward pass per task, sharing the forward graph).
+        """Add the gradients of these losses, each to its own row (one backward pass per loss; they may share
+        a forward graph). The trainer calls it once per task of a micro-batch, on that task's rows.
 
         Args:
-            task_losses: {task: L_t} of the micro-batch.
-            adversarial_loss: L_adv of the micro-batch, or None.
+            task_losses: {task: L_t}.
+            adversarial_loss: the adversarial loss of the same rows (weighted by their share of the batch), or None.
             scale: 1 / gradient accumulation steps.
             loss_scale: the mixed-precision loss scaler (identity without one).
         """
@@ -130,30 +133,34 @@ class TaskGradients:
                     self._buffer[row, self.offsets[j]: self.offsets[j + 1]] += grad.reshape(-1).float()
                     self._touched[j] = 1.0
 
-    def finish(self, coefficients: torch.Tensor, step: int) -> None:
+    def finish(self, coefficients: torch.Tensor, step: int, check_finite: bool) -> None:
         """Reduce over ranks, weight, operate on the shared block, write `.grad`, and reset.
 
         Args:
             coefficients: (M,) c_t.
             step: the optimizer step (0-based), for the surgery's random task orders.
+            check_finite: a loss scaler is active: a non-finite gradient (fp16 overflow) then skips the surgery
+                (and its state update) and is left for the scaler to skip the step.
         """
         buffer, touched = self._buffer, self._touched
-        self._buffer, self._touched = None, torch.zeros_like(self._touched)
         if buffer is None:
             return
+        self._touched = torch.zeros_like(touched)
         if world_size() > 1:
             all_reduce_(buffer, "mean")
             all_reduce_(touched, "max")
         m = len(self.task_names)
-        weighted = buffer[:m] * coefficients.to(buffer.device)[:, None]  # (M, P)
-        combined = weighted.sum(dim=0) + buffer[m]  # (P,)
-        shared = weighted[:, : self.num_shared]
-        # a non-finite gradient (fp16 overflow) is left for the loss scaler to skip, state untouched
-        if self.surgery is not None and self.num_shared and bool(torch.isfinite(shared).all()):
-            combined[: self.num_shared] = self.surgery.combine(shared, step, self.shared_sizes) + buffer[m, : self.num_shared]
+        buffer[:m].mul_(coefficients.to(buffer.device)[:, None])  # (M, P): c_t G_t
+        combined = buffer[:m].sum(dim=0).add_(buffer[m])  # (P,)
+        finite = not check_finite or bool(torch.isfinite(combined[: self.num_shared]).all())
+        if self.surgery is not None and self.num_shared and finite:
+            operated = self.surgery.combine(buffer[:m, : self.num_shared], step, self.shared_sizes)
+            combined[: self.num_shared] = operated.add_(buffer[m, : self.num_shared])
+        buffer.zero_()  # kept for the next step: no new (M + 1) x P allocation per step
         for j, param in enumerate(self.params):
-            if touched[j]:
-                param.grad = combined[self.offsets[j]: self.offsets[j + 1]].view_as(param).to(param.dtype).clone()
+            if touched[j]:  # a view of `combined`: the Trainer's zero_grad drops it
+                grad = combined[self.offsets[j]: self.offsets[j + 1]].view_as(param)
+                param.grad = grad if grad.dtype == param.dtype else grad.to(param.dtype)
 
 
 def all_reduce_grads(params: list[nn.Parameter]) -> None:

@@ -31,6 +31,7 @@ import torch
 from ...data.samplers import TaskScheduler, register_scheduler
 from ...tasks import Task
 from ..distributed import all_reduce_
+from ..mixed import forward_per_task, rows_by_task, single_task_batch, take_rows
 
 IGNORE_INDEX = -100
 SHARE_RATE = 0.1
@@ -111,3 +112,37 @@ def select_rows(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """The `keep` highest scores' row indices, in ascending row order (ties: the earlier row wins)."""
     order = torch.sort(-scores, stable=True).indices[:keep]
     return order.sort().values
+
+
+def select_uncertain_rows(scorer: torch.nn.Module, pool: dict[str, Any], tasks: dict[str, Task], keep: int,
+                          split_forward: bool) -> dict[str, Any]:
+    """The `keep` most uncertain rows of a collated pool, as the batch to train on.
+
+    Args:
+        scorer: the unwrapped `MultiTaskModel` (an eval-mode forward without gradients scores the pool).
+        pool: the collated pool (`task` per row).
+        tasks: the run's tasks by name.
+        keep: rows to keep (the per-device batch size).
+        split_forward: score with one forward per task (adapter methods that do not route per row).
+
+    Returns:
+        A mixed batch of the kept rows, or a single-task batch when they all belong to one task.
+    """
+    unlabeled = {k: v for k, v in pool.items() if k != "labels"}
+    size = pool["input_ids"].shape[0]
+    was_training = scorer.training
+    scorer.eval()
+    try:
+        with torch.no_grad():
+            mixed = isinstance(pool["task"], list)
+            out = forward_per_task(scorer, unlabeled, tasks) if split_forward and mixed else scorer(**unlabeled)
+    finally:
+        scorer.train(was_training)
+    by_task = rows_by_task(pool["task"], size)
+    logits = out.get("task_logits") or {name: out["logits"] for name in by_task}
+    rows = select_rows(uncertainty_scores(tasks, logits, by_task, pool.get("labels"), size), keep)
+    rows = rows.to(pool["input_ids"].device)
+    kept = [pool["task"][i] for i in rows.tolist()] if isinstance(pool["task"], list) else [pool["task"]]
+    if len(set(kept)) == 1:  # one task left: give it its own batch layout
+        return single_task_batch(pool, rows, tasks[kept[0]])
+    return take_rows(pool, rows)

@@ -43,10 +43,10 @@ class TchebycheffWeighting(LossWeighting):
         return {"beta": float(beta)}
 
     def weights(self, progress: Progress) -> dict[str, float]:
-        if any(l is None or l <= 0 or not math.isfinite(l) for l in self.running):
+        if any(level is None or level <= 0 or not math.isfinite(level) for level in self.running):
             return {name: 1.0 / len(self.task_names) for name in self.task_names}
-        inverse_sum = sum(1.0 / l for l in self.running)
-        return {name: 1.0 / (l * inverse_sum) for name, l in zip(self.task_names, self.running)}
+        inverse_sum = sum(1.0 / level for level in self.running)
+        return {name: 1.0 / (level * inverse_sum) for name, level in zip(self.task_names, self.running)}
 
     def combine(self, task_losses: dict[str, torch.Tensor], progress: Progress) -> torch.Tensor:
         weights = self.weights(progress)
