@@ -194,6 +194,10 @@ class MultiTaskTrainer(Trainer):
                      num_items_in_batch: Any = None) -> Any:
         outputs, inputs = self._forward(model, inputs)
         task_losses = self._task_losses(outputs, inputs)
+        if self._eval_task is not None and not model.training:
+            # `eval_<task>_loss` is the task's own loss L_t, not the training objective's weighted share of it
+            loss = task_losses[self._eval_task]
+            return (loss, outputs) if return_outputs else loss
         loss = self.combine_task_losses(task_losses, inputs)
         if outputs.get("adversarial_loss") is not None:
             loss = loss + outputs["adversarial_loss"]

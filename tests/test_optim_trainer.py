@@ -337,6 +337,20 @@ def test_bad_field_values_name_the_task_and_field() -> None:
         make(Path("unused"), loss_weighting="dwa", loss_weighting_options={"temp": 1})
 
 
+def test_eval_task_loss_is_the_unweighted_task_loss(tmp_path: Path) -> None:
+    """`eval_<task>_loss` reports L_t whatever the weighting: equal (1/M), uncertainty and static x0.5 agree."""
+    tasks = [Task("sent", loss_weight=0.5), Task("sim", kind="regression", text_pair_column="b"),
+             Task("ner", kind="token_classification", label_column="tags")]
+    results = []
+    for name, options in {"static": {}, "equal": {"loss_weighting": "equal"},
+                          "uncertainty": {"loss_weighting": "uncertainty", "sampling_strategy": "all_tasks"}}.items():
+        metrics = make(tmp_path / name, tasks=tasks, dropout=False, **options).evaluate()
+        results.append({k: v for k, v in metrics.items() if k.endswith("_loss")})
+    assert set(results[0]) == {"eval_sent_loss", "eval_sim_loss", "eval_ner_loss"}
+    for other in results[1:]:
+        assert other == pytest.approx(results[0], rel=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- 2-process DDP
 
 DDP_SCRIPT = textwrap.dedent(
