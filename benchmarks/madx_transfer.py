@@ -106,7 +106,7 @@ def main() -> None:
     rows = [("SST-2 dev (en)", "en", accuracy(model, en_dev, "en")),
             ("PLUE SST-2 dev (pt), no swap", "en", accuracy(model, pt_dev, "en")),
             ("PLUE SST-2 dev (pt), MAD-X swap", "pt", accuracy(model, pt_dev, "pt"))]
-    print(f"\n| evaluation | language adapter | accuracy |\n| --- | --- | --- |")
+    print("\n| evaluation | language adapter | accuracy |\n| --- | --- | --- |")
     for name, lang, acc in rows:
         print(f"| {name} | {lang} | {acc:.4f} |")
 

@@ -113,7 +113,7 @@ def main() -> None:
     print("| configuration | step time (s) |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value:.3f} |")
-    print(f"\n| ratio (paired median) | value | goal |\n|---|---|---|")
+    print("\n| ratio (paired median) | value | goal |\n|---|---|---|")
     print(f"| MultiTaskTrainer 1 task / plain Trainer | {statistics.median(ratio_1):.3f} | <= 1.03 |")
     print(f"| MultiTaskTrainer 4 tasks / 1 task | {statistics.median(ratio_4):.3f} | <= 1.05 |")
     RESULTS.mkdir(exist_ok=True)

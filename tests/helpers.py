@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -44,3 +48,22 @@ def tiny_bert_config(vocab_size: int, **kwargs) -> BertConfig:
                     max_position_embeddings=128, type_vocab_size=2)
     defaults.update(kwargs)
     return BertConfig(vocab_size=vocab_size, **defaults)
+
+
+def launch_two_processes(script_text: str, out: Path, script: Path, timeout: int) -> tuple[dict, dict]:
+    """Run `script_text` (a format string with {tests}, {repo}, {out}) in 2 processes and return each rank's
+    `rank<r>.json` from `out`.
+
+    accelerate 1.15 runs a single process for `--cpu --num_processes 2` (multi-CPU needs MPI there); on a
+    host without GPUs `--multi_gpu` starts the processes through torchrun and they join a gloo group.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    out.mkdir(parents=True, exist_ok=True)
+    script.write_text(script_text.format(tests=str(repo / "tests"), repo=str(repo), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    return r0, r1

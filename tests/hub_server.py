@@ -1370,7 +1370,7 @@ class HubServer:
 
     def _cdn_download(self, req: _Request) -> _Response:
         # /__cdn__/{sha256}/{repo_type}/{repo_id (one encoded segment)}/{path...}
-        sha, repo_type, repo_id, path = req.segs[1], req.segs[2], req.segs[3], "/".join(req.segs[4:])
+        sha, repo_id, path = req.segs[1], req.segs[3], "/".join(req.segs[4:])
         blob = self._blob_path(sha)
         if len(sha) != 64 or not os.path.exists(blob):
             raise HubError(404, "Not Found")

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from hf_mtl.tasks import tasks_from_config
 from hf_mtl.trainer import MultiTaskTrainer
 from hf_mtl.training_args import MultiTaskTrainingArguments
 
-from helpers import tiny_bert_config, tiny_tokenizer
+from helpers import launch_two_processes, tiny_bert_config, tiny_tokenizer
 from test_trainer import toy_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -381,17 +378,7 @@ DDP_CASES = {  # per-device batch 4 on each of 2 ranks; the reference is one pro
 
 
 def test_two_process_ddp_matches_one_process_with_the_combined_batch(tmp_path: Path) -> None:
-    out = tmp_path / "ddp"
-    out.mkdir()
-    script = tmp_path / "ddp_optim.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests"), repo=str(REPO), out=str(out)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # `--multi_gpu` on a host without GPUs starts 2 processes through torchrun in a gloo group (see test_trainer.py)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = launch_two_processes(DDP_SCRIPT, tmp_path / "ddp", tmp_path / "ddp_optim.py", timeout=600)
     for name in DDP_CASES:
         assert r0[name]["world"] == 2 and r0[name] == r1[name], name  # every rank: same weights and strategy states
     for name in ("pcgrad+uncertainty+adversarial", "tchebycheff"):

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,7 +15,7 @@ from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.trainer import MultiTaskTrainer
 from hf_mtl.training_args import MultiTaskTrainingArguments
 
-from helpers import tiny_bert_config, tiny_tokenizer
+from helpers import launch_two_processes, tiny_bert_config, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,19 +140,7 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 def test_two_process_ddp_same_tasks_and_weights(tmp_path: Path) -> None:
-    out = tmp_path / "ddp"
-    out.mkdir()
-    script = tmp_path / "ddp_train.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(REPO / "tests"), repo=str(REPO), out=str(out)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # accelerate 1.15 runs a single process for `--cpu --num_processes 2` (multi-CPU needs MPI there); on a host
-    # without GPUs `--multi_gpu` starts the processes through torchrun and they join a gloo group.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = json.loads((out / "rank0.json").read_text())
-    r1 = json.loads((out / "rank1.json").read_text())
+    r0, r1 = launch_two_processes(DDP_SCRIPT, tmp_path / "ddp", tmp_path / "ddp_train.py", timeout=300)
     assert r0["world"] == r1["world"] == 2
     assert r0["tasks"] == r1["tasks"] and len(r0["tasks"]) == 6
     assert r0["state"] == r1["state"]

@@ -7,7 +7,7 @@ the forward pass, parameter accounting. Saving and loading live in `store.py`; i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
