@@ -33,6 +33,13 @@ def test_recipe_overrides_reach_into_tasks() -> None:
     assert args.task_objects()[2].max_train_samples == 7
 
 
+@pytest.mark.parametrize("recipe", sorted(p.relative_to(REPO).as_posix() for p in (REPO / "training_args").rglob("*.json")))
+def test_every_shipped_recipe_parses(recipe: str) -> None:
+    """Every recipe in training_args/ is valid: known fields, methods, strategies and options."""
+    args = load_recipe(REPO / recipe)
+    assert args.task_objects()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -86,3 +93,16 @@ def test_quickstart_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
     assert main(["train", "training_args/quickstart.json", "--output_dir", str(out), "--max_steps", "1",
                  "--overwrite_output_dir", "false"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+@needs_minilm
+def test_optim_recipe_trains_with_all_tasks_and_pcgrad(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "optim"
+    code = main(["train", "training_args/optim_pcgrad.json", "--output_dir", str(out), "--max_steps", "2",
+                 "--eval_strategy", "no", "--per_device_train_batch_size", "2", "--max_seq_length", "32",
+                 "--tasks.0.max_eval_samples", "8", "--tasks.1.max_eval_samples", "8", "--tasks.2.max_eval_samples", "8",
+                 "--disable_tqdm", "true"])
+    assert code == 0
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_sentiment_loss", "eval_questions_loss", "eval_ner_loss"} <= set(metrics)

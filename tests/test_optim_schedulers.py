@@ -123,6 +123,19 @@ def test_uncertainty_scores_follow_the_formula():
     torch.testing.assert_close(scores[:4], expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(scores[4:], expected.mean().repeat(2), atol=1e-5, rtol=0)  # regression: the mean
     assert select_rows(scores, 3).tolist() == [0, 2, 4]  # the uniform rows, then the first (tied) regression row
+    # a regression task keeps its share of the pool: 2 of 6 rows -> 1 of 3, its first; the scored rows share the rest
+    assert select_rows(scores, 3, {"sim": rows["sim"]}).tolist() == [0, 2, 4]
+    assert select_rows(scores, 6, {"sim": rows["sim"]}).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_uncertainty_sampling_does_not_starve_a_regression_task():
+    """Ranked at the mean U, a regression row loses to every above-average row; its reserved share keeps it."""
+    scores = torch.tensor([2.0, 1.5, 1.2, 1.1, 1.0, 1.0, 1.0, 1.0])  # rows 4-7: regression (the mean would be lower)
+    reserved = {"sim": torch.tensor([4, 5, 6, 7])}
+    assert select_rows(scores, 2).tolist() == [0, 1]
+    assert select_rows(scores, 4, reserved).tolist() == [0, 1, 4, 5]  # 4 of 8 rows -> 2 of 4
+    assert select_rows(scores, 1, reserved).tolist() == [4]  # ⌊1·4/8 + ½⌋ = 1 row for the regression task
+    assert select_rows(scores, 3, reserved).tolist() == [0, 4, 5]  # ⌊1.5 + ½⌋ = 2
 
 
 def test_uncertainty_token_rows_average_their_scored_tokens():
