@@ -437,6 +437,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per unit process (0: torch's default)")
     parser.add_argument("--steps-per-task", type=int, default=None, help="override the scale's optimizer steps per task")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--adapter-lr", type=float, default=None,
+                        help="learning rate of every frozen-backbone run (default: each method's, see MTL_METHODS); "
+                             "use another --output, the run names do not change")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (through Accelerate) when a GPU is present")
     parser.add_argument("--write-recipes", default=None, metavar="DIR", help="only write every unit's recipe into DIR")
     parser.add_argument("--store-dir", default=None, help="where each unit saves its trained store (default outputs/<output name>_stores)")
@@ -464,6 +467,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if unknown:
             parser.error(f"unknown run(s) {unknown}; runs: {[r.name for r in runs]}")
         runs = [r for r in runs if r.name in args.runs]
+    if args.adapter_lr is not None:
+        for run in runs:
+            if run.freeze_backbone:
+                run.learning_rate = args.adapter_lr
 
     if args.write_recipes:
         out = Path(args.write_recipes)
