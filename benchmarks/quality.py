@@ -437,6 +437,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per unit process (0: torch's default)")
     parser.add_argument("--steps-per-task", type=int, default=None, help="override the scale's optimizer steps per task")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--sampling", default=None,
+                        help="sampling strategy of every multi-task run (default: as its name says); use another --output")
     parser.add_argument("--adapter-lr", type=float, default=None,
                         help="learning rate of every frozen-backbone run (default: each method's, see MTL_METHODS); "
                              "use another --output, the run names do not change")
@@ -467,10 +469,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if unknown:
             parser.error(f"unknown run(s) {unknown}; runs: {[r.name for r in runs]}")
         runs = [r for r in runs if r.name in args.runs]
-    if args.adapter_lr is not None:
-        for run in runs:
-            if run.freeze_backbone:
-                run.learning_rate = args.adapter_lr
+    for run in runs:
+        if args.adapter_lr is not None and run.freeze_backbone:
+            run.learning_rate = args.adapter_lr
+        if args.sampling and run.multi_task:
+            run.sampling_strategy = args.sampling
 
     if args.write_recipes:
         out = Path(args.write_recipes)
