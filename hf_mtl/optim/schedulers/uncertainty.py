@@ -69,6 +69,11 @@ class UncertaintyScheduler(TaskScheduler):
         self.shares = np.asarray(state["shares"], dtype=np.float64)
 
 
+def _has_distribution(task: Task, logits: torch.Tensor) -> bool:
+    """Whether a task's predictions are a label distribution that U can score (not regression)."""
+    return task.kind != "regression" and logits.shape[-1] >= 2
+
+
 def uncertainty_scores(tasks: dict[str, Task], task_logits: dict[str, torch.Tensor],
                        task_rows: dict[str, torch.Tensor], labels: torch.Tensor | None, batch_size: int) -> torch.Tensor:
     """U(x) of every row of a pool.
@@ -88,8 +93,8 @@ def uncertainty_scores(tasks: dict[str, Task], task_logits: dict[str, torch.Tens
     scored = torch.zeros(batch_size, dtype=torch.bool)
     sums = torch.zeros(2, len(names), dtype=torch.float64)  # per task: Σ normalized, rows
     for name, logits in task_logits.items():
-        task, rows = tasks[name], task_rows[name].cpu()
-        if task.kind == "regression" or logits.shape[-1] < 2:
+        rows = task_rows[name].cpu()
+        if not _has_distribution(tasks[name], logits):
             continue
         logp = logits.detach().float().log_softmax(dim=-1)
         entropy = -(logp.exp() * logp).sum(dim=-1).cpu().double()  # (n,) or (n, L)
@@ -122,15 +127,14 @@ def select_rows(scores: torch.Tensor, keep: int, reserved: dict[str, torch.Tenso
     """
     size = scores.shape[0]
     taken = torch.zeros(size, dtype=torch.bool)
-    for rows in (reserved or {}).values():
-        rows = rows.cpu()
-        taken[rows.sort().values[: min(rows.numel(), int(keep * rows.numel() / size + 0.5))]] = True
     unscored = torch.zeros(size, dtype=torch.bool)
     for rows in (reserved or {}).values():
-        unscored[rows.cpu()] = True
-    # the scored rows by U, then (only when rounding left too few of them) the other unscored rows
-    candidates = torch.cat([(~taken & ~unscored).nonzero().squeeze(1), (~taken & unscored).nonzero().squeeze(1)])
-    ranked = candidates[torch.sort(-(scores[candidates] - unscored[candidates].float() * 1e9), stable=True).indices]
+        rows = rows.cpu().sort().values
+        unscored[rows] = True
+        taken[rows[: int(keep * rows.numel() / size + 0.5)]] = True
+    scored = (~unscored).nonzero().squeeze(1)
+    # the scored rows by U, then (only when rounding left too few of them) the other unscored rows in order
+    ranked = torch.cat([scored[torch.sort(-scores[scored], stable=True).indices], (unscored & ~taken).nonzero().squeeze(1)])
     taken[ranked[: max(keep - int(taken.sum()), 0)]] = True
     return taken.nonzero().squeeze(1)
 
@@ -161,8 +165,7 @@ def select_uncertain_rows(scorer: torch.nn.Module, pool: dict[str, Any], tasks: 
         scorer.train(was_training)
     by_task = rows_by_task(pool["task"], size)
     logits = out.get("task_logits") or {name: out["logits"] for name in by_task}
-    unscored = {name: rows for name, rows in by_task.items()
-                if tasks[name].kind == "regression" or logits[name].shape[-1] < 2}
+    unscored = {name: rows for name, rows in by_task.items() if not _has_distribution(tasks[name], logits[name])}
     rows = select_rows(uncertainty_scores(tasks, logits, by_task, pool.get("labels"), size), keep, unscored)
     rows = rows.to(pool["input_ids"].device)
     kept = [pool["task"][i] for i in rows.tolist()] if isinstance(pool["task"], list) else [pool["task"]]
