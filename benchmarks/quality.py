@@ -235,6 +235,26 @@ def recipe_for(run: RunSpec, tasks: list[dict[str, Any]], scale: Scale, model: s
     return recipe
 
 
+def apply_override(recipe: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    """`recipe` with `override` merged in (see --override); unknown task names are an error."""
+    if not override:
+        return recipe
+    recipe = copy.deepcopy(recipe)
+    for key, value in override.items():
+        if key == "tasks":
+            by_name = {t["name"]: t for t in recipe["tasks"]}
+            for name, fields in value.items():
+                if name not in TASK_ORDER:
+                    raise SystemExit(f"--override: unknown task {name!r}; tasks: {list(TASK_ORDER)}")
+                if name in by_name:  # a single-task unit holds one task only
+                    by_name[name].update(fields)
+        elif isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key] = {**recipe[key], **value}
+        else:
+            recipe[key] = value
+    return recipe
+
+
 def units_for(run: RunSpec, tasks: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
     """(unit name, its tasks): one unit for a multi-task run, one per task for a single-task run."""
     if run.multi_task:
@@ -442,6 +462,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--adapter-lr", type=float, default=None,
                         help="learning rate of every frozen-backbone run (default: each method's, see MTL_METHODS); "
                              "use another --output, the run names do not change")
+    parser.add_argument("--override", type=json.loads, default=None, metavar="JSON",
+                        help="merged into every unit's recipe (dicts merge key by key; `tasks` as {name: {field: value}} "
+                             "changes those tasks), e.g. '{\"adapter_config\": {\"reduction_factor\": 4}}' or "
+                             "'{\"tasks\": {\"rte\": {\"loss_weight\": 2}}}'; use another --output, the run names do not change")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (through Accelerate) when a GPU is present")
     parser.add_argument("--write-recipes", default=None, metavar="DIR", help="only write every unit's recipe into DIR")
     parser.add_argument("--store-dir", default=None, help="where each unit saves its trained store (default outputs/<output name>_stores)")
@@ -481,6 +505,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for run in runs:
             for unit, unit_tasks in units_for(run, tasks):
                 recipe = recipe_for(run, unit_tasks, scale, args.model, f"outputs/quality/{unit}", args.seed, False)
+                recipe = apply_override(recipe, args.override)
                 (out / f"{unit}.json").write_text(json.dumps(recipe, indent=2) + "\n")
         print(f"wrote {sum(len(units_for(r, tasks)) for r in runs)} recipes to {out}")
         return {}
@@ -492,6 +517,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for d in (unit_dir, recipe_dir, store_dir):
         d.mkdir(parents=True, exist_ok=True)
     meta = {"model": args.model, "data": data_dir or "Hugging Face Hub", "quick": args.quick, "seed": args.seed,
+            "override": args.override, "adapter_lr": args.adapter_lr, "sampling": args.sampling,
             "bf16": bf16, "threads_per_unit": args.threads, "jobs": args.jobs, "python": sys.version.split()[0],
             "torch": torch.__version__, "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
@@ -503,6 +529,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             recipe_path = recipe_dir / f"{unit}.json"
             recipe = recipe_for(run, unit_tasks, scale, args.model, str(store_dir / unit), args.seed, bf16)
+            recipe = apply_override(recipe, args.override)
             recipe_path.write_text(json.dumps(recipe, indent=2) + "\n")
             pending.append((unit, recipe_path, result))
 
@@ -525,7 +552,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with open(log, "w") as handle:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(args.threads),
                        "--unit", str(recipe_path), str(result)]
-                child = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+                # this checkout's hf_mtl, installed or not
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+                child = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
                 claim = unit_dir / f"{unit}.claim"  # another driver started on the same output skips this unit
                 claim.write_text(str(child.pid))
                 code = child.wait()

@@ -153,7 +153,9 @@ class MultiTaskTrainer(Trainer):
         sampler = self._build_task_sampler(data)
         loader = DataLoader(
             data, batch_sampler=sampler, collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            num_workers=self.args.dataloader_num_workers,
+            # pinned memory only helps copies to an accelerator (torch warns when there is none)
+            pin_memory=self.args.dataloader_pin_memory and self.args.device.type != "cpu",
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
         )
         prepared = self.accelerator.prepare(loader)

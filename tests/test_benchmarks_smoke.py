@@ -72,3 +72,18 @@ def test_adapters_speed_smoke(tiny_model: Path, tmp_path: Path, monkeypatch, cap
     assert result["goal_checks"] and out.with_suffix(".png").exists() and out.with_suffix(".md").exists()
     pfeiffer = next(r for r in result["rows"] if r["config"] == "hf_mtl/bottleneck/pfeiffer")
     assert pfeiffer["peak_mib"] is not None and pfeiffer["trainable_per_task"] > 0
+
+
+def test_goal_verdicts_use_the_bootstrap_interval():
+    """A goal is met or missed only when the whole 90% interval of the paired median is on one side of it."""
+    bench = _load_benchmark()
+    tight = [{"a": 1.00 + 0.001 * i, "b": 1.0} for i in range(10)]
+    wide = [{"a": v, "b": 1.0} for v in (0.90, 1.10, 0.95, 1.08, 1.0, 0.92, 1.12, 1.02, 0.97, 1.06)]
+    low, high = bench.paired_ci(tight, "a", "b")
+    assert 1.0 <= low <= bench.paired(tight, "a", "b") <= high <= 1.01
+    assert bench.verdict(1.005, (low, high), 1.05) == "yes"
+    assert bench.verdict(1.005, (low, high), 1.00) == "NO"
+    ci = bench.paired_ci(wide, "a", "b")
+    assert ci[0] < 1.0 < ci[1]
+    assert bench.verdict(bench.paired(wide, "a", "b"), ci, 1.0).startswith("within noise")
+    assert bench.paired_ci(tight[:2], "a", "b") is None  # too few rounds for an interval

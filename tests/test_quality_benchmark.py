@@ -154,6 +154,23 @@ def test_recipes_match_the_benchmark(tmp_path):
     assert single.max_steps == quality.FULL.steps_per_task and not single.freeze_backbone
 
 
+def test_override_merges_into_every_recipe(tmp_path):
+    """`--override` changes adapter options and single tasks' fields; the recipes still parse; a typo'd task is refused."""
+    quality = _load("quality")
+    from hf_mtl.run import load_recipe
+
+    override = '{"adapter_config": {"reduction_factor": 4}, "tasks": {"rte": {"loss_weight": 2}}, "seed": 7}'
+    quality.main(["--write-recipes", str(tmp_path), "--data-dir", str(tmp_path), "--runs", "mtl_bottleneck_temperature",
+                  "st_full", "--override", override])
+    args = load_recipe(tmp_path / "mtl_bottleneck_temperature.json")
+    assert args.adapter_config == {"variant": "pfeiffer", "reduction_factor": 4} and args.seed == 7
+    assert {t["name"]: t.get("loss_weight") for t in args.tasks} == {"sst2": None, "stsb": None, "rte": 2, "upos": None, "ner": None}
+    assert load_recipe(tmp_path / "st_full__rte.json").tasks[0]["loss_weight"] == 2
+    assert "loss_weight" not in load_recipe(tmp_path / "st_full__sst2.json").tasks[0]
+    with pytest.raises(SystemExit, match="unknown task 'rtee'"):
+        quality.main(["--write-recipes", str(tmp_path), "--data-dir", str(tmp_path), "--override", '{"tasks": {"rtee": {}}}'])
+
+
 @pytest.mark.slow
 def test_quick_multilingual(shared_data, tmp_path):
     model = os.environ.get("HF_MTL_MULTILINGUAL_MODEL")
