@@ -37,7 +37,7 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> int:
 
     _no_extra(extra)
     metrics = run_evaluation(args.store, split=args.split, tasks=args.tasks, batch_size=args.batch_size,
-                             max_seq_length=args.max_seq_length)
+                             max_seq_length=args.max_seq_length, max_samples=args.max_samples)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     if args.output:
         from .io_utils import atomic_write_bytes
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("store", help="An output folder or a Hub repo id.")
     ev.add_argument("--split", choices=["validation", "test"], default="validation")
     ev.add_argument("--tasks", nargs="+", default=None, help="Only these tasks.")
+    ev.add_argument("--max-samples", type=int, default=None,
+                    help="Rows per task: 0 = all of them (default: each task's saved max_eval_samples).")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--max-seq-length", type=int, default=128)
     ev.add_argument("--output", help="Also write the metrics to this JSON file.")

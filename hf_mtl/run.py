@@ -125,8 +125,12 @@ def run_training(args: MultiTaskTrainingArguments) -> dict[str, Any]:
 
 
 def run_evaluation(store: str, split: str = "validation", tasks: Sequence[str] | None = None,
-                   batch_size: int = 32, max_seq_length: int = 128) -> dict[str, float]:
-    """Evaluate a saved store on its tasks' `validation` or `test` data (sources saved in `task.json`)."""
+                   batch_size: int = 32, max_seq_length: int = 128, max_samples: int | None = None) -> dict[str, float]:
+    """Evaluate a saved store on its tasks' `validation` or `test` data (sources saved in `task.json`).
+
+    `max_samples`: None keeps each task's saved `max_eval_samples`; 0 evaluates every row; N > 0 the first N.
+    """
+    import dataclasses
     import tempfile
 
     from .data.dataset import load_raw_splits
@@ -136,6 +140,10 @@ def run_evaluation(store: str, split: str = "validation", tasks: Sequence[str] |
 
     model = MultiTaskModel.from_pretrained(store, tasks=tasks)
     task_list = list(model.tasks.values())
+    if max_samples is not None:
+        if max_samples < 0:
+            raise DataError(f"max_samples={max_samples}: use 0 for every row or a positive row count.")
+        task_list = [dataclasses.replace(t, max_eval_samples=max_samples or None) for t in task_list]
     raw = load_raw_splits(task_list, split)
     if not raw:
         raise DataError(f"No task of {store} has {split} data (set `{split}_file` or `dataset_name` in the task).")

@@ -89,6 +89,26 @@ def test_quickstart_end_to_end(tmp_path: Path, capsys, monkeypatch) -> None:
     assert main(["predict", str(out), "--task", "nope", "x"]) == 2
     assert "Available tasks: ['sentiment', 'questions', 'ner']" in capsys.readouterr().err
 
+    # eval re-scores the saved store: each task's saved cut (20 rows), or --max-samples N / 0 (every row)
+    import hf_mtl.data.dataset as dataset_module
+
+    loaded = {}
+    real = dataset_module.load_raw_splits
+
+    def spy(tasks, split):
+        raw = real(tasks, split)
+        loaded.update({name: len(rows) for name, rows in raw.items()})
+        return raw
+
+    monkeypatch.setattr(dataset_module, "load_raw_splits", spy)
+    assert main(["eval", str(out), "--tasks", "questions"]) == 0
+    assert loaded == {"questions": 20} and "eval_questions_accuracy" in capsys.readouterr().out
+    assert main(["eval", str(out), "--tasks", "questions", "--max-samples", "7"]) == 0 and loaded == {"questions": 7}
+    assert main(["eval", str(out), "--tasks", "questions", "--max-samples", "0"]) == 0 and loaded["questions"] > 20
+    capsys.readouterr()
+    assert main(["eval", str(out), "--max-samples", "-1"]) == 2
+    assert "use 0 for every row" in capsys.readouterr().err
+
     # a second run into the same folder is refused unless overwrite_output_dir
     assert main(["train", "training_args/quickstart.json", "--output_dir", str(out), "--max_steps", "1",
                  "--overwrite_output_dir", "false"]) == 2
