@@ -459,9 +459,14 @@ def summarize_quality(runs: list[dict[str, Any]], setup: dict[str, Any], partial
 
 
 # ---------------------------------------------------------------------------------------------- report
+def _ratios(rounds: list[dict[str, float]], a: str, b: str) -> list[float]:
+    """rounds[r][a] / rounds[r][b] for every round that has both."""
+    return [r[a] / r[b] for r in rounds if a in r and b in r]
+
+
 def paired(rounds: list[dict[str, float]], a: str, b: str) -> float | None:
     """Median over rounds of rounds[r][a] / rounds[r][b] (None when either is missing)."""
-    values = [r[a] / r[b] for r in rounds if a in r and b in r]
+    values = _ratios(rounds, a, b)
     return statistics.median(values) if values else None
 
 
@@ -470,7 +475,7 @@ def paired_ci(rounds: list[dict[str, float]], a: str, b: str, level: float = 0.9
     """Bootstrap `level` interval of `paired(rounds, a, b)`: rounds resampled with replacement (seeded)."""
     import random
 
-    values = [r[a] / r[b] for r in rounds if a in r and b in r]
+    values = _ratios(rounds, a, b)
     if len(values) < 3:
         return None
     rng = random.Random(0)
@@ -517,6 +522,7 @@ def summarize(measured: dict, params: dict[str, dict], memory: dict[str, float])
         own_floor = "adapterhub/floor" if library == "adapterhub" else floor_ref
         row = {
             "config": name, "method": method, "library": library, "backbone_dropout": 0.0 if nodrop else 0.1,
+            "floor_ref": floor_ref,
             "step_s": statistics.median(r[name] for r in times if name in r),
             "ratio_floor": paired(ratios, name, floor_ref) if name != floor_ref else 1.0,
             "ratio_own_floor": paired(ratios, name, own_floor) if name != own_floor else 1.0,
@@ -543,8 +549,8 @@ def goal_checks(rows: list[dict[str, Any]], measured: dict | None = None) -> lis
         tag = f"hf_mtl/{row['method']}" + (" (backbone_dropout=0)" if row["backbone_dropout"] == 0.0 else "")
         goal = FLOOR_GOALS.get(row["method"], DEFAULT_FLOOR_GOAL)
         if row["ratio_floor"] is not None:
-            floor_ref = "hf_mtl/floor@nodrop" if row["backbone_dropout"] == 0.0 else FLOOR
-            checks.append(_check(f"{tag} / floor", row["ratio_floor"], goal, measured, "ratios", row["config"], floor_ref))
+            checks.append(_check(f"{tag} / floor", row["ratio_floor"], goal, measured, "ratios", row["config"],
+                                 row["floor_ref"]))
         if row["backbone_dropout"] == 0.1:
             for c, v in (row.get("vs_counterparts") or {}).items():
                 if v is not None:

@@ -194,8 +194,9 @@ def run_specs(quick: bool = False) -> list[RunSpec]:
 
 
 def recipe_for(run: RunSpec, tasks: list[dict[str, Any]], scale: Scale, model: str, output_dir: str,
-               seed: int = 42, bf16: bool = False) -> dict[str, Any]:
-    """The MultiTaskTrainingArguments JSON of one unit (a multi-task run, or one task of a single-task run)."""
+               seed: int = 42, bf16: bool = False, override: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The MultiTaskTrainingArguments JSON of one unit (a multi-task run, or one task of a single-task run),
+    with `override` (--override) merged in."""
     unit_tasks = []
     for task in tasks:
         task = copy.deepcopy(task)
@@ -232,7 +233,7 @@ def recipe_for(run: RunSpec, tasks: list[dict[str, Any]], scale: Scale, model: s
     }
     if recipe["adapter_config"] is None:
         del recipe["adapter_config"]
-    return recipe
+    return apply_override(recipe, override)
 
 
 def apply_override(recipe: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
@@ -509,8 +510,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         for run in runs:
             for unit, unit_tasks in units_for(run, tasks):
-                recipe = recipe_for(run, unit_tasks, scale, args.model, f"outputs/quality/{unit}", args.seed, False)
-                recipe = apply_override(recipe, args.override)
+                recipe = recipe_for(run, unit_tasks, scale, args.model, f"outputs/quality/{unit}", args.seed, False,
+                                    args.override)
                 (out / f"{unit}.json").write_text(json.dumps(recipe, indent=2) + "\n")
         print(f"wrote {sum(len(units_for(r, tasks)) for r in runs)} recipes to {out}")
         return {}
@@ -533,8 +534,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if result.exists() or _claimed(unit_dir / f"{unit}.claim"):
                 continue
             recipe_path = recipe_dir / f"{unit}.json"
-            recipe = recipe_for(run, unit_tasks, scale, args.model, str(store_dir / unit), args.seed, bf16)
-            recipe = apply_override(recipe, args.override)
+            recipe = recipe_for(run, unit_tasks, scale, args.model, str(store_dir / unit), args.seed, bf16, args.override)
             recipe_path.write_text(json.dumps(recipe, indent=2) + "\n")
             pending.append((unit, recipe_path, result))
 
