@@ -65,17 +65,24 @@ class Bench:
     activate: Callable[[], None] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     optimizer: torch.optim.Optimizer | None = None
+    device: str = "cpu"  # on a GPU the step is timed between two synchronizations (kernels run asynchronously)
 
     def __post_init__(self) -> None:
         if self.optimizer is None:
             self.optimizer = torch.optim.AdamW(self.params, lr=LR)
 
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     def step(self) -> float:
+        self._sync()
         start = time.perf_counter()
         loss = self.loss_fn()
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._sync()
         return time.perf_counter() - start
 
     def run(self, steps: int) -> list[float]:

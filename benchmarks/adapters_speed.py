@@ -30,6 +30,12 @@ The quality side of `backbone_dropout`: a Pfeiffer bottleneck trained on 2,000 S
 
     python benchmarks/adapters_speed.py [--rounds 10] [--steps 1] [--batch 32] [--seq 128] [--threads 2]
     python benchmarks/adapters_speed.py --quick      # 2 rounds on an 8 x 32 batch: a smoke run
+    python benchmarks/adapters_speed.py --device cuda --bf16 --no-adapterhub --phases timing,memory
+
+On a GPU (`--device cuda`) each step is timed between two `torch.cuda.synchronize()`, `--bf16` runs the
+forward under `torch.autocast(bfloat16)` (weights and AdamW stay float32, as the Trainer's bf16 does), and
+peak memory is the GPU allocator's peak (`torch.cuda.max_memory_allocated`) over a configuration's first
+training step above what was allocated before it, instead of the process's RSS.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -108,18 +116,52 @@ GROUPS: list[list[str]] = [
 FLOOR = "hf_mtl/floor"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the configurations run: the device, and bf16 autocast of the forward (float32 weights and optimizer)."""
+
+    device: str = "cpu"
+    bf16: bool = False
+
+    def model(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(self.device)
+
+    def inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def loss(self, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        if not self.bf16:
+            return fn
+        device_type = torch.device(self.device).type
+
+        def autocast_loss() -> torch.Tensor:
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                return fn()
+        return autocast_loss
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.startswith("cuda") else "CPU"
+        return f"{name}, {'bf16 autocast' if self.bf16 else 'float32'}"
+
+
+def placement_of(args: argparse.Namespace) -> Placement:
+    return Placement(getattr(args, "device", "cpu"), getattr(args, "bf16", False))
+
+
 # ---------------------------------------------------------------------------------------------- hf_mtl + PEFT
-def _hf_bench(name: str, model: MultiTaskModel, inputs: dict, task: Any, optimizer=None) -> Bench:
+def _hf_bench(name: str, model: MultiTaskModel, inputs: dict, task: Any, optimizer=None,
+              where: Placement = Placement()) -> Bench:
     params = [p for p in model.parameters() if p.requires_grad]
     counts = model.trainable_parameters()
     per_task = counts["tasks"]["t0"]["total"]
     shared = counts["shared"]["total"]
-    x = {k: v for k, v in inputs.items()}
-    return Bench(name, lambda: model(**x, task=task).loss, params, per_task, shared, optimizer=optimizer,
-                 info={"attn_implementation": model.backbone.config._attn_implementation})
+    x = where.inputs(inputs)
+    return Bench(name, where.loss(lambda: model(**x, task=task).loss), params, per_task, shared, optimizer=optimizer,
+                 info={"attn_implementation": model.backbone.config._attn_implementation}, device=where.device)
 
 
-def build_hf_mtl(model_id: str, inputs: dict, names: set[str]) -> dict[str, Callable[[], list[Bench]]]:
+def build_hf_mtl(model_id: str, inputs: dict, names: set[str],
+                 where: Placement = Placement()) -> dict[str, Callable[[], list[Bench]]]:
     """Factories of hf_mtl's configurations; each builds one model and the configurations that share it."""
     mixed_tasks = [TASKS[i % len(TASKS)].name for i in range(inputs["input_ids"].shape[0])]
     tokenizer = load_tokenizer(model_id)  # loaded once, not once per model
@@ -127,11 +169,11 @@ def build_hf_mtl(model_id: str, inputs: dict, names: set[str]) -> dict[str, Call
 
     def reference(name: str, dropout: float | None, full: bool) -> Callable[[], list[Bench]]:
         def build() -> list[Bench]:
-            model = MultiTaskModel.from_backbone(model_id, TASKS, freeze_backbone=not full, backbone_dropout=dropout,
-                                                 tokenizer=tokenizer).train()
+            model = where.model(MultiTaskModel.from_backbone(model_id, TASKS, freeze_backbone=not full,
+                                                             backbone_dropout=dropout, tokenizer=tokenizer).train())
             if not full:  # the floor: backward through every frozen layer, no weight gradient
                 model.backbone.embeddings.register_forward_hook(lambda m, a, out: out.requires_grad_(True))
-            return [_hf_bench(name, model, inputs, "t0")]
+            return [_hf_bench(name, model, inputs, "t0", where=where)]
         return build
 
     factories["hf_mtl/full_ft"] = reference("hf_mtl/full_ft", None, True)
@@ -141,30 +183,32 @@ def build_hf_mtl(model_id: str, inputs: dict, names: set[str]) -> dict[str, Call
         for dropout, suffix in ((None, ""), (0.0, "@nodrop")):
             def build(method=method, adapter_method=adapter_method, adapter_config=adapter_config, dropout=dropout,
                       suffix=suffix) -> list[Bench]:
-                model = MultiTaskModel.from_backbone(model_id, TASKS, adapter_method=adapter_method,
-                                                     adapter_config=adapter_config, backbone_dropout=dropout,
-                                                     tokenizer=tokenizer).train()
-                single = _hf_bench(f"hf_mtl/{method}{suffix}", model, inputs, "t0")
+                model = where.model(MultiTaskModel.from_backbone(model_id, TASKS, adapter_method=adapter_method,
+                                                                 adapter_config=adapter_config, backbone_dropout=dropout,
+                                                                 tokenizer=tokenizer).train())
+                single = _hf_bench(f"hf_mtl/{method}{suffix}", model, inputs, "t0", where=where)
                 benches = [single]
                 if method in PER_ROW and not suffix:  # one model, one optimizer for both batch kinds
-                    benches.append(_hf_bench(f"hf_mtl/{method}/mixed", model, inputs, mixed_tasks, single.optimizer))
+                    benches.append(_hf_bench(f"hf_mtl/{method}/mixed", model, inputs, mixed_tasks, single.optimizer,
+                                             where=where))
                 return benches
             factories[f"hf_mtl/{method}{suffix}"] = build
     return {k: v for k, v in factories.items() if k in names or k == FLOOR}
 
 
-def _peft_model(model_id: str, peft_config) -> tuple[torch.nn.Module, SequenceHead]:
+def _peft_model(model_id: str, peft_config, where: Placement = Placement()) -> tuple[torch.nn.Module, SequenceHead]:
     from peft import get_peft_model
 
     backbone = build_backbone(load_backbone_config(model_id), model_id)
-    model = get_peft_model(backbone, peft_config).train()
+    model = where.model(get_peft_model(backbone, peft_config).train())
     config = backbone.config
-    head = SequenceHead(config.hidden_size, 2, "cls", 1, config.hidden_dropout_prob).train()  # hf_mtl's head
+    head = where.model(SequenceHead(config.hidden_size, 2, "cls", 1, config.hidden_dropout_prob).train())  # hf_mtl's head
     return model, head
 
 
-def _peft_bench(name: str, model_id: str, inputs: dict, peft_config) -> Bench:
-    model, head = _peft_model(model_id, peft_config)
+def _peft_bench(name: str, model_id: str, inputs: dict, peft_config, where: Placement = Placement()) -> Bench:
+    model, head = _peft_model(model_id, peft_config, where)
+    inputs = where.inputs(inputs)
     x = {k: v for k, v in inputs.items() if k != "labels"}
     labels = inputs["labels"]
 
@@ -173,19 +217,21 @@ def _peft_bench(name: str, model_id: str, inputs: dict, peft_config) -> Bench:
         return F.cross_entropy(head(hidden, x["attention_mask"]), labels)
 
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
-    return Bench(name, loss, params, count(params))
+    return Bench(name, where.loss(loss), params, count(params), device=where.device)
 
 
-def build_peft(model_id: str, inputs: dict, names: set[str]) -> dict[str, Callable[[], list[Bench]]]:
+def build_peft(model_id: str, inputs: dict, names: set[str],
+               where: Placement = Placement()) -> dict[str, Callable[[], list[Bench]]]:
     from peft import IA3Config, LoraConfig, PrefixTuningConfig
 
     factories = {
         "peft/lora": lambda: [_peft_bench("peft/lora", model_id, inputs,
-                                          LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"]))],
-        "peft/ia3": lambda: [_peft_bench("peft/ia3", model_id, inputs, IA3Config())],
+                                          LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"]), where)],
+        "peft/ia3": lambda: [_peft_bench("peft/ia3", model_id, inputs, IA3Config(), where)],
         # 20 flat prefixes, hf_mtl's default; runs only where `peft_prefix_tuning_status` says so
         "peft/prefix_tuning": lambda: [_peft_bench("peft/prefix_tuning", model_id, inputs,
-                                                   PrefixTuningConfig(num_virtual_tokens=20, task_type="FEATURE_EXTRACTION"))],
+                                                   PrefixTuningConfig(num_virtual_tokens=20, task_type="FEATURE_EXTRACTION"),
+                                                   where)],
     }
     return {k: v for k, v in factories.items() if k in names}
 
@@ -292,8 +338,23 @@ def wanted_configs(args: argparse.Namespace) -> list[list[str]]:
     return groups
 
 
-def build_local(model_id: str, inputs: dict, names: set[str]) -> dict[str, Callable[[], list[Bench]]]:
-    return {**build_hf_mtl(model_id, inputs, names), **build_peft(model_id, inputs, names)}
+def build_local(model_id: str, inputs: dict, names: set[str],
+                where: Placement = Placement()) -> dict[str, Callable[[], list[Bench]]]:
+    return {**build_hf_mtl(model_id, inputs, names, where), **build_peft(model_id, inputs, names, where)}
+
+
+def peak_cuda_delta_mib(bench: Bench, steps: int = 1) -> float:
+    """GPU counterpart of `peak_rss_delta_mib`: the allocator's peak over `steps` training steps above what was
+    allocated before them (AdamW's state is created inside, as on the CPU probe with warmup=0)."""
+    gc.collect()
+    if bench.activate is not None:
+        bench.activate()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    for _ in range(steps):
+        bench.step()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 class LazyBenches:
@@ -366,15 +427,19 @@ def memory_probe(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     names = set(json.loads(args.memory_probe))
     model_id = args.model
+    where = placement_of(args)
     inputs = make_inputs(args.batch, args.seq, load_backbone_config(model_id).vocab_size)
     tiny = {k: v[:2, :16] if v.dim() == 2 else v[:2] for k, v in inputs.items()}
-    build_hf_mtl(model_id, tiny, {FLOOR})[FLOOR]()[0].run(1)  # the process's one-time initialisations
-    factories = build_local(model_id, inputs, names)
+    build_hf_mtl(model_id, tiny, {FLOOR}, where)[FLOOR]()[0].run(1)  # the process's one-time initialisations
+    factories = build_local(model_id, inputs, names, where)
     for key in sorted(factories, key=lambda k: k.endswith("@nodrop")):  # the no-dropout variants last
         benches = factories[key]()
         for bench in benches:
             if bench.name in names:
-                mib = peak_rss_delta_mib(bench, steps=1, warmup=0)
+                if where.device.startswith("cuda"):
+                    mib = peak_cuda_delta_mib(bench, steps=1)
+                else:
+                    mib = peak_rss_delta_mib(bench, steps=1, warmup=0)
                 print(PROTOCOL + json.dumps({"config": bench.name, "mib": mib}), flush=True)
         del benches, bench
         gc.collect()
@@ -383,7 +448,8 @@ def memory_probe(args: argparse.Namespace) -> None:
 
 def local_memory(args: argparse.Namespace, names: list[str], on_result: Callable[[str, float], None]) -> None:
     _probe([sys.executable, str(Path(__file__).resolve()), "--memory-probe", json.dumps(names), "--model", args.model,
-            "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads)], on_result)
+            "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads), "--device", args.device]
+           + (["--bf16"] if args.bf16 else []), on_result)
 
 
 # ---------------------------------------------------------------------------------------------- quality
@@ -579,15 +645,21 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     a = result["args"]
-    lines = [f"all-MiniLM-L6-v2, batch {a['batch']} x {a['seq']} tokens, {a['threads']} threads, "
-             f"{result['rounds_done']} interleaved rounds x {a['steps']} step(s); step = forward + backward + AdamW step. "
+    gpu = a.get("device", "cpu") != "cpu"
+    memory = ("GPU allocator peak (torch.cuda.max_memory_allocated) of a configuration's first training step above "
+              "what was allocated before it (AdamW's state, activations, gradients), in a probe process"
+              if gpu else
+              "RSS high-water mark (/proc VmHWM) of a configuration's first training step above the RSS "
+              "before it (AdamW's state, activations, gradients), in a probe process with the malloc mmap threshold fixed "
+              "and one tiny warm-up step for the process")
+    lines = [f"all-MiniLM-L6-v2, batch {a['batch']} x {a['seq']} tokens, "
+             + (f"{result.get('device')}, " if gpu else f"{a['threads']} threads, ")
+             + f"{result['rounds_done']} interleaved rounds x {a['steps']} step(s); step = forward + backward + AdamW step. "
              f"Ratios are paired medians over rounds (each configuration against the floor steps around its group). "
-             f"Peak memory: RSS high-water mark (/proc VmHWM) of a configuration's first training step above the RSS "
-             f"before it (AdamW's state, activations, gradients), in a probe process with the malloc mmap threshold fixed "
-             f"and one tiny warm-up step for the process. Load average over the timed rounds: "
+             f"Peak memory: {memory}. Load average over the timed rounds: "
              f"{result.get('loadavg_rounds', '-')} on {result['machine']['cpus']} CPUs.", "",
              "| method | library | backbone dropout | step time (s) | x floor | x own library's floor | x full FT | "
-             "peak memory (MiB RSS) | trainable params per task (+ shared) | mixed 4-task / 1-task |",
+             f"peak memory (MiB {'GPU' if gpu else 'RSS'}) | trainable params per task (+ shared) | mixed 4-task / 1-task |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         params = fmt(row["trainable_per_task"]) + (f" (+ {row['shared_trainable']:,})" if row.get("shared_trainable") else "")
@@ -665,6 +737,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", help="keep the configurations whose name contains one of these strings")
     parser.add_argument("--skip", nargs="*", help="drop the configurations whose name contains one of these strings")
     parser.add_argument("--no-adapterhub", dest="adapterhub", action="store_false")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: time the local configurations on that GPU "
+                        "(AdapterHub's runner is CPU-only: use --no-adapterhub)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward (float32 weights and optimizer)")
     parser.add_argument("--phases", default="timing,memory,quality",
                         help="comma-separated subset of timing,memory,quality; each writes <output>_<phase>.json and every "
                              "run ends by assembling the parts that exist into <output>.json/.md/.png ('report' alone: only that)")
@@ -682,6 +757,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="results prefix (default benchmarks/results/adapters_speed[_quick])")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device != "cpu" and args.adapterhub and not args.memory_probe:
+        parser.error("AdapterHub's runner times on the CPU only: add --no-adapterhub with --device " + args.device)
     if args.quick:
         args.rounds, args.batch, args.seq = 2, 8, 32
         args.quality_examples, args.quality_steps, args.quality_seeds = 200, 20, 1
@@ -694,6 +771,7 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
     import transformers
 
     inputs = make_inputs(args.batch, args.seq, load_backbone_config(args.model).vocab_size)
+    where = placement_of(args)
     peft_prefix = peft_prefix_tuning_status(args.model, inputs)
     if peft_prefix != "runs":  # reported in the table instead of timed
         groups = [[n for n in g if n != "peft/prefix_tuning"] for g in groups]
@@ -702,9 +780,10 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
         "args": vars(args), "groups": groups, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                           "loadavg_start": os.getloadavg()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        "device": where.describe(),
     }
     start = time.perf_counter()
-    benches = LazyBenches(build_local(args.model, inputs, set(names)), args.warmup)
+    benches = LazyBenches(build_local(args.model, inputs, set(names), where), args.warmup)
     benches[FLOOR].run(1)  # the process's one-time initialisations, before the first measured step
     timing["peft_prefix_tuning"] = peft_prefix
     timing["params"], timing["attn_implementation"] = {}, {}
@@ -785,8 +864,9 @@ def report(prefix: Path) -> None:
     print("\n" + table)
     prefix.with_suffix(".md").write_text(table + "\n")
     a = result["args"]
+    where = result.get("device") if a.get("device", "cpu") != "cpu" else f"{a['threads']} threads"
     plot(result["rows"], prefix.with_suffix(".png"),
-         f"Train step / floor, all-MiniLM-L6-v2, {a['batch']}x{a['seq']}, {a['threads']} threads, {result['rounds_done']} rounds")
+         f"Train step / floor, all-MiniLM-L6-v2, {a['batch']}x{a['seq']}, {where}, {result['rounds_done']} rounds")
     print(f"\nwrote {prefix.with_suffix('.json')}, {prefix.with_suffix('.md')}, {prefix.with_suffix('.png')}")
 
 

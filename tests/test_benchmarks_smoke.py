@@ -20,6 +20,7 @@ def _load_benchmark():
     path = REPO_ROOT / "benchmarks" / "adapters_speed.py"
     spec = importlib.util.spec_from_file_location("adapters_speed", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
