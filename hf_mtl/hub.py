@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import httpx2
+import huggingface_hub
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -41,6 +41,12 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils.sha import git_hash
+
+# the HTTP client huggingface_hub talks through (its exceptions reach us): httpx2 from huggingface_hub 2, httpx in 1.x
+if int(huggingface_hub.__version__.split(".")[0]) >= 2:
+    import httpx2 as http_client
+else:
+    import httpx as http_client
 
 from .errors import HfMtlError, StoreError, UnknownTaskError
 from .io_utils import atomic_write_json, read_json
@@ -124,7 +130,7 @@ def hub_errors(repo_id: str, revision: str | None, action: str) -> Iterator[None
         offline = (" Fix: HF_HUB_OFFLINE is set and these files are not in the cache: unset it, or pull them once "
                    "with network access.") if constants.HF_HUB_OFFLINE else ""
         raise StoreError(f"Could not {action} {where}: {_first_line(err)}{offline}") from err
-    except httpx2.HTTPError as err:
+    except http_client.HTTPError as err:
         raise StoreError(
             f"Could not {action} {where}: the connection to {constants.ENDPOINT} failed ({type(err).__name__}: "
             f"{_first_line(err)}). Nothing was left half-written. Fix: check the network and run it again."

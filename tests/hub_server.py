@@ -28,7 +28,7 @@ Faithfulness notes (what the real Hub does and this server mimics):
 - upload mode (preupload): ``lfs`` for paths matching the repo's ``.gitattributes`` LFS patterns, binary samples
   (NUL byte) or files >= ``lfs_threshold`` bytes, ``regular`` otherwise (``lfs_mode="never"|"always"`` to force);
 - regular files are served directly by ``/resolve`` with ``ETag`` = git blob sha1; LFS files get a 302 to a
-  "CDN" served from a *second* port (a different origin, as on the real Hub), with ``X-Linked-Etag`` = sha256
+  "CDN" served from a *second* port and host name (``localhost``: a different origin, as on the real Hub), with ``X-Linked-Etag`` = sha256
   and ``X-Linked-Size``; the client then downloads from the CDN without its Authorization header;
 - tree listings expose ``oid`` (git sha1; for LFS files the sha1 of the pointer file), ``size`` and, for LFS
   files, ``lfs: {oid: sha256, size, pointerSize}``;
@@ -518,8 +518,12 @@ class HubServer:
 
     @property
     def cdn_url(self) -> str:
+        """The CDN's origin, under another host *name* than the Hub's: huggingface_hub 1.x compares host names
+        only (not ports) to decide whether a redirect stays on the Hub, and would follow one to 127.0.0.1's
+        other port, reading the file's metadata from the CDN's response (which has no X-Repo-Commit)."""
         assert self._cdn is not None, "server not started"
-        return f"http://{self.host}:{self._cdn.server_address[1]}"
+        host = "localhost" if self.host == "127.0.0.1" else self.host
+        return f"http://{host}:{self._cdn.server_address[1]}"
 
     # ------------------------------------------------------------------ users / client configuration
 

@@ -9,7 +9,6 @@ import textwrap
 import threading
 from pathlib import Path
 
-import httpx2
 import pytest
 from huggingface_hub import (
     CommitOperationAdd,
@@ -26,6 +25,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
+
+from hf_mtl.hub import http_client
 
 try:  # works once tests/ is a package (or with `python -m pytest` from the repo root)
     from tests.hub_server import ALICE_TOKEN, BOB_TOKEN, HubServer, hub, hub_api, no_retry_sleep  # noqa: F401
@@ -467,12 +468,12 @@ def test_interrupted_download_reset_leaves_no_file(hub, hub_api, tmp_path):
     hub_api.upload_file(path_or_fileobj=b"{}" * 2000, path_in_repo="task_a/cfg.json", repo_id=REPO)
     rule = hub.fail_downloads_matching("task_a/*", mode="reset")
     out = tmp_path / "out"
-    with pytest.raises(httpx2.TransportError):
+    with pytest.raises(http_client.TransportError):
         hf_hub_download(REPO, "task_a/cfg.json", local_dir=out, token=ALICE_TOKEN)
     assert rule.hits == 1
     assert not (out / "task_a" / "cfg.json").exists() and _no_partial_files(out)
     # Cache mode: no blob, no snapshot entry either.
-    with pytest.raises(httpx2.TransportError):
+    with pytest.raises(http_client.TransportError):
         hf_hub_download(REPO, "task_a/cfg.json", token=ALICE_TOKEN)
     cache = tmp_path / "hf_home" / "hub"
     assert not [p for p in cache.rglob("cfg.json")] and _no_partial_files(cache)
@@ -488,7 +489,7 @@ def test_interrupted_download_drop_retries_then_fails(hub, hub_api, tmp_path):
     hub_api.upload_file(path_or_fileobj=b"{}", path_in_repo="task_a/adapter_config.json", repo_id=REPO)
     rule = hub.fail_downloads_matching("*.safetensors", mode="drop")
     out = tmp_path / "out"
-    with no_retry_sleep(), pytest.raises(httpx2.RemoteProtocolError):
+    with no_retry_sleep(), pytest.raises(http_client.RemoteProtocolError):
         snapshot_download(REPO, local_dir=out, allow_patterns="task_a/*", token=ALICE_TOKEN)
     # First attempt + 5 retries. The client only advances its resume offset per DOWNLOAD_CHUNK_SIZE (10 MB)
     # chunk written, so for small files every retry starts again from byte 0 (no Range header).
@@ -541,8 +542,8 @@ def test_server_stop_releases_port(tmp_path):
         url = server.url
         with server.patch_client(hf_home=tmp_path / "home"):
             assert HfApi(token=ALICE_TOKEN).whoami()["name"] == "alice"
-    with pytest.raises(httpx2.ConnectError):
-        httpx2.get(url + "/api/whoami-v2", timeout=2)
+    with pytest.raises(http_client.ConnectError):
+        http_client.get(url + "/api/whoami-v2", timeout=2)
     from huggingface_hub import constants
 
     assert constants.ENDPOINT != url  # restored
