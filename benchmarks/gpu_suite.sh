@@ -6,6 +6,9 @@
 #      st_full vs the multi-task Pfeiffer bottleneck (lr 3e-3, temperature sampling) at 100 steps per task,
 #      seeds 42/43/44 (the CPU table's budget), at 500 steps per task on the whole dev sets (seed 42), and every
 #      other multi-task method at 100 steps (seed 42).
+# More stages, by name: smoke (again with the fixed CLI), followup (a second seed and 4x capacity at 500 steps,
+# Hyperformer in float32 next to bf16), speed_hyperformer (the stacked hypernetworks), profile (launches,
+# synchronizations and the costliest operators per step).
 # Each stage has its own time limit and the results so far are packed into OUT/gpu_results.tgz after each one,
 # so a stage that runs over still leaves the earlier ones.
 #
@@ -71,12 +74,49 @@ quality() {
   wait
 }
 
+# follow-ups (not in the default STAGES): a second seed at 500 steps, 4x adapter capacity at 500 steps, and
+# Hyperformer in float32 next to bf16 (its STS-B fell to r 0.25 in the bf16 run of `quality`)
+followup() {
+  local common=(--data-dir "$DATA" --model "$MODEL" --threads 1 --jobs 4)
+  mkdir -p "$RES/quality"
+  python3 benchmarks/quality.py "${common[@]}" --bf16 --adapter-lr 3e-3 --steps-per-task 500 --full-dev --seed 43 \
+      --runs st_full mtl_bottleneck_temperature --output "$RES/quality/gpu_500_fulldev_seed43" \
+      --store-dir /tmp/gpu_stores/q500_43 > "$RES/logs/quality_500_fulldev_seed43.log" 2>&1 &
+  python3 benchmarks/quality.py "${common[@]}" --bf16 --adapter-lr 3e-3 --steps-per-task 500 --full-dev \
+      --override '{"adapter_config": {"reduction_factor": 4}}' --runs mtl_bottleneck_temperature \
+      --output "$RES/quality/gpu_500_fulldev_rf4" --store-dir /tmp/gpu_stores/q500_rf4 > "$RES/logs/quality_500_rf4.log" 2>&1 &
+  for seed in 42 43; do
+    python3 benchmarks/quality.py "${common[@]}" --steps-per-task 100 --seed $seed --runs mtl_hyperformer_temperature \
+        --output "$RES/quality/gpu_100_hyperformer_fp32_seed$seed" --store-dir /tmp/gpu_stores/q100_hf32_$seed \
+        > "$RES/logs/quality_100_hf_fp32_seed$seed.log" 2>&1 &
+    python3 benchmarks/quality.py "${common[@]}" --bf16 --steps-per-task 100 --seed $seed --runs mtl_hyperformer_temperature \
+        --output "$RES/quality/gpu_100_hyperformer_bf16_seed$seed" --store-dir /tmp/gpu_stores/q100_hf16_$seed \
+        > "$RES/logs/quality_100_hf_bf16_seed$seed.log" 2>&1 &
+  done
+  wait
+}
+
+speed_hyperformer() {  # after stacking the hypernetworks' generators (one batched product per forward)
+  python3 benchmarks/adapters_speed.py --device cuda --bf16 --no-adapterhub --phases timing \
+      --rounds 10 --steps 5 --warmup 2 --threads 4 --model "$MODEL" --only hyperformer pfeiffer full_ft --skip nodrop \
+      --output "$RES/speed/adapters_speed_gpu_hyperformer"
+}
+
+profile() {  # kernel launches, synchronizations and the costliest operators per step (benchmarks/profile_step.py)
+  python3 benchmarks/profile_step.py --device cuda --bf16 --threads 4 --steps 5 --model "$MODEL" \
+      --configs hf_mtl/floor hf_mtl/full_ft hf_mtl/bottleneck/pfeiffer hf_mtl/bottleneck/pfeiffer/mixed hf_mtl/hyperformer \
+                hf_mtl/hyperformer++ hf_mtl/pals hf_mtl/ca_mtl hf_mtl/lora peft/lora --output "$RES/speed/profile_gpu.json"
+}
+
 for s in $STAGES; do
   case $s in
     smoke) stage smoke "${SMOKE_LIMIT:-120}" bash -c "$(declare -f smoke); MODEL='$MODEL' smoke" ;;
     speed) stage speed "${SPEED_LIMIT:-170}" bash -c "$(declare -f speed); MODEL='$MODEL' RES='$RES' speed" ;;
     quality) stage quality "${QUALITY_LIMIT:-240}" bash -c "$(declare -f quality); MODEL='$MODEL' DATA='$DATA' RES='$RES' quality" ;;
-    *) echo "unknown stage $s (smoke, speed, quality)"; exit 2 ;;
+    followup) stage followup "${FOLLOWUP_LIMIT:-240}" bash -c "$(declare -f followup); MODEL='$MODEL' DATA='$DATA' RES='$RES' followup" ;;
+    speed_hyperformer) stage speed_hyperformer "${SPEED_LIMIT:-170}" bash -c "$(declare -f speed_hyperformer); MODEL='$MODEL' RES='$RES' speed_hyperformer" ;;
+    profile) stage profile "${PROFILE_LIMIT:-120}" bash -c "$(declare -f profile); MODEL='$MODEL' RES='$RES' profile" ;;
+    *) echo "unknown stage $s (smoke, speed, quality, followup, speed_hyperformer, profile)"; exit 2 ;;
   esac
 done
 for f in "$RES"/quality/*/quality.md "$RES"/speed/*.md; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done

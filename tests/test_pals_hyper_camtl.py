@@ -202,13 +202,15 @@ def test_mixed_batch_gradients_equal_task_by_task(method: str) -> None:
 def test_hyperformer_generates_once_per_task_present() -> None:
     for method in ("hyperformer", "hyperformer++"):
         model, tok = build(method)
-        generator = (model.adapter.hypernets[0]["attention"] if method == "hyperformer" else model.adapter.hypernet)
+        generator = model.adapter.hypernets if method == "hyperformer" else model.adapter.hypernet
         shapes = []
-        handle = generator.generators["down_weight"].register_forward_hook(lambda m, a, out: shapes.append(tuple(a[0].shape)))
+        handle = generator.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
         with torch.no_grad():
             model(**encode(tok), task=["sent", "topic", "sent", "sent"])
         handle.remove()
-        assert shapes and all(s[0] == 2 for s in shapes), shapes  # 2 tasks present, 4 rows
+        # one generation per forward, for the 2 tasks present (4 rows) at every layer and position
+        positions = 2 * model.adapter.num_layers
+        assert shapes == [(positions, 2, shapes[0][2])] if method == "hyperformer" else [(1, positions * 2, shapes[0][2])]
 
 
 def test_adamw_weight_decay_leaves_other_tasks_unchanged() -> None:
@@ -289,3 +291,29 @@ def test_learns_sst2_and_upos_on_minilm(method: str, shared_data: Path, tmp_path
     # chance: 0.51 (SST-2 dev majority class), 0.17 (UPOS majority tag NOUN)
     assert metrics["eval_sst2_accuracy"] > 0.75, metrics
     assert metrics["eval_upos_accuracy"] > 0.80, metrics
+
+
+def test_hyperformer_saves_one_generator_per_name_and_position() -> None:
+    """The stacked generators are saved under the per-generator names of the paper's layout (one (n, t) weight
+    and (n,) bias per layer, position and generated part), and a state in that layout loads back exactly."""
+    for method in ("hyperformer", "hyperformer++"):
+        model, tok = build(method)
+        adapter = model.adapter
+        state = adapter.shared_state_dict()
+        hidden, small = adapter.hidden_size, adapter.bottleneck
+        t = adapter.options.projected_task_embedding_dim
+        key = "hypernets.1.ffn" if method == "hyperformer" else "hypernet"
+        assert state[f"{key}.generators.down_weight.weight"].shape == (small * hidden, t)
+        assert state[f"{key}.generators.ln_bias.bias"].shape == (hidden,)
+        assert sum(v.numel() for v in state.values()) == adapter.shared_formula_parameter_count()
+        assert all(v.is_contiguous() for v in state.values())  # safetensors writes them as they are
+        model.eval()
+        expected = model(**encode(tok), task="sent").logits
+        other, _ = build(method)  # same seed: the same backbone and heads (a deepcopy would keep hooks on `model`)
+        other.eval()
+        with torch.no_grad():
+            for param in other.adapter.shared_parameters():
+                param.normal_()
+        assert not torch.equal(other(**encode(tok), task="sent").logits, expected)
+        other.adapter.load_shared_state_dict({k: v.clone() for k, v in state.items()})
+        torch.testing.assert_close(other(**encode(tok), task="sent").logits, expected, rtol=0, atol=0)

@@ -34,7 +34,7 @@ from ...tasks import Task
 from ..base import register_method
 from ..per_row import BatchTasks, PerRowMethod, count, load_exact, stack_parameters, task_key, task_of_key
 from .config import HyperformerConfig
-from .layer import AdapterHyperNet, GeneratedAdapter, TaskProjector, apply_adapter, hypernet_parameter_count
+from .layer import GeneratedAdapter, StackedHyperNets, TaskProjector, apply_adapter, hypernet_parameter_count
 
 POSITIONS = ("attention", "ffn")  # adapter positions in a layer; their index is the position id p_j
 TASK_EMBEDDINGS = "task_embeddings"
@@ -55,7 +55,7 @@ class _Hyperformer(PerRowMethod):
         self.task_embeddings = nn.ParameterDict()  # task_key(task) -> z_τ (t',)
         self._build_shared()
         self._z: torch.Tensor | None = None  # (T, t') z_τ of the batch's tasks
-        self._task_input: torch.Tensor | None = None  # (T, t) I_τ of the batch's tasks
+        self._generated: torch.Tensor | None = None  # (layers x 2, T, G): every adapter of the batch's tasks
         self._device: torch.device | None = None
         self._dtype: torch.dtype | None = None
 
@@ -90,11 +90,20 @@ class _Hyperformer(PerRowMethod):
 
     def release(self) -> None:
         self._z = None
-        self._task_input = None
+        self._generated = None
+
+    def _generate_all(self) -> torch.Tensor:
+        """(layers x 2, T, G): the adapters of the batch's T tasks at every (layer, position) (variant-specific)."""
+        raise TypeError("use `hyperformer` or `hyperformer++`")
+
+    def _hypernets(self) -> StackedHyperNets:
+        raise TypeError("use `hyperformer` or `hyperformer++`")
 
     def generate(self, layer: int, position: int) -> GeneratedAdapter:
-        """The adapters of the batch's T tasks at (layer, position) (variant-specific)."""
-        raise TypeError("use `hyperformer` or `hyperformer++`")
+        """The adapters of the batch's T tasks at (layer, position), out of the forward's one generation."""
+        if self._generated is None:
+            self._generated = self._generate_all()
+        return self._hypernets().unpack(self._generated[layer * len(POSITIONS) + position])
 
     def _adapter_hook(self, layer: int, position: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -112,6 +121,19 @@ class _Hyperformer(PerRowMethod):
     def _shared_named(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if not n.startswith(TASK_EMBEDDINGS + ".")}
 
+    def _saved_key_of(self, k: int) -> str:
+        """The saved name of generator position k (variant-specific)."""
+        raise TypeError("use `hyperformer` or `hyperformer++`")
+
+    def _shared_saved(self) -> dict[str, torch.Tensor]:
+        """{saved name: tensor or view}: the stacked generators under their per-generator names (see
+        `StackedHyperNets.named_views`), everything else under its parameter name."""
+        stacked = self._hypernets()
+        prefix = next(n for n, m in self.named_children() if m is stacked)
+        out = {n: p for n, p in self._shared_named().items() if not n.startswith(prefix + ".")}
+        out.update(stacked.named_views(self._saved_key_of))
+        return out
+
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self._shared_named().values())
 
@@ -123,10 +145,10 @@ class _Hyperformer(PerRowMethod):
         load_exact({"task_embedding": self.task_embeddings[task_key(task)]}, state, f"task {task!r} ({self.name})")
 
     def shared_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self._shared_named().items()}
+        return {n: p.detach() for n, p in self._shared_saved().items()}
 
     def load_shared_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_exact(self._shared_named(), state, f"shared weights ({self.name})")
+        load_exact(self._shared_saved(), state, f"shared weights ({self.name})")
 
     def formula_parameter_count(self, task: str) -> int:
         """Per task: its embedding z_τ, t' numbers."""
@@ -172,18 +194,18 @@ class HyperformerMethod(_Hyperformer):
     def _build_shared(self) -> None:
         o = self.options
         self.task_projector = TaskProjector(o.task_embedding_dim, o.task_hidden_dim, o.projected_task_embedding_dim)
-        self.hypernets = nn.ModuleList(
-            nn.ModuleDict({p: AdapterHyperNet(o.projected_task_embedding_dim, self.hidden_size, self.bottleneck, o.init_std)
-                           for p in POSITIONS})
-            for _ in range(self.num_layers)
-        )
+        # layer i's generators at position p are row i * 2 + p of the stack
+        self.hypernets = StackedHyperNets(self.num_layers * len(POSITIONS), o.projected_task_embedding_dim,
+                                          self.hidden_size, self.bottleneck, o.init_std)
 
-    def prepare(self, batch: BatchTasks) -> None:
-        super().prepare(batch)
-        self._task_input = self.task_projector(self._z)  # I_τ: (T, t), once per forward
+    def _hypernets(self) -> StackedHyperNets:
+        return self.hypernets
 
-    def generate(self, layer: int, position: int) -> GeneratedAdapter:
-        return self.hypernets[layer][POSITIONS[position]](self._task_input)
+    def _saved_key_of(self, k: int) -> str:
+        return f"hypernets.{k // len(POSITIONS)}.{POSITIONS[k % len(POSITIONS)]}"
+
+    def _generate_all(self) -> torch.Tensor:
+        return self.hypernets(self.task_projector(self._z))  # I_τ (T, t) -> (layers x 2, T, G)
 
     def shared_formula_parameter_count(self) -> int:
         """h(·) on z_τ + N layers × 2 positions × one adapter's generators."""
@@ -207,15 +229,26 @@ class HyperformerPlusPlusMethod(_Hyperformer):
         self.position_embeddings = nn.Embedding(len(POSITIONS), o.task_embedding_dim)  # p_j
         self.task_projector = TaskProjector(3 * o.task_embedding_dim, o.task_hidden_dim,
                                             o.projected_task_embedding_dim, layer_norm=True)
-        self.hypernet = AdapterHyperNet(o.projected_task_embedding_dim, self.hidden_size, self.bottleneck, o.init_std)
+        self.hypernet = StackedHyperNets(1, o.projected_task_embedding_dim, self.hidden_size, self.bottleneck, o.init_std)
 
-    def generate(self, layer: int, position: int) -> GeneratedAdapter:
+    def _hypernets(self) -> StackedHyperNets:
+        return self.hypernet
+
+    def _saved_key_of(self, k: int) -> str:
+        return "hypernet"
+
+    def _generate_all(self) -> torch.Tensor:
+        """Every (layer, position) at once: [z_τ; l_i; p_j] for all N x 2 x T combinations through the projector
+        and the one hypernetwork."""
         z = self._z  # (T, t')
-        tasks = z.shape[0]
-        layer_id = self.layer_embeddings.weight[layer].expand(tasks, -1)
-        position_id = self.position_embeddings.weight[position].expand(tasks, -1)
-        task_input = self.task_projector(torch.cat([z, layer_id, position_id], dim=-1))  # (T, t)
-        return self.hypernet(task_input)
+        layers, positions, tasks, dim = self.num_layers, len(POSITIONS), z.shape[0], z.shape[1]
+        task_input = torch.cat([
+            z.expand(layers, positions, tasks, dim),
+            self.layer_embeddings.weight[:, None, None, :].expand(layers, positions, tasks, dim),
+            self.position_embeddings.weight[None, :, None, :].expand(layers, positions, tasks, dim),
+        ], dim=-1).reshape(1, layers * positions * tasks, 3 * dim)
+        generated = self.hypernet(self.task_projector(task_input))  # (1, N·2·T, G)
+        return generated.view(layers * positions, tasks, -1)
 
     def shared_formula_parameter_count(self) -> int:
         """N·t' + 2·t' (layer, position embeddings) + h(·) on 3·t' + LN (2·t) + one adapter's generators."""
