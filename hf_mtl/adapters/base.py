@@ -39,16 +39,32 @@ class Routing:
         task_names: every task the model knows, in index order.
         batch_tasks: the distinct tasks present in the batch, in order of first appearance.
         languages: per-row language codes (or None), for language adapters.
+        row_tasks: per-row task names on the host, when the caller has them: row selections then need no
+            device-to-host read of `task_ids` (on a GPU each such read waits for all queued work).
     """
 
     task_ids: torch.Tensor
     task_names: list[str]
     batch_tasks: list[str]
     languages: list[str | None] | None = None
+    row_tasks: list[str] | None = None
 
     @property
     def single_task(self) -> str | None:
         return self.batch_tasks[0] if len(self.batch_tasks) == 1 else None
+
+    def rows_of(self, name: str) -> torch.Tensor:
+        """(n,) indices of task `name`'s rows, on `task_ids`' device."""
+        if self.row_tasks is not None:
+            rows = torch.tensor([i for i, task in enumerate(self.row_tasks) if task == name], dtype=torch.long)
+            return rows.to(self.task_ids.device, non_blocking=True)
+        return (self.task_ids == self.task_names.index(name)).nonzero(as_tuple=True)[0]
+
+    def names_per_row(self) -> list[str]:
+        """Each row's task name."""
+        if self.row_tasks is not None:
+            return list(self.row_tasks)
+        return [self.task_names[i] for i in self.task_ids.tolist()]
 
 
 class AdapterMethod(nn.Module):

@@ -67,7 +67,7 @@ def batch_tasks(routing: Routing, known: Iterable[str], method: str) -> BatchTas
         return BatchTasks(names, None)
     lookup = torch.full((len(routing.task_names),), -1, dtype=torch.long)
     lookup[[routing.task_names.index(n) for n in names]] = torch.arange(len(names))
-    return BatchTasks(names, lookup.to(routing.task_ids.device)[routing.task_ids])
+    return BatchTasks(names, lookup.to(routing.task_ids.device, non_blocking=True)[routing.task_ids])
 
 
 def task_key(task: str) -> str:

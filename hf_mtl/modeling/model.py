@@ -227,9 +227,11 @@ class MultiTaskModel(nn.Module):
         batch_tasks = list(dict.fromkeys(names))
         self._check_tasks(batch_tasks)
         index = {name: i for i, name in enumerate(self.tasks)}
-        task_ids = torch.tensor([index[n] for n in names], dtype=torch.long, device=device)
+        # built on the host and copied without waiting: on a GPU a blocking copy would wait for queued work
+        task_ids = torch.tensor([index[n] for n in names], dtype=torch.long).to(device, non_blocking=True)
         languages = [self.tasks[n].language for n in names]
-        return Routing(task_ids=task_ids, task_names=self.task_names, batch_tasks=batch_tasks, languages=languages)
+        return Routing(task_ids=task_ids, task_names=self.task_names, batch_tasks=batch_tasks, languages=languages,
+                       row_tasks=names)
 
     def _check_tasks(self, names: Iterable[str]) -> None:
         for name in names:
@@ -272,8 +274,8 @@ class MultiTaskModel(nn.Module):
         else:
             output = self._mixed_forward(routing, hidden_by_layer, attention_mask, labels)
         if self.task_discriminator is not None and self.training:
-            row_tasks = [routing.task_names[i] for i in routing.task_ids.tolist()]
-            output.adversarial_loss = self.task_discriminator.loss(hidden_by_layer[None], attention_mask, row_tasks)
+            output.adversarial_loss = self.task_discriminator.loss(hidden_by_layer[None], attention_mask,
+                                                                   routing.names_per_row())
         return output
 
     def _encode(self, routing: Routing, *inputs: torch.Tensor | None) -> dict[int | None, torch.Tensor]:
@@ -308,7 +310,7 @@ class MultiTaskModel(nn.Module):
         total = None
         batch_size = routing.task_ids.numel()
         for name in routing.batch_tasks:
-            rows = (routing.task_ids == routing.task_names.index(name)).nonzero(as_tuple=True)[0]
+            rows = routing.rows_of(name)
             logits = self._head(name, hidden, attention_mask, rows)
             task_logits[name], task_rows[name] = logits, rows
             if labels is not None:

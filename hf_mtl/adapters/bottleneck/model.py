@@ -19,7 +19,7 @@ from ...tasks import Task
 from ..base import AdapterMethod, Routing, register_method
 from .config import NON_LINEARITIES, BottleneckConfig, bottleneck_size
 from .layer import BottleneckAdapter, routed_adapter
-from .routing import RowOwners, row_task_names
+from .routing import RowOwners
 from .sites import Site, hook_sites, not_routed_error
 
 
@@ -93,7 +93,7 @@ class BottleneckMethod(AdapterMethod):
         if routing.single_task is not None:
             self._active = RowOwners.single(routing.single_task)
         else:
-            self._active = RowOwners.of(row_task_names(routing.task_ids, routing.task_names), routing.task_ids.device)
+            self._active = RowOwners.of(routing.names_per_row(), routing.task_ids.device)
         try:
             yield
         finally:

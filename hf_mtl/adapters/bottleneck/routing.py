@@ -27,13 +27,9 @@ class RowOwners:
         if len(owners) == 1:
             return cls(owners, None)
         index = {key: i for i, key in enumerate(owners)}
-        return cls(owners, torch.tensor([index[key] for key in keys], dtype=torch.long, device=device))
+        # built on the host, copied without waiting for the device's queued work
+        return cls(owners, torch.tensor([index[key] for key in keys], dtype=torch.long).to(device, non_blocking=True))
 
     @classmethod
     def single(cls, owner: Hashable) -> "RowOwners":
         return cls([owner], None)
-
-
-def row_task_names(task_ids: torch.Tensor, task_names: Sequence[str]) -> list[str]:
-    """The task name of each row."""
-    return [task_names[i] for i in task_ids.tolist()]

@@ -200,13 +200,13 @@ class LoraMethod(AdapterMethod):
 
     def _stacks(self, routing: Routing) -> dict[tuple[str, ...], torch.Tensor]:
         """{adapter stack: (n,) row indices}, the stack being (language adapter?, task adapter?)."""
-        names = [routing.task_names[i] for i in routing.task_ids.tolist()]
+        names = routing.names_per_row()
         languages = routing.languages or [None] * len(names)
         rows: dict[tuple[str, ...], list[int]] = {}
         for i, (task, language) in enumerate(zip(names, languages)):
             rows.setdefault(self._stack(task, language), []).append(i)
         device = routing.task_ids.device
-        return {stack: torch.tensor(idx, dtype=torch.long, device=device) for stack, idx in rows.items()}
+        return {stack: torch.tensor(idx, dtype=torch.long).to(device, non_blocking=True) for stack, idx in rows.items()}
 
     def _stack(self, task: str, language: str | None) -> tuple[str, ...]:
         stack: list[str] = []

@@ -26,7 +26,7 @@ from ..base import AdapterMethod, Routing, register_method
 from ..bottleneck.config import NON_LINEARITIES, bottleneck_size
 from ..bottleneck.layer import AdapterTensors, BottleneckAdapter, routed_adapter
 from ..bottleneck.model import load_strict, strip_prefix, to_backbone
-from ..bottleneck.routing import RowOwners, row_task_names
+from ..bottleneck.routing import RowOwners
 from ..bottleneck.sites import Site, hook_sites, not_routed_error
 from .config import MadXConfig
 from .invertible import InvertibleAdapter, coupling_forward, coupling_inverse
@@ -175,7 +175,7 @@ class MadXMethod(AdapterMethod):
     def _rows(self, routing: Routing) -> MadXRows:
         device = routing.task_ids.device
         names = ([routing.single_task] * routing.task_ids.numel() if routing.single_task is not None
-                 else row_task_names(routing.task_ids, routing.task_names))
+                 else routing.names_per_row())
         languages = list(routing.languages) if routing.languages is not None else [None] * len(names)
         lang_keys = [self._language_key(name, lang, row) for row, (name, lang) in enumerate(zip(names, languages))]
         task_keys: list[Hashable] = [None if self._task(name).kind == "masked_lm" else name for name in names]
