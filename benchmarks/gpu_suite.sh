@@ -59,15 +59,15 @@ quality() {
   local common=(--bf16 --data-dir "$DATA" --model "$MODEL" --threads 1 --jobs 4 --adapter-lr 3e-3)
   mkdir -p "$RES/quality"
   for seed in 42 43 44; do
-    python3 benchmarks/quality.py "${common[@]}" --steps-per-task 100 --seed $seed \
+    python3 benchmarks/quality.py "${common[@]}" --steps-per-task 100 --dev-cuts --seed $seed \
         --runs st_full mtl_bottleneck_temperature --output "$RES/quality/gpu_100_seed$seed" \
         --store-dir /tmp/gpu_stores/q100_$seed > "$RES/logs/quality_100_seed$seed.log" 2>&1 &
   done
-  python3 benchmarks/quality.py "${common[@]}" --steps-per-task 500 --full-dev \
+  python3 benchmarks/quality.py "${common[@]}" --steps-per-task 500 \
       --runs st_full mtl_bottleneck_temperature --output "$RES/quality/gpu_500_fulldev" \
       --store-dir /tmp/gpu_stores/q500 > "$RES/logs/quality_500_fulldev.log" 2>&1 &
   # the other methods keep their own learning rates (no --adapter-lr), as in the CPU table
-  python3 benchmarks/quality.py --bf16 --data-dir "$DATA" --model "$MODEL" --threads 1 --jobs 3 --steps-per-task 100 \
+  python3 benchmarks/quality.py --bf16 --data-dir "$DATA" --model "$MODEL" --threads 1 --jobs 3 --steps-per-task 100 --dev-cuts \
       --runs mtl_lora_temperature mtl_prefix_tuning_temperature mtl_pals_temperature mtl_hyperformer_temperature \
              mtl_ca_mtl_temperature mtl_none_temperature --output "$RES/quality/gpu_100_methods" \
       --store-dir /tmp/gpu_stores/q100_methods > "$RES/logs/quality_100_methods.log" 2>&1 &
@@ -79,17 +79,17 @@ quality() {
 followup() {
   local common=(--data-dir "$DATA" --model "$MODEL" --threads 1 --jobs 4)
   mkdir -p "$RES/quality"
-  python3 benchmarks/quality.py "${common[@]}" --bf16 --adapter-lr 3e-3 --steps-per-task 500 --full-dev --seed 43 \
+  python3 benchmarks/quality.py "${common[@]}" --bf16 --adapter-lr 3e-3 --steps-per-task 500 --seed 43 \
       --runs st_full mtl_bottleneck_temperature --output "$RES/quality/gpu_500_fulldev_seed43" \
       --store-dir /tmp/gpu_stores/q500_43 > "$RES/logs/quality_500_fulldev_seed43.log" 2>&1 &
-  python3 benchmarks/quality.py "${common[@]}" --bf16 --adapter-lr 3e-3 --steps-per-task 500 --full-dev \
+  python3 benchmarks/quality.py "${common[@]}" --bf16 --adapter-lr 3e-3 --steps-per-task 500 \
       --override '{"adapter_config": {"reduction_factor": 4}}' --runs mtl_bottleneck_temperature \
       --output "$RES/quality/gpu_500_fulldev_rf4" --store-dir /tmp/gpu_stores/q500_rf4 > "$RES/logs/quality_500_rf4.log" 2>&1 &
   for seed in 42 43; do
-    python3 benchmarks/quality.py "${common[@]}" --steps-per-task 100 --seed $seed --runs mtl_hyperformer_temperature \
+    python3 benchmarks/quality.py "${common[@]}" --steps-per-task 100 --dev-cuts --seed $seed --runs mtl_hyperformer_temperature \
         --output "$RES/quality/gpu_100_hyperformer_fp32_seed$seed" --store-dir /tmp/gpu_stores/q100_hf32_$seed \
         > "$RES/logs/quality_100_hf_fp32_seed$seed.log" 2>&1 &
-    python3 benchmarks/quality.py "${common[@]}" --bf16 --steps-per-task 100 --seed $seed --runs mtl_hyperformer_temperature \
+    python3 benchmarks/quality.py "${common[@]}" --bf16 --steps-per-task 100 --dev-cuts --seed $seed --runs mtl_hyperformer_temperature \
         --output "$RES/quality/gpu_100_hyperformer_bf16_seed$seed" --store-dir /tmp/gpu_stores/q100_hf16_$seed \
         > "$RES/logs/quality_100_hf_bf16_seed$seed.log" 2>&1 &
   done

@@ -154,6 +154,23 @@ def test_recipes_match_the_benchmark(tmp_path):
     assert single.max_steps == quality.FULL.steps_per_task and not single.freeze_backbone
 
 
+def test_whole_dev_sets_by_default_and_cuts_on_request(tmp_path):
+    """By default every dev row is scored; `--dev-cuts` cuts STS-B, UPOS and WikiANN; both flags are refused."""
+    quality = _load("quality")
+    from hf_mtl.run import load_recipe
+
+    quality.main(["--write-recipes", str(tmp_path / "full"), "--data-dir", str(tmp_path), "--runs", "mtl_lora_temperature"])
+    tasks = load_recipe(tmp_path / "full" / "mtl_lora_temperature.json").tasks
+    assert all(t.get("max_eval_samples") is None for t in tasks)
+    quality.main(["--write-recipes", str(tmp_path / "cut"), "--data-dir", str(tmp_path), "--runs", "mtl_lora_temperature",
+                  "--dev-cuts"])
+    tasks = load_recipe(tmp_path / "cut" / "mtl_lora_temperature.json").tasks
+    assert {t["name"]: t.get("max_eval_samples") for t in tasks} == {"sst2": None, "stsb": 500, "rte": None, "upos": 500,
+                                                                     "ner": 500}
+    with pytest.raises(SystemExit):
+        quality.main(["--write-recipes", str(tmp_path), "--data-dir", str(tmp_path), "--dev-cuts", "--full-dev"])
+
+
 def test_override_merges_into_every_recipe(tmp_path):
     """`--override` changes adapter options and single tasks' fields; the recipes still parse; a typo'd task is refused."""
     quality = _load("quality")
