@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from transformers import HfArgumentParser
 
-from .errors import TaskConfigError
+from .errors import HfMtlError, TaskConfigError
 from .io_utils import atomic_write_json
 from .training_args import MultiTaskTrainingArguments
 
@@ -40,7 +40,13 @@ def parse_recipe_dict(recipe: dict[str, Any], source: str = "recipe") -> MultiTa
                               f"(`hf-mtl train --help` lists them).")
     if "output_dir" not in recipe:
         raise TaskConfigError(f"{source}: no `output_dir`. Fix: add \"output_dir\": \"outputs/<run name>\".")
-    (args,) = parser.parse_dict(recipe)
+    try:
+        (args,) = parser.parse_dict(recipe)
+    except HfMtlError:
+        raise
+    except ValueError as err:  # transformers' own checks of TrainingArguments (bf16 without a GPU, ...)
+        raise TaskConfigError(f"{source}: {str(err).strip()} Fix: change that field in the recipe or on the command "
+                              f"line (`--field value`).") from err
     return args
 
 

@@ -126,3 +126,15 @@ def test_optim_recipe_trains_with_all_tasks_and_pcgrad(tmp_path: Path, monkeypat
     assert code == 0
     metrics = json.loads((out / "eval_results.json").read_text())
     assert {"eval_sentiment_loss", "eval_questions_loss", "eval_ner_loss"} <= set(metrics)
+
+
+def test_transformers_own_argument_checks_become_one_line_errors():
+    """A field transformers rejects (bf16 on a machine without a bf16 device) is named with the recipe and a fix."""
+    import torch
+
+    from hf_mtl.errors import TaskConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("bf16 is supported here: transformers accepts the field")
+    with pytest.raises(TaskConfigError, match=r"quickstart\.json: .*bf16.* Fix: change that field"):
+        load_recipe(REPO / "training_args" / "quickstart.json", ["--bf16", "true"])
