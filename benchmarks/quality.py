@@ -533,6 +533,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "override": args.override, "adapter_lr": args.adapter_lr, "sampling": args.sampling,
             "bf16": bf16, "threads_per_unit": args.threads, "jobs": args.jobs, "python": sys.version.split()[0],
             "torch": torch.__version__, "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    saved = output / "quality.json"
+    defining = (args.steps_per_task, args.dev_cuts, args.full_dev, args.adapter_lr, args.override, args.sampling)
+    if args.report_only and saved.exists() and not any(defining):  # rebuild with the settings the units ran with
+        previous = json.loads(saved.read_text())
+        meta = {k: v for k, v in previous.get("meta", meta).items() if k != "updated"}
+        if previous.get("scale"):
+            scale = Scale(**previous["scale"])
 
     pending = []
     for run in [] if args.report_only else runs:

@@ -197,3 +197,18 @@ def test_quick_multilingual(shared_data, tmp_path):
     report = multilingual.main(["--model", model, "--quick", "--data-dir", str(shared_data), "--output", str(tmp_path)])
     assert [r["language_adapter"] for r in report["results"]] == ["en", "en", "pt"]
     assert all(math.isfinite(r[k]) for r in report["results"] for k in ("sst2_accuracy", "stsb_pearson"))
+
+
+def test_report_only_keeps_the_settings_the_units_ran_with(tmp_path):
+    """`--report-only` without run-defining flags rebuilds the table with the saved scale and settings."""
+    quality = _load("quality")
+    import dataclasses
+    import json as json_module
+
+    scale = dataclasses.replace(quality.FULL, steps_per_task=500)
+    (tmp_path / "quality.json").write_text(json_module.dumps(
+        {"meta": {"adapter_lr": 0.003, "seed": 43}, "scale": dataclasses.asdict(scale), "runs": []}))
+    quality.main(["--report-only", "--output", str(tmp_path), "--data-dir", str(tmp_path)])
+    report = json_module.loads((tmp_path / "quality.json").read_text())
+    assert report["scale"]["steps_per_task"] == 500 and report["meta"]["adapter_lr"] == 0.003
+    assert "500 optimizer steps per task" in (tmp_path / "quality.md").read_text()
