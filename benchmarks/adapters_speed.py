@@ -85,6 +85,8 @@ HF_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "bottleneck/parallel": ("bottleneck", {"variant": "parallel"}),
     "madx": ("madx", {"languages": ["en"]}),
     "pals": ("pals", {}),
+    "pals_d66": ("pals", {"pal_size": 66}),  # ~2/3 of the paper's d_s (102 at H=384), a multiple of its 6 heads
+    "pals_h3": ("pals", {"pal_heads": 3}),  # the paper's d_s, half its heads: half the (L x L) attention maps
     "hyperformer": ("hyperformer", {}),
     "hyperformer++": ("hyperformer++", {}),
     "ca_mtl": ("ca_mtl", {}),
@@ -92,7 +94,7 @@ HF_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 PER_ROW = {"prefix_tuning", "bottleneck/pfeiffer", "bottleneck/houlsby", "bottleneck/parallel", "madx",
            "pals", "hyperformer", "hyperformer++", "ca_mtl"}
 # goal on the ratio to the floor (the issues "Adapter methods I" and "II")
-FLOOR_GOALS = {"pals": 1.10, "ca_mtl": 1.10, "hyperformer": 1.15, "hyperformer++": 1.15}
+FLOOR_GOALS = {"pals": 1.10, "pals_d66": 1.10, "pals_h3": 1.10, "ca_mtl": 1.10, "hyperformer": 1.15, "hyperformer++": 1.15}
 DEFAULT_FLOOR_GOAL = 1.05
 MIXED_GOAL = 1.05
 # configurations timed next to each other, each group between two floor steps. Names: library/method[/mixed][@nodrop]
@@ -102,7 +104,7 @@ GROUPS: list[list[str]] = [
      "adapterhub/bottleneck/pfeiffer/mixed", "hf_mtl/bottleneck/pfeiffer@nodrop"],
     ["hf_mtl/full_ft", "hf_mtl/floor@nodrop", "adapterhub/floor"],
     ["hf_mtl/lora", "peft/lora", "adapterhub/lora", "hf_mtl/lora@nodrop", "peft/ia3"],
-    ["hf_mtl/pals", "hf_mtl/pals/mixed", "hf_mtl/pals@nodrop"],
+    ["hf_mtl/pals", "hf_mtl/pals/mixed", "hf_mtl/pals@nodrop", "hf_mtl/pals_d66", "hf_mtl/pals_h3"],
     ["hf_mtl/hyperformer", "hf_mtl/hyperformer/mixed", "hf_mtl/hyperformer@nodrop"],
     ["hf_mtl/ca_mtl", "hf_mtl/ca_mtl/mixed", "hf_mtl/ca_mtl@nodrop"],
     ["hf_mtl/prefix_tuning", "hf_mtl/prefix_tuning/mixed", "peft/prefix_tuning", "adapterhub/prefix_tuning",
