@@ -108,16 +108,13 @@ profile() {  # kernel launches, synchronizations and the costliest operators per
                 hf_mtl/hyperformer++ hf_mtl/pals hf_mtl/ca_mtl hf_mtl/lora peft/lora --output "$RES/speed/profile_gpu.json"
 }
 
+# default time limit of each stage (seconds); <STAGE>_LIMIT in the environment overrides it (e.g. SMOKE_LIMIT=60)
+declare -A LIMITS=([smoke]=120 [speed]=170 [quality]=240 [followup]=240 [speed_hyperformer]=170 [profile]=120)
+export MODEL DATA RES
 for s in $STAGES; do
-  case $s in
-    smoke) stage smoke "${SMOKE_LIMIT:-120}" bash -c "$(declare -f smoke); MODEL='$MODEL' smoke" ;;
-    speed) stage speed "${SPEED_LIMIT:-170}" bash -c "$(declare -f speed); MODEL='$MODEL' RES='$RES' speed" ;;
-    quality) stage quality "${QUALITY_LIMIT:-240}" bash -c "$(declare -f quality); MODEL='$MODEL' DATA='$DATA' RES='$RES' quality" ;;
-    followup) stage followup "${FOLLOWUP_LIMIT:-240}" bash -c "$(declare -f followup); MODEL='$MODEL' DATA='$DATA' RES='$RES' followup" ;;
-    speed_hyperformer) stage speed_hyperformer "${SPEED_LIMIT:-170}" bash -c "$(declare -f speed_hyperformer); MODEL='$MODEL' RES='$RES' speed_hyperformer" ;;
-    profile) stage profile "${PROFILE_LIMIT:-120}" bash -c "$(declare -f profile); MODEL='$MODEL' RES='$RES' profile" ;;
-    *) echo "unknown stage $s (smoke, speed, quality, followup, speed_hyperformer, profile)"; exit 2 ;;
-  esac
+  if [ -z "${LIMITS[$s]:-}" ]; then echo "unknown stage $s (${!LIMITS[*]})"; exit 2; fi
+  limit_var="${s^^}_LIMIT"
+  stage "$s" "${!limit_var:-${LIMITS[$s]}}" bash -c "$(declare -f "$s"); $s"
 done
 for f in "$RES"/quality/*/quality.md "$RES"/speed/*.md; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done
 pack

@@ -30,6 +30,12 @@ from ..errors import TaskConfigError
 from ..tasks import Task
 
 
+def host_index(values: list[int], device: torch.device) -> torch.Tensor:
+    """A long tensor of `values` (built on the host) on `device`, copied without waiting: on a GPU a blocking
+    copy would wait for all queued work."""
+    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
+
 @dataclass
 class Routing:
     """Which task (and language) each row of a batch belongs to.
@@ -56,14 +62,16 @@ class Routing:
     def rows_of(self, name: str) -> torch.Tensor:
         """(n,) indices of task `name`'s rows, on `task_ids`' device."""
         if self.row_tasks is not None:
-            rows = torch.tensor([i for i, task in enumerate(self.row_tasks) if task == name], dtype=torch.long)
-            return rows.to(self.task_ids.device, non_blocking=True)
+            return host_index([i for i, task in enumerate(self.row_tasks) if task == name], self.task_ids.device)
         return (self.task_ids == self.task_names.index(name)).nonzero(as_tuple=True)[0]
 
     def names_per_row(self) -> list[str]:
-        """Each row's task name."""
+        """Each row's task name (read back from `task_ids` only when neither the host names nor a single task
+        give it)."""
         if self.row_tasks is not None:
             return list(self.row_tasks)
+        if self.single_task is not None:
+            return [self.single_task] * self.task_ids.numel()
         return [self.task_names[i] for i in self.task_ids.tolist()]
 
 

@@ -16,6 +16,7 @@ from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
 from ..adapters import AdapterMethod, Routing, build_adapter_method
+from ..adapters.base import host_index
 from ..errors import TaskConfigError, UnknownTaskError
 from ..tasks import Task, check_unique_names, dependency_order
 from .adversarial import TaskDiscriminator
@@ -227,8 +228,7 @@ class MultiTaskModel(nn.Module):
         batch_tasks = list(dict.fromkeys(names))
         self._check_tasks(batch_tasks)
         index = {name: i for i, name in enumerate(self.tasks)}
-        # built on the host and copied without waiting: on a GPU a blocking copy would wait for queued work
-        task_ids = torch.tensor([index[n] for n in names], dtype=torch.long).to(device, non_blocking=True)
+        task_ids = host_index([index[n] for n in names], device)
         languages = [self.tasks[n].language for n in names]
         return Routing(task_ids=task_ids, task_names=self.task_names, batch_tasks=batch_tasks, languages=languages,
                        row_tasks=names)

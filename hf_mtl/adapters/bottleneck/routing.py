@@ -7,6 +7,8 @@ from typing import Hashable, Sequence
 
 import torch
 
+from ..base import host_index
+
 
 @dataclass
 class RowOwners:
@@ -27,8 +29,7 @@ class RowOwners:
         if len(owners) == 1:
             return cls(owners, None)
         index = {key: i for i, key in enumerate(owners)}
-        # built on the host, copied without waiting for the device's queued work
-        return cls(owners, torch.tensor([index[key] for key in keys], dtype=torch.long).to(device, non_blocking=True))
+        return cls(owners, host_index([index[key] for key in keys], device))
 
     @classmethod
     def single(cls, owner: Hashable) -> "RowOwners":

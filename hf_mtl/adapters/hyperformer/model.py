@@ -43,6 +43,8 @@ TASK_EMBEDDINGS = "task_embeddings"
 class _Hyperformer(PerRowMethod):
     """What both variants share: task embeddings, hooks, routing, saving, counting."""
 
+    stack_name: str  # the attribute holding the variant's StackedHyperNets (and its saved prefix)
+
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
         super().__init__(backbone_config, config)
         self.spec = get_spec(backbone_config)
@@ -87,6 +89,7 @@ class _Hyperformer(PerRowMethod):
     def prepare(self, batch: BatchTasks) -> None:
         keys = [task_key(n) for n in batch.names]
         self._z = stack_parameters(self.task_embeddings, keys)  # (T, t')
+        self._generated = self._generate_all()  # once per forward, for every layer and position
 
     def release(self) -> None:
         self._z = None
@@ -96,14 +99,9 @@ class _Hyperformer(PerRowMethod):
         """(layers x 2, T, G): the adapters of the batch's T tasks at every (layer, position) (variant-specific)."""
         raise TypeError("use `hyperformer` or `hyperformer++`")
 
-    def _hypernets(self) -> StackedHyperNets:
-        raise TypeError("use `hyperformer` or `hyperformer++`")
-
     def generate(self, layer: int, position: int) -> GeneratedAdapter:
         """The adapters of the batch's T tasks at (layer, position), out of the forward's one generation."""
-        if self._generated is None:
-            self._generated = self._generate_all()
-        return self._hypernets().unpack(self._generated[layer * len(POSITIONS) + position])
+        return getattr(self, self.stack_name).unpack(self._generated[layer * len(POSITIONS) + position])
 
     def _adapter_hook(self, layer: int, position: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -128,10 +126,8 @@ class _Hyperformer(PerRowMethod):
     def _shared_saved(self) -> dict[str, torch.Tensor]:
         """{saved name: tensor or view}: the stacked generators under their per-generator names (see
         `StackedHyperNets.named_views`), everything else under its parameter name."""
-        stacked = self._hypernets()
-        prefix = next(n for n, m in self.named_children() if m is stacked)
-        out = {n: p for n, p in self._shared_named().items() if not n.startswith(prefix + ".")}
-        out.update(stacked.named_views(self._saved_key_of))
+        out = {n: p for n, p in self._shared_named().items() if not n.startswith(self.stack_name + ".")}
+        out.update(getattr(self, self.stack_name).named_views(self._saved_key_of))
         return out
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -190,6 +186,7 @@ class HyperformerMethod(_Hyperformer):
     """
 
     name = "hyperformer"
+    stack_name = "hypernets"
 
     def _build_shared(self) -> None:
         o = self.options
@@ -197,9 +194,6 @@ class HyperformerMethod(_Hyperformer):
         # layer i's generators at position p are row i * 2 + p of the stack
         self.hypernets = StackedHyperNets(self.num_layers * len(POSITIONS), o.projected_task_embedding_dim,
                                           self.hidden_size, self.bottleneck, o.init_std)
-
-    def _hypernets(self) -> StackedHyperNets:
-        return self.hypernets
 
     def _saved_key_of(self, k: int) -> str:
         return f"hypernets.{k // len(POSITIONS)}.{POSITIONS[k % len(POSITIONS)]}"
@@ -222,6 +216,7 @@ class HyperformerPlusPlusMethod(_Hyperformer):
     """
 
     name = "hyperformer++"
+    stack_name = "hypernet"
 
     def _build_shared(self) -> None:
         o = self.options
@@ -230,9 +225,6 @@ class HyperformerPlusPlusMethod(_Hyperformer):
         self.task_projector = TaskProjector(3 * o.task_embedding_dim, o.task_hidden_dim,
                                             o.projected_task_embedding_dim, layer_norm=True)
         self.hypernet = StackedHyperNets(1, o.projected_task_embedding_dim, self.hidden_size, self.bottleneck, o.init_std)
-
-    def _hypernets(self) -> StackedHyperNets:
-        return self.hypernet
 
     def _saved_key_of(self, k: int) -> str:
         return "hypernet"

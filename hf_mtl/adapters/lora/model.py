@@ -47,7 +47,7 @@ from torch import nn
 from ...errors import StoreError, TaskConfigError
 from ...modeling.arch import get_spec, layers_of
 from ...tasks import Task, validate_task_name
-from ..base import AdapterMethod, Routing, register_method
+from ..base import AdapterMethod, Routing, host_index, register_method
 from .config import build_lora_config, parse_lora_options
 from .layer import activate, adapter_parameters, lora_layers, mixed_batch
 
@@ -206,7 +206,7 @@ class LoraMethod(AdapterMethod):
         for i, (task, language) in enumerate(zip(names, languages)):
             rows.setdefault(self._stack(task, language), []).append(i)
         device = routing.task_ids.device
-        return {stack: torch.tensor(idx, dtype=torch.long).to(device, non_blocking=True) for stack, idx in rows.items()}
+        return {stack: host_index(idx, device) for stack, idx in rows.items()}
 
     def _stack(self, task: str, language: str | None) -> tuple[str, ...]:
         stack: list[str] = []

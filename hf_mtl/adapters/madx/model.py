@@ -174,8 +174,7 @@ class MadXMethod(AdapterMethod):
 
     def _rows(self, routing: Routing) -> MadXRows:
         device = routing.task_ids.device
-        names = ([routing.single_task] * routing.task_ids.numel() if routing.single_task is not None
-                 else routing.names_per_row())
+        names = routing.names_per_row()
         languages = list(routing.languages) if routing.languages is not None else [None] * len(names)
         lang_keys = [self._language_key(name, lang, row) for row, (name, lang) in enumerate(zip(names, languages))]
         task_keys: list[Hashable] = [None if self._task(name).kind == "masked_lm" else name for name in names]
