@@ -14,7 +14,8 @@ Two modes, both started by `adapters_speed.py`:
 read from stdin, one JSON object per line: `{"cmd": "run", "configs": [...], "steps": k}` runs those
 configurations k steps each and answers their step times, so the parent can interleave these steps
 with its own (only one process computes at a time). `{"cmd": "quit"}` ends it.
-`--memory` builds each configuration in turn and answers its peak RSS delta over its first training step,
+`--memory` builds each configuration in turn and answers its peak RSS delta over its first training step and
+the GFLOP of a second one (`step_gflop`),
 one protocol line per configuration, then `{"done": true}`.
 Only protocol lines start with `@@JSON`; libraries may print anything else.
 """
@@ -121,6 +122,34 @@ def peak_rss_delta_mib(bench: Bench, steps: int = 1, warmup: int = 1) -> float:
     for _ in range(steps):
         bench.step()
     return (rss_kib("VmHWM") - before) / 1024
+
+
+def step_gflop(bench: Bench) -> float:
+    """The matmul and attention work of one training step (forward + backward), in GFLOP, counted by
+    `torch.utils.flop_counter` (deterministic: what the arithmetic alone would cost, where timings are noisy).
+
+    Elementwise work (dropout, softmax, layer norm, activations) is not counted. PyTorch's counter has no
+    formula for the CPU's flash attention kernels (PALs' projected attention runs there); they get the
+    formula of the GPU's scaled-dot-product attention.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = forward
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = backward
+    if bench.activate is not None:
+        bench.activate()
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        bench.step()
+    return counter.get_total_flops() / 1e9
 
 
 def emit(obj: dict[str, Any]) -> None:
@@ -278,7 +307,7 @@ def memory(args: argparse.Namespace) -> None:
     for factory in build_adapterhub(args.model, inputs).values():
         built = factory()
         for bench in (built[1:] if isinstance(built, tuple) else (built,)):
-            emit({"config": bench.name, "mib": peak_rss_delta_mib(bench, steps=1, warmup=0)})
+            emit({"config": bench.name, "mib": peak_rss_delta_mib(bench, steps=1, warmup=0), "gflop": step_gflop(bench)})
         del built, bench
         gc.collect()
     emit({"done": True})

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapterhub_runner import PROTOCOL, Bench, count, make_inputs, peak_rss_delta_mib  # noqa: E402  (no hf_mtl inside)
+from adapterhub_runner import PROTOCOL, Bench, count, make_inputs, peak_rss_delta_mib, step_gflop  # noqa: E402  (no hf_mtl inside)
 
 from hf_mtl import Task  # noqa: E402
 from hf_mtl.modeling import MultiTaskModel  # noqa: E402
@@ -309,20 +309,20 @@ class AdapterHubRunner:
             self.process.wait(timeout=60)
 
 
-def _probe(command: list[str], on_result: Callable[[str, float], None]) -> None:
-    """Run a memory probe process; it prints one protocol line per configuration (`{"config": .., "mib": ..}`)
-    and a last one `{"done": true}`, so an interrupted probe still leaves the configurations it measured."""
+def _probe(command: list[str], on_result: Callable[[str, dict], None]) -> None:
+    """Run a memory probe process; it prints one protocol line per configuration (`{"config": .., "mib": ..,
+    "gflop": ..}`) and a last one `{"done": true}`, so an interrupted probe still leaves the configurations it measured."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
                                env={**os.environ, **MALLOC_ENV, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"})
     while True:
         answer = _protocol_line(process)
         if answer.get("done"):
             break
-        on_result(answer["config"], answer["mib"])
+        on_result(answer["config"], answer)
     process.wait()
 
 
-def adapterhub_memory(python: Path, model_path: str, args: argparse.Namespace, on_result: Callable[[str, float], None]) -> None:
+def adapterhub_memory(python: Path, model_path: str, args: argparse.Namespace, on_result: Callable[[str, dict], None]) -> None:
     _probe([str(python), str(RUNNER), "--memory", "--model", model_path, "--batch", str(args.batch), "--seq", str(args.seq),
             "--threads", str(args.threads)], on_result)
 
@@ -441,13 +441,13 @@ def memory_probe(args: argparse.Namespace) -> None:
                     mib = peak_cuda_delta_mib(bench, steps=1)
                 else:
                     mib = peak_rss_delta_mib(bench, steps=1, warmup=0)
-                print(PROTOCOL + json.dumps({"config": bench.name, "mib": mib}), flush=True)
+                print(PROTOCOL + json.dumps({"config": bench.name, "mib": mib, "gflop": step_gflop(bench)}), flush=True)
         del benches, bench
         gc.collect()
     print(PROTOCOL + json.dumps({"done": True}), flush=True)
 
 
-def local_memory(args: argparse.Namespace, names: list[str], on_result: Callable[[str, float], None]) -> None:
+def local_memory(args: argparse.Namespace, names: list[str], on_result: Callable[[str, dict], None]) -> None:
     _probe([sys.executable, str(Path(__file__).resolve()), "--memory-probe", json.dumps(names), "--model", args.model,
             "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads), "--device", args.device]
            + (["--bf16"] if args.bf16 else []), on_result)
@@ -577,7 +577,9 @@ COUNTERPARTS = {"lora": ["peft/lora", "adapterhub/lora"], "prefix_tuning": ["pef
                 "bottleneck/parallel": ["adapterhub/bottleneck/parallel"], "madx": ["adapterhub/madx"]}
 
 
-def summarize(measured: dict, params: dict[str, dict], memory: dict[str, float]) -> list[dict[str, Any]]:
+def summarize(measured: dict, params: dict[str, dict], memory: dict[str, float],
+              gflop: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    gflop = gflop or {}
     times, ratios = measured["times"], measured["ratios"]
     names = [n for n in dict.fromkeys(n for r in times for n in r) if not n.startswith("_")]
     rows = []
@@ -595,6 +597,8 @@ def summarize(measured: dict, params: dict[str, dict], memory: dict[str, float])
             "ratio_own_floor": paired(ratios, name, own_floor) if name != own_floor else 1.0,
             "ratio_full_ft": paired(ratios, name, "hf_mtl/full_ft"),
             "peak_mib": memory.get(name),
+            "gflop": gflop.get(name),
+            "flops_floor": gflop[name] / gflop[floor_ref] if name in gflop and floor_ref in gflop else None,
             "trainable_per_task": params.get(name, {}).get("trainable_per_task"),
             "shared_trainable": params.get(name, {}).get("shared_trainable", 0),
             "mixed_ratio": paired(times, name.removesuffix("@nodrop") + "/mixed", name) if not nodrop else None,
@@ -659,16 +663,20 @@ def markdown(result: dict[str, Any]) -> str:
              f"Ratios are paired medians over rounds (each configuration against the floor steps around its group). "
              f"Peak memory: {memory}. Load average over the timed rounds: "
              f"{result.get('loadavg_rounds', '-')} on {result['machine']['cpus']} CPUs.", "",
-             "| method | library | backbone dropout | step time (s) | x floor | x own library's floor | x full FT | "
+             "FLOPs x floor: the matmul and attention work of one step (forward + backward) over the floor's, counted by "
+             "torch.utils.flop_counter in the probe process: deterministic, it is what the arithmetic alone would cost "
+             "(elementwise work such as dropout is not counted).", "",
+             "| method | library | backbone dropout | step time (s) | x floor | FLOPs x floor | x own library's floor | x full FT | "
              f"peak memory (MiB {'GPU' if gpu else 'RSS'}) | trainable params per task (+ shared) | mixed 4-task / 1-task |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         params = fmt(row["trainable_per_task"]) + (f" (+ {row['shared_trainable']:,})" if row.get("shared_trainable") else "")
         lines.append(f"| {row['method']} | {row['library']} | {row['backbone_dropout']} | {fmt(row['step_s'], 3)} | "
-                     f"{fmt(row['ratio_floor'], 3)} | {fmt(row['ratio_own_floor'], 3)} | {fmt(row['ratio_full_ft'], 3)} | "
+                     f"{fmt(row['ratio_floor'], 3)} | {fmt(row.get('flops_floor'), 3)} | {fmt(row['ratio_own_floor'], 3)} | "
+                     f"{fmt(row['ratio_full_ft'], 3)} | "
                      f"{fmt(row['peak_mib'], 0)} | {params} | {fmt(row['mixed_ratio'], 3)} |")
     if result.get("peft_prefix_tuning", "runs") != "runs":
-        lines.append(f"| prefix_tuning | peft | 0.1 | {result['peft_prefix_tuning']} | | | | | | |")
+        lines.append(f"| prefix_tuning | peft | 0.1 | {result['peft_prefix_tuning']} | | | | | | | |")
     lines += ["", "Goal checks: the paired median, its bootstrap 90% interval over rounds, and the verdict: `yes` / `NO` "
                   "when the whole interval is on one side of the goal, `within noise` when the interval straddles it.", "",
               "| goal check | value | 90% interval | goal | met |", "|---|---|---|---|---|"]
@@ -823,13 +831,17 @@ def memory_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
             names.remove("peft/prefix_tuning")
     local = [n for n in names + [FLOOR] if not n.startswith("adapterhub/")]
     memory: dict[str, float] = {}
+    gflop: dict[str, float] = {}
     lock = threading.Lock()
 
-    def record(config: str, mib: float) -> None:  # written after each configuration
+    def record(config: str, answer: dict) -> None:  # written after each configuration
         with lock:
-            memory[config] = mib
-            part.write_text(json.dumps({"peak_rss_delta_mib": memory, "loadavg": os.getloadavg()}, indent=2))
-            print(f"memory: {config}: {mib:.0f} MiB", flush=True)
+            memory[config] = answer["mib"]
+            if answer.get("gflop") is not None:
+                gflop[config] = answer["gflop"]
+            part.write_text(json.dumps({"peak_rss_delta_mib": memory, "gflop": gflop, "loadavg": os.getloadavg()},
+                                       indent=2))
+            print(f"memory: {config}: {answer['mib']:.0f} MiB, {answer.get('gflop') or 0:.1f} GFLOP", flush=True)
 
     probes = [threading.Thread(target=local_memory, args=(args, local, record))]
     if args.adapterhub:  # the two probe processes run side by side: memory does not need a quiet machine
@@ -847,7 +859,8 @@ def report(prefix: Path) -> None:
         print(f"no {parts['timing']} yet: nothing to report")
         return
     result = json.loads(parts["timing"].read_text())
-    memory = json.loads(parts["memory"].read_text())["peak_rss_delta_mib"] if parts["memory"].exists() else {}
+    memory_part = json.loads(parts["memory"].read_text()) if parts["memory"].exists() else {}
+    memory, gflop = memory_part.get("peak_rss_delta_mib", {}), memory_part.get("gflop", {})
     result["quality"] = json.loads(parts["quality"].read_text()) if parts["quality"].exists() else None
     if isinstance(result["quality"], dict) and result["quality"].get("partial"):  # an interrupted quality phase
         a = result["args"]  # a quality part written before `setup` was saved with it: the defaults it ran with
@@ -858,7 +871,7 @@ def report(prefix: Path) -> None:
     result["rounds_done"] = len(measured["times"])
     loads = [r["_loadavg"] for r in measured["times"] if "_loadavg" in r]
     result["loadavg_rounds"] = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
-    result["rows"] = summarize(measured, result["params"], memory)
+    result["rows"] = summarize(measured, result["params"], memory, gflop)
     result["goal_checks"] = goal_checks(result["rows"], measured)
     prefix.with_suffix(".json").write_text(json.dumps(result, indent=2))
     table = markdown(result)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from hf_mtl import Task
+from hf_mtl.adapters.bottleneck.layer import BottleneckAdapter, routed_adapter
+from hf_mtl.adapters.bottleneck.routing import RowOwners
 from hf_mtl.adapters.madx.invertible import InvertibleAdapter, coupling_forward, coupling_inverse
 from hf_mtl.errors import StoreError, TaskConfigError
 from hf_mtl.modeling import MultiTaskModel
@@ -138,6 +140,25 @@ def test_mixed_task_batch_equals_row_by_row(config: dict) -> None:
             position = (mixed.task_rows[name] == i).nonzero().item()
             got = mixed.task_logits[name][position: position + 1]
             torch.testing.assert_close(got[:, : single.shape[1]] if got.dim() == 3 else got, single, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank,length", [(2, 9), (8, 9)])  # 2r < L: per-row weights; 2r >= L: grouped rows
+@pytest.mark.parametrize("ln", [False, True])
+def test_routed_adapter_both_mixed_paths_equal_each_owner_alone(rank: int, length: int, ln: bool) -> None:
+    torch.manual_seed(0)
+    adapters = [BottleneckAdapter(12, rank, init="bert", ln_before=ln, ln_after=ln) for _ in range(3)]
+    keys = ["b", "a", "c", "a", "b", "b"]
+    owners = RowOwners.of(keys, torch.device("cpu"))
+    h = torch.randn(len(keys), length, 12, requires_grad=True)
+    out = routed_adapter(h, [adapters["abc".index(k)].tensors() for k in owners.owners], owners, torch.tanh, 2.5)
+    grads = torch.autograd.grad(out.square().sum(), [h, *adapters[0].parameters()])
+    h_alone = h.detach().clone().requires_grad_(True)
+    expected = torch.cat([routed_adapter(h_alone[i:i + 1], [adapters["abc".index(k)].tensors()], None, torch.tanh, 2.5)
+                          for i, k in enumerate(keys)])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [h_alone, *adapters[0].parameters()])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("config,message", [

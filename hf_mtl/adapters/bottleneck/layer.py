@@ -11,9 +11,21 @@ owners' weights, for this forward, and gathers one weight matrix per row for a b
                    out = z W_up + b_up                     W_up: (r, D)
     mixed rows:    W_down[rows]: (B, D, r), W_up[rows]: (B, r, D), out = bmm(f(bmm(h, W_down) + b), W_up) + b
 
-The batched matmul was measured against grouping rows by owner and against a block-masked
-concatenation of all owners (B=32, L=128, H=384, r=24, 4 tasks, 2 CPU threads, forward + backward of
-6 layers): bmm 1.05x the single-owner cost, masked concatenation 1.6x, grouping 1.9x.
+Two ways run a mixed batch, chosen per call by what they move (measured: forward + backward of one adapter,
+B=32, H=384, 4 tasks interleaved row by row, 2 CPU threads, median ms):
+
+    per-row weights (above): gathers B copies of W_down and W_up: cost grows with r;
+    grouped rows: each owner's rows through plain matmuls, then back in batch order: gathers the
+        activations (B, L, D) instead: cost grows with L.
+
+    L=128:  r=24  single 8.9, per-row 11.6, grouped 21.0    r=96   single 16.7, per-row 29.8, grouped 23.7
+            r=192 single 28.5, per-row 56.0, grouped 39.6   L=32, r=192: single 8.3, per-row 29.4, grouped 11.5
+
+So grouping wins once 2r >= L, on the CPU. On a GPU, where a small model's step is bound by kernel launches,
+the per-row path (a fixed number of kernels whatever the number of owners) is kept.
+(An earlier measurement at r=24: a block-masked concatenation of all owners cost 1.6x the single-owner cost.)
+
+The scaling s multiplies W_up and b_up (r x D values), not the output (B x L x D values): s(zW + b) = z(sW) + sb.
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .routing import RowOwners
 
 
 @dataclass
@@ -103,14 +117,14 @@ class BottleneckAdapter(nn.Module):
         return in_dim * rank + rank + rank * out_dim + out_dim + 2 * in_dim * ln_before + 2 * out_dim * ln_after
 
 
-def routed_adapter(h: torch.Tensor, adapters: Sequence[AdapterTensors], rows: torch.Tensor | None,
+def routed_adapter(h: torch.Tensor, adapters: Sequence[AdapterTensors], owners: RowOwners | None,
                    act: Callable[[torch.Tensor], torch.Tensor], scaling: float = 1.0) -> torch.Tensor:
     """The output of each row's adapter: ln_after(s · f(ln_before(h) W_down + b_down) W_up + b_up).
 
     Args:
         h: (B, L, D_in) the adapters' input.
-        adapters: the adapters present in the batch.
-        rows: (B,) index into `adapters` for each row; None when `adapters` has one entry.
+        adapters: the adapters present in the batch, in the order of `owners.owners`.
+        owners: which of `adapters` serves each row; None when `adapters` has one entry.
         act: the non-linearity f.
         scaling: s.
 
@@ -119,16 +133,20 @@ def routed_adapter(h: torch.Tensor, adapters: Sequence[AdapterTensors], rows: to
     """
     if len(adapters) == 1:
         return _single(h, adapters[0], act, scaling)
-    return _per_row(h, adapters, rows, act, scaling)
+    rank = adapters[0].down.shape[1]
+    if h.device.type == "cpu" and 2 * rank >= h.shape[1]:  # see the module docstring
+        groups, inverse = owners.groups()
+        parts = [_single(h.index_select(0, rows), a, act, scaling) for a, rows in zip(adapters, groups)]
+        return torch.cat(parts).index_select(0, inverse)
+    return _per_row(h, adapters, owners.rows, act, scaling)
 
 
 def _single(h: torch.Tensor, a: AdapterTensors, act: Callable, scaling: float) -> torch.Tensor:
     if a.ln_before is not None:
         h = F.layer_norm(h, h.shape[-1:], *a.ln_before)
     z = act(F.linear(h, a.down.t(), a.down_bias))  # (B, L, r); addmm on the stored (D, r) matrix
-    out = F.linear(z, a.up.t(), a.up_bias)  # (B, L, D_out)
-    if scaling != 1.0:
-        out = out * scaling
+    up, up_bias = (a.up, a.up_bias) if scaling == 1.0 else (a.up * scaling, a.up_bias * scaling)
+    out = F.linear(z, up.t(), up_bias)  # (B, L, D_out)
     if a.ln_after is not None:
         out = F.layer_norm(out, out.shape[-1:], *a.ln_after)
     return out
@@ -143,10 +161,9 @@ def _per_row(h: torch.Tensor, adapters: Sequence[AdapterTensors], rows: torch.Te
         h = _row_layer_norm(h, gather([a.ln_before[0] for a in adapters]), gather([a.ln_before[1] for a in adapters]))
     down_bias = gather([a.down_bias for a in adapters]).unsqueeze(1)  # (B, 1, r)
     z = act(torch.baddbmm(down_bias, h, gather([a.down for a in adapters])))  # (B, L, r)
-    up_bias = gather([a.up_bias for a in adapters]).unsqueeze(1)  # (B, 1, D_out)
-    out = torch.baddbmm(up_bias, z, gather([a.up for a in adapters]))  # (B, L, D_out)
-    if scaling != 1.0:
-        out = out * scaling
+    ups = [(a.up, a.up_bias) if scaling == 1.0 else (a.up * scaling, a.up_bias * scaling) for a in adapters]
+    up, up_bias = gather([u for u, _ in ups]), gather([b for _, b in ups]).unsqueeze(1)
+    out = torch.baddbmm(up_bias, z, up)  # (B, L, D_out)
     if adapters[0].ln_after is not None:
         out = _row_layer_norm(out, gather([a.ln_after[0] for a in adapters]), gather([a.ln_after[1] for a in adapters]))
     return out

@@ -114,7 +114,7 @@ class BottleneckMethod(AdapterMethod):
             residual = f if o.residual_before_ln else a_in
         else:
             a_in, residual = f, f
-        return residual + routed_adapter(a_in, adapters, self._active.rows, self.act, o.scaling)
+        return residual + routed_adapter(a_in, adapters, self._active, self.act, o.scaling)
 
     # ------------------------------------------------------------------ parameters and state
     def _slot(self, task: str) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
 import torch
@@ -17,10 +17,13 @@ class RowOwners:
     Attributes:
         owners: the owners present in the batch, in order of first appearance.
         rows: (B,) index into `owners` per row; None when one owner serves every row (plain matmuls).
+        owner_of_row: `rows` on the host (empty for one owner): the row groups below need no device read.
     """
 
     owners: list[Hashable]
     rows: torch.Tensor | None
+    owner_of_row: list[int] = field(default_factory=list)
+    _groups: tuple[list[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, keys: Sequence[Hashable], device: torch.device) -> "RowOwners":
@@ -29,8 +32,24 @@ class RowOwners:
         if len(owners) == 1:
             return cls(owners, None)
         index = {key: i for i, key in enumerate(owners)}
-        return cls(owners, host_index([index[key] for key in keys], device))
+        owner_of_row = [index[key] for key in keys]
+        return cls(owners, host_index(owner_of_row, device), owner_of_row)
 
     @classmethod
     def single(cls, owner: Hashable) -> "RowOwners":
         return cls([owner], None)
+
+    def groups(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The rows of each owner, and the permutation that puts the owners' concatenated rows back in batch order.
+
+        Built on the host once per forward, the first time a layer asks (grouped adapters, see `routed_adapter`).
+        """
+        if self._groups is None:
+            device = self.rows.device
+            members = [[row for row, owner in enumerate(self.owner_of_row) if owner == i] for i in range(len(self.owners))]
+            order = [row for rows in members for row in rows]
+            inverse = [0] * len(order)
+            for position, row in enumerate(order):
+                inverse[row] = position
+            self._groups = [host_index(rows, device) for rows in members], host_index(inverse, device)
+        return self._groups

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..bottleneck.config import bottleneck_size
 from ..bottleneck.layer import AdapterTensors, BottleneckAdapter, routed_adapter
+from ..bottleneck.routing import RowOwners
 
 CouplingTensors = tuple[AdapterTensors, AdapterTensors]  # (F, G)
 
@@ -50,12 +51,12 @@ class InvertibleAdapter(nn.Module):
                 + BottleneckAdapter.parameter_count(d1, bottleneck_size(d1, reduction_factor), d2))
 
 
-def coupling_forward(e: torch.Tensor, blocks: Sequence[CouplingTensors], rows: torch.Tensor | None, split: int,
+def coupling_forward(e: torch.Tensor, blocks: Sequence[CouplingTensors], owners: RowOwners | None, split: int,
                      act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """(B, L, D) -> (B, L, D): each row through its language's block (`rows` as in `routed_adapter`)."""
+    """(B, L, D) -> (B, L, D): each row through its language's block (`owners` as in `routed_adapter`)."""
     e1, e2 = e[..., :split], e[..., split:]
-    y1 = e1 + routed_adapter(e2, [b[0] for b in blocks], rows, act)
-    y2 = e2 + routed_adapter(y1, [b[1] for b in blocks], rows, act)
+    y1 = e1 + routed_adapter(e2, [b[0] for b in blocks], owners, act)
+    y2 = e2 + routed_adapter(y1, [b[1] for b in blocks], owners, act)
     return torch.cat([y1, y2], dim=-1)
 
 

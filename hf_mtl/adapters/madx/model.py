@@ -210,14 +210,14 @@ class MadXMethod(AdapterMethod):
         active = self._require_active()
         langs = [self.language_adapters[lang].layers[site.layer].tensors(detach=not trainable)
                  for lang, trainable in active.languages.owners]
-        f = f + routed_adapter(site.layer_norm(f + x), langs, active.languages.rows, self.act)
+        f = f + routed_adapter(site.layer_norm(f + x), langs, active.languages, self.act)
         if active.tasks.owners == [None]:
             return f  # only masked_lm rows: no task adapter
         tasks = [self.task_adapters[self._slots[t]][site.layer].tensors() if t is not None else None
                  for t in active.tasks.owners]
         template = next(t for t in tasks if t is not None)
         tasks = [t if t is not None else AdapterTensors.zeros_like(template) for t in tasks]
-        return f + routed_adapter(site.layer_norm(f + x), tasks, active.tasks.rows, self.act)
+        return f + routed_adapter(site.layer_norm(f + x), tasks, active.tasks, self.act)
 
     def _embed(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         """The invertible adapter of each row's language on the embeddings (B, L, D)."""
@@ -225,7 +225,7 @@ class MadXMethod(AdapterMethod):
         blocks = [self.language_adapters[lang].invertible.tensors(detach=not trainable)
                   for lang, trainable in active.languages.owners]
         split = self.embedding_size // 2
-        return coupling_forward(output, blocks, active.languages.rows, split, self.act)
+        return coupling_forward(output, blocks, active.languages, split, self.act)
 
     def _invert(self, language: str, hidden: torch.Tensor) -> torch.Tensor:
         """The inverse of `language`'s invertible adapter (the MLM head calls it before its output projection)."""
