@@ -23,7 +23,9 @@ groups (order reversed every other round). A configuration's ratio to the floor 
 the mean of the two floor steps around its group, taken per round; the table gives medians over
 rounds of these paired ratios. Ratios between two configurations (hf_mtl vs PEFT/AdapterHub, mixed vs
 single task, no dropout vs dropout, vs full FT) are paired per round too. Peak memory is measured
-afterwards in separate probe processes (see `adapterhub_runner.peak_rss_delta_mib`).
+afterwards in separate probe processes (see `adapterhub_runner.peak_rss_delta_mib`), which also count each
+configuration's matmul and attention FLOPs over one step (`adapterhub_runner.step_gflop`): the "FLOPs x floor"
+column says what the arithmetic alone would cost, without the timings' noise.
 
 The quality side of `backbone_dropout`: a Pfeiffer bottleneck trained on 2,000 SST-2 examples for
 200 steps with and without backbone dropout, dev accuracy (needs ../shared/data/glue_sst2).

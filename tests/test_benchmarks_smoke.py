@@ -52,15 +52,16 @@ def test_adapters_speed_smoke(tiny_model: Path, tmp_path: Path, monkeypatch, cap
     bench.main()
 
     # the memory probe's code path, in this process (the benchmark runs it in a fresh one)
-    local = [n for g in bench.GROUPS for n in g if n.startswith(("hf_mtl/bottleneck/pfeiffer", "peft/lora"))]
+    local = [bench.FLOOR] + [n for g in bench.GROUPS for n in g if n.startswith(("hf_mtl/bottleneck/pfeiffer", "peft/lora"))]
     monkeypatch.setattr(sys, "argv", ["adapters_speed.py", *common, "--memory-probe", json.dumps(local)])
     capsys.readouterr()
     bench.main()
     answers = [json.loads(l[len(bench.PROTOCOL):]) for l in capsys.readouterr().out.splitlines() if l.startswith(bench.PROTOCOL)]
     assert answers[-1] == {"done": True}
     memory = {a["config"]: a["mib"] for a in answers[:-1]}
-    assert set(local) <= set(memory)
-    out.with_name("speed_memory.json").write_text(json.dumps({"peak_rss_delta_mib": memory}))
+    gflop = {a["config"]: a["gflop"] for a in answers[:-1]}
+    assert set(local) <= set(memory) and all(v > 0 for v in gflop.values())
+    out.with_name("speed_memory.json").write_text(json.dumps({"peak_rss_delta_mib": memory, "gflop": gflop}))
     bench.report(out)
 
     result = json.loads(out.with_suffix(".json").read_text())
@@ -73,6 +74,11 @@ def test_adapters_speed_smoke(tiny_model: Path, tmp_path: Path, monkeypatch, cap
     assert result["goal_checks"] and out.with_suffix(".png").exists() and out.with_suffix(".md").exists()
     pfeiffer = next(r for r in result["rows"] if r["config"] == "hf_mtl/bottleneck/pfeiffer")
     assert pfeiffer["peak_mib"] is not None and pfeiffer["trainable_per_task"] > 0
+    # counted, not timed: a Pfeiffer adapter sits after layer 0's feed-forward block, so the backward skips layer 0's
+    # attention, which the floor's backward (down to the embeddings) runs; its own matmuls are far smaller
+    floor = next(r for r in result["rows"] if r["config"] == bench.FLOOR)
+    assert floor["flops_floor"] == 1.0 and 0.5 < pfeiffer["flops_floor"] < 1.0
+    assert "| FLOPs x floor |" in out.with_suffix(".md").read_text()
 
 
 def test_goal_verdicts_use_the_bootstrap_interval():
