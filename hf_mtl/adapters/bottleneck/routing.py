@@ -23,7 +23,7 @@ class RowOwners:
     owners: list[Hashable]
     rows: torch.Tensor | None
     owner_of_row: list[int] = field(default_factory=list)
-    _groups: tuple[list[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    _groups: tuple[list[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, keys: Sequence[Hashable], device: torch.device) -> "RowOwners":
