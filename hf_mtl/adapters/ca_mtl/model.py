@@ -19,26 +19,25 @@ The uncertainty-based task sampling of the paper is a sampler strategy, not part
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ...errors import TaskConfigError
 from ...modeling.arch import ArchSpec, config_value, get_spec, layers_of, resolve
-from ...tasks import Task
 from ..attention import add_attention_modifier, full_mask
 from ..base import register_method
-from ..per_row import BatchTasks, PerRowMethod, count, load_exact, stack_parameters, task_key, task_of_key
+from ..per_row import BatchTasks, count
+from ..task_embedding import TaskEmbeddingMethod
 from .config import METHOD, CaMtlConfig
 from .layer import CaMtlLayer, ConditionalLayerNorm, FiLM, film
 
-TASK_EMBEDDINGS = "task_embeddings"
 REACHABLE_ATTENTION = (None, "eager", "sdpa", "hf_mtl")
 
 
 @register_method
-class CaMtlMethod(PerRowMethod):
+class CaMtlMethod(TaskEmbeddingMethod):
     """CA-MTL's conditional modules, driven by one learned embedding per task.
 
     Args:
@@ -57,7 +56,7 @@ class CaMtlMethod(PerRowMethod):
         self.options = CaMtlConfig.from_options(config, self.hidden_size)
         self.config = self.options.to_dict()
         o, hidden = self.options, self.hidden_size
-        self.task_embeddings = nn.ParameterDict()  # task_key(task) -> z_i (d_z,)
+        self.embedding_init_scale = o.task_embedding_dim ** -0.5  # z_i: unit norm on average
         self.alignment = FiLM(o.task_embedding_dim, self.embedding_dim)
         self.task_transform = nn.Linear(o.task_embedding_dim, hidden)
         self.layers = nn.ModuleDict({
@@ -65,10 +64,7 @@ class CaMtlMethod(PerRowMethod):
                                o.bottleneck_dim if i in self.bottleneck_layers() else None)
             for i in self.conditioned_layers()
         })
-        self._z: torch.Tensor | None = None  # (T, d_z)
         self._condition: torch.Tensor | None = None  # (T, H) z'_i
-        self._device: torch.device | None = None
-        self._dtype: torch.dtype | None = None
 
     def conditioned_layers(self) -> list[int]:
         """Layers that get the conditional attention and layer norms (upper half by default)."""
@@ -98,19 +94,9 @@ class CaMtlMethod(PerRowMethod):
             if modules.bottleneck is not None:
                 self.add_hook(resolve(layer, self.spec.ffn_output), self._bottleneck_hook(modules))
 
-    def add_task(self, task: Task) -> None:
-        key = task_key(task.name)
-        if key not in self.task_embeddings:
-            dim = self.options.task_embedding_dim
-            z = torch.randn(dim, device=self._device, dtype=self._dtype) * dim ** -0.5  # unit norm on average
-            self.task_embeddings[key] = nn.Parameter(z)
-
-    def known_tasks(self) -> Iterable[str]:
-        return [task_of_key(key) for key in self.task_embeddings]
-
     # ------------------------------------------------------------------ forward
     def prepare(self, batch: BatchTasks) -> None:
-        self._z = stack_parameters(self.task_embeddings, [task_key(n) for n in batch.names])  # (T, d_z)
+        self._z = self.stack_task_embeddings(batch.names)  # (T, d_z)
         self._condition = self.task_transform(self._z)  # z'_i: (T, H)
 
     def release(self) -> None:
@@ -157,33 +143,6 @@ class CaMtlMethod(PerRowMethod):
         return hook
 
     # ------------------------------------------------------------------ parameters
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        key = task_key(task)
-        return [self.task_embeddings[key]] if key in self.task_embeddings else []
-
-    def _shared_named(self) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.named_parameters() if not n.startswith(TASK_EMBEDDINGS + ".")}
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self._shared_named().values())
-
-    def task_state_dict(self, task: str) -> dict[str, torch.Tensor]:
-        return {"task_embedding": self.task_embeddings[task_key(task)].detach()}
-
-    def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor]) -> None:
-        self.add_task(Task(task))
-        load_exact({"task_embedding": self.task_embeddings[task_key(task)]}, state, f"task {task!r} (ca_mtl)")
-
-    def shared_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self._shared_named().items()}
-
-    def load_shared_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_exact(self._shared_named(), state, "shared weights (ca_mtl)")
-
-    def formula_parameter_count(self, task: str) -> int:
-        """Per task: its embedding z_i, d_z numbers."""
-        return self.options.task_embedding_dim
-
     def shared_formula_parameter_count(self) -> int:
         """Shared parts, from the equations of `layer.py`:
 
@@ -206,13 +165,8 @@ class CaMtlMethod(PerRowMethod):
             shared[f"conditional_{part}"] = sum(
                 count(getattr(layer, part).parameters()) for layer in self.layers.values() if getattr(layer, part) is not None
             )
-        per_task = {task_of_key(k): {"task_embedding": p.numel()} for k, p in self.task_embeddings.items()}
-        return {"per_task": per_task, "shared": shared, "shared_total": count(self.shared_parameters()),
+        return {"per_task": self.per_task_breakdown(), "shared": shared, "shared_total": count(self.shared_parameters()),
                 "conditioned_layers": self.conditioned_layers()}
-
-    def task_config(self, task: str) -> dict[str, Any]:
-        parameters = {"task": self.formula_parameter_count(task), "shared": self.parameter_breakdown()["shared"]}
-        return {"adapter_method": self.name, **self.config, "parameters": parameters}
 
 
 def _spec_for_ca_mtl(backbone_config: Any) -> ArchSpec:

@@ -23,24 +23,23 @@ gathered per row, so a mixed-task batch runs in one pass. The backbone's own lay
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 from transformers.activations import get_activation
 
 from ...modeling.arch import config_value, get_spec, layers_of, resolve
-from ...tasks import Task
 from ..base import register_method
-from ..per_row import BatchTasks, PerRowMethod, count, load_exact, stack_parameters, task_key, task_of_key
+from ..per_row import BatchTasks, count
+from ..task_embedding import TaskEmbeddingMethod
 from .config import HyperformerConfig
 from .layer import GeneratedAdapter, StackedHyperNets, TaskProjector, apply_adapter, hypernet_parameter_count
 
 POSITIONS = ("attention", "ffn")  # adapter positions in a layer; their index is the position id p_j
-TASK_EMBEDDINGS = "task_embeddings"
 
 
-class _Hyperformer(PerRowMethod):
+class _Hyperformer(TaskEmbeddingMethod):
     """What both variants share: task embeddings, hooks, routing, saving, counting."""
 
     stack_name: str  # the attribute holding the variant's StackedHyperNets (and its saved prefix)
@@ -54,12 +53,8 @@ class _Hyperformer(PerRowMethod):
         self.config = self.options.to_dict()
         self.bottleneck = self.options.bottleneck(self.hidden_size)
         self.activation = get_activation(self.options.non_linearity)
-        self.task_embeddings = nn.ParameterDict()  # task_key(task) -> z_τ (t',)
         self._build_shared()
-        self._z: torch.Tensor | None = None  # (T, t') z_τ of the batch's tasks
         self._generated: torch.Tensor | None = None  # (layers x 2, T, G): every adapter of the batch's tasks
-        self._device: torch.device | None = None
-        self._dtype: torch.dtype | None = None
 
     def _build_shared(self) -> None:
         """Create the projector and hypernetworks (variant-specific)."""
@@ -76,19 +71,9 @@ class _Hyperformer(PerRowMethod):
             self.add_hook(resolve(layer, self.spec.attention_output), self._adapter_hook(index, 0))
             self.add_hook(resolve(layer, self.spec.ffn_output), self._adapter_hook(index, 1))
 
-    def add_task(self, task: Task) -> None:
-        key = task_key(task.name)
-        if key not in self.task_embeddings:
-            z = torch.randn(self.options.task_embedding_dim, device=self._device, dtype=self._dtype)
-            self.task_embeddings[key] = nn.Parameter(z)
-
-    def known_tasks(self) -> Iterable[str]:
-        return [task_of_key(key) for key in self.task_embeddings]
-
     # ------------------------------------------------------------------ forward
     def prepare(self, batch: BatchTasks) -> None:
-        keys = [task_key(n) for n in batch.names]
-        self._z = stack_parameters(self.task_embeddings, keys)  # (T, t')
+        self._z = self.stack_task_embeddings(batch.names)  # (T, t') z_τ of the batch's tasks
         self._generated = self._generate_all()  # once per forward, for every layer and position
 
     def release(self) -> None:
@@ -112,13 +97,6 @@ class _Hyperformer(PerRowMethod):
         return hook
 
     # ------------------------------------------------------------------ parameters
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        key = task_key(task)
-        return [self.task_embeddings[key]] if key in self.task_embeddings else []
-
-    def _shared_named(self) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.named_parameters() if not n.startswith(TASK_EMBEDDINGS + ".")}
-
     def _saved_key_of(self, k: int) -> str:
         """The saved name of generator position k (variant-specific)."""
         raise TypeError("use `hyperformer` or `hyperformer++`")
@@ -129,26 +107,6 @@ class _Hyperformer(PerRowMethod):
         out = {n: p for n, p in self._shared_named().items() if not n.startswith(self.stack_name + ".")}
         out.update(getattr(self, self.stack_name).named_views(self._saved_key_of))
         return out
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self._shared_named().values())
-
-    def task_state_dict(self, task: str) -> dict[str, torch.Tensor]:
-        return {"task_embedding": self.task_embeddings[task_key(task)].detach()}
-
-    def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor]) -> None:
-        self.add_task(Task(task))
-        load_exact({"task_embedding": self.task_embeddings[task_key(task)]}, state, f"task {task!r} ({self.name})")
-
-    def shared_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self._shared_saved().items()}
-
-    def load_shared_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_exact(self._shared_saved(), state, f"shared weights ({self.name})")
-
-    def formula_parameter_count(self, task: str) -> int:
-        """Per task: its embedding z_τ, t' numbers."""
-        return self.options.task_embedding_dim
 
     def shared_formula_parameter_count(self) -> int:
         """Shared parts, from the equations (variant-specific)."""
@@ -168,12 +126,7 @@ class _Hyperformer(PerRowMethod):
         for name, param in self._shared_named().items():
             part = name.split(".")[0]
             shared[part] = shared.get(part, 0) + param.numel()
-        per_task = {task_of_key(k): {"task_embedding": p.numel()} for k, p in self.task_embeddings.items()}
-        return {"per_task": per_task, "shared": shared, "shared_total": count(self.shared_parameters())}
-
-    def task_config(self, task: str) -> dict[str, Any]:
-        parameters = {"task": self.formula_parameter_count(task), "shared": self.parameter_breakdown()["shared"]}
-        return {"adapter_method": self.name, **self.config, "parameters": parameters}
+        return {"per_task": self.per_task_breakdown(), "shared": shared, "shared_total": count(self.shared_parameters())}
 
 
 @register_method

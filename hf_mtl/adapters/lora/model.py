@@ -49,6 +49,7 @@ from ...modeling.arch import get_spec, layers_of
 from ...tasks import Task, validate_task_name
 from ..base import AdapterMethod, Routing, host_index, register_method
 from .config import build_lora_config, parse_lora_options
+from .fast import FastLoraLinear
 from .layer import activate, adapter_parameters, lora_layers, mixed_batch
 
 PEFT_PREFIX = "base_model.model."  # key prefix of PEFT's saved LoRA weights for a PeftModel around the backbone
@@ -127,6 +128,7 @@ class LoraMethod(AdapterMethod):
         if backbone is None:
             raise TaskConfigError(f"{owner}: the lora method was not attached to a model. Fix: build it through MultiTaskModel.")
         flags = {id(p): p.requires_grad for p in backbone.parameters()}
+        config._register_custom_module({nn.Linear: FastLoraLinear})  # PEFT's Linear, faster plain-LoRA step
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*peft_config.*")  # several adapters are the point
