@@ -1,0 +1,67 @@
+"""hf_mtl's LoRA train step with `FastLoraLinear` (the merged product) against the same step with PEFT's own
+`lora.Linear`, paired in one process: per round new, old, new; the ratio is the mean of the two new steps
+over the old one, so drift within a round cancels.
+
+    python benchmarks/lora_fast_ab.py --rounds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapters_speed import MODEL, LazyBenches, build_local, make_inputs  # noqa: E402
+
+from hf_mtl.modeling.backbone import load_backbone_config  # noqa: E402
+
+
+@contextlib.contextmanager
+def peft_own_layers():
+    """Build with PEFT's own `lora.Linear`: the custom-module registration the `lora` method makes is skipped."""
+    register = LoraConfig._register_custom_module
+    LoraConfig._register_custom_module = lambda self, mapping: None
+    try:
+        yield
+    finally:
+        LoraConfig._register_custom_module = register
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    inputs = make_inputs(args.batch, args.seq, load_backbone_config(MODEL).vocab_size)
+    fast = LazyBenches(build_local(MODEL, inputs, {"hf_mtl/lora"}), 1)["hf_mtl/lora"]
+    with peft_own_layers():
+        peft_layers = LazyBenches(build_local(MODEL, inputs, {"hf_mtl/lora"}), 1)["hf_mtl/lora"]
+    ratios, times = [], []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        fast.run(1)
+        t1 = time.perf_counter()
+        peft_layers.run(1)
+        t2 = time.perf_counter()
+        fast.run(1)
+        t3 = time.perf_counter()
+        ratios.append((t1 - t0 + t3 - t2) / 2 / (t2 - t1))
+        times.append(t2 - t1)
+    q = statistics.quantiles(ratios, n=4)
+    print(f"{args.rounds} rounds, batch {args.batch} x {args.seq}, {args.threads} threads; PEFT-layer step median "
+          f"{statistics.median(times):.3f} s; FastLoraLinear / PEFT's lora.Linear: median {statistics.median(ratios):.3f} "
+          f"(quartiles {q[0]:.3f}-{q[2]:.3f})")
+
+
+if __name__ == "__main__":
+    main()
