@@ -63,11 +63,10 @@ class FastLoraLinear(PeftLoraLinear):
         base = self.get_base_layer()
         if not adapters:
             return base(x)
-        lora_a = [self.lora_A[a].weight for a in adapters]
-        lora_b = [self.lora_B[a].weight * self.scaling[a] for a in adapters]
-        if len(adapters) > 1:  # stacked adapters (language + task): one adapter of rank Σ r_a
-            lora_a, lora_b = [torch.cat(lora_a)], [torch.cat(lora_b, dim=1)]
-        return _MergedLoraProduct.apply(x, base.weight, base.bias, lora_a[0], lora_b[0])
+        # stacked adapters (language + task) act as one adapter of rank Σ r_a
+        lora_a = torch.cat([self.lora_A[a].weight for a in adapters])  # (R, in)
+        lora_b = torch.cat([self.lora_B[a].weight * self.scaling[a] for a in adapters], dim=1)  # (out, R)
+        return _MergedLoraProduct.apply(x, base.weight, base.bias, lora_a, lora_b)
 
     def _plain_active_adapters(self, x: torch.Tensor, args: tuple, kwargs: dict) -> list[str] | None:
         """The active adapters when all of them are plain LoRA and the merged product applies, else None."""
