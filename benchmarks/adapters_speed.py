@@ -17,6 +17,13 @@ tokens, all-MiniLM-L6-v2, 2 threads). Rows of the table:
   ~/.cache/hf_mtl_bench/adapterhub-venv; `benchmarks/adapterhub_runner.py` runs in it as a
   subprocess that times its steps when this process asks, so only one process computes at a time.
 
+Where the steps run: by default (`--local-in runner`) hf_mtl's and PEFT's configurations are timed in a
+runner process per library too (this script's `--serve`, the same protocol as AdapterHub's runner), each
+holding only its own library's models, so the three libraries are timed alike. `--local-in main` times
+them in this process instead, which holds every local model; benchmarks/process_control.py measured the
+same floor step 2.4-3.8% slower there than in a light second process on the 2-core VM, enough to tilt a
+1-3% comparison with AdapterHub.
+
 Timing (single timings swing +-10-30% on a shared machine, ../shared/STACK.md): the configurations
 are grouped by method, each group preceded and followed by a floor step, and every round runs all
 groups (order reversed every other round). A configuration's ratio to the floor is its step time over
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import platform
@@ -60,7 +68,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapterhub_runner import PROTOCOL, Bench, count, make_inputs, peak_rss_delta_mib, step_gflop  # noqa: E402  (no hf_mtl inside)
+from adapterhub_runner import PROTOCOL, Bench, count, emit, make_inputs, peak_rss_delta_mib, step_gflop  # noqa: E402  (no hf_mtl inside)
 
 from hf_mtl import Task  # noqa: E402
 from hf_mtl.modeling import MultiTaskModel  # noqa: E402
@@ -287,14 +295,17 @@ def _protocol_line(process: subprocess.Popen) -> dict[str, Any]:
     raise RuntimeError(f"the AdapterHub runner ended without an answer (exit code {process.wait()}); see its stderr above")
 
 
-class AdapterHubRunner:
-    """The runner process in the AdapterHub venv, asked to time its configurations one group at a time."""
+class Runner:
+    """A process that builds one library's configurations, warms each up, and times them when asked.
 
-    def __init__(self, python: Path, model_path: str, args: argparse.Namespace):
+    The protocol of `adapterhub_runner.py --serve` (stdin: `{"cmd": "run", "configs": [...], "steps": k}` /
+    `{"cmd": "quit"}`; stdout: `@@JSON` lines), spoken by AdapterHub's runner in its venv and by this script's
+    `--serve` for hf_mtl and PEFT. Only one process computes at a time: the parent waits for each answer.
+    """
+
+    def __init__(self, command: list[str]):
         self.process = subprocess.Popen(
-            [str(python), str(RUNNER), "--serve", "--model", model_path, "--batch", str(args.batch),
-             "--seq", str(args.seq), "--threads", str(args.threads), "--warmup", str(args.warmup)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"},
         )
         self.info = _protocol_line(self.process)
@@ -309,6 +320,48 @@ class AdapterHubRunner:
             self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
             self.process.stdin.flush()
             self.process.wait(timeout=60)
+
+
+def _shape_args(args: argparse.Namespace) -> list[str]:
+    return ["--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads), "--warmup", str(args.warmup)]
+
+
+def start_adapterhub(python: Path, model_path: str, args: argparse.Namespace) -> Runner:
+    """AdapterHub's configurations, in its venv (transformers 4.57)."""
+    return Runner([str(python), str(RUNNER), "--serve", "--model", model_path, *_shape_args(args)])
+
+
+def start_local(names: list[str], args: argparse.Namespace) -> Runner:
+    """hf_mtl's or PEFT's configurations `names`, in a process of this venv (`--serve`)."""
+    return Runner([sys.executable, str(Path(__file__).resolve()), "--serve", json.dumps(names), "--model", args.model,
+                   *_shape_args(args), "--device", args.device] + (["--bf16"] if args.bf16 else []))
+
+
+class InlineSource:
+    """Configurations timed in this process (`--local-in main`), built at their first use."""
+
+    def __init__(self, benches: "LazyBenches"):
+        self.benches = benches
+
+    def run(self, names: list[str], steps: int) -> dict[str, list[float]]:
+        return {name: self.benches[name].run(steps) for name in names}
+
+
+def serve_local(args: argparse.Namespace) -> None:
+    """`--serve NAMES`: the runner of hf_mtl's or PEFT's configurations, answering like AdapterHub's runner."""
+    names = json.loads(args.serve)
+    inputs = make_inputs(args.batch, args.seq, load_backbone_config(args.model).vocab_size)
+    benches = LazyBenches(build_local(args.model, inputs, set(names), placement_of(args)), args.warmup)
+    built = [benches[name] for name in names]  # every model built and warmed up before the first timed step
+    built[0].run(1)  # the process's one-time initialisations
+    emit({"ready": True, "configs": {b.name: {"trainable_per_task": b.trainable_per_task,
+                                             "shared_trainable": b.shared_trainable, **b.info} for b in built}})
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "quit":
+            break
+        if command["cmd"] == "run":
+            emit({"times": {name: benches[name].run(command["steps"]) for name in command["configs"]}})
 
 
 def _probe(command: list[str], on_result: Callable[[str, dict], None]) -> None:
@@ -377,23 +430,26 @@ class LazyBenches:
         return self.built[name]
 
 
-def time_rounds(args: argparse.Namespace, benches: "LazyBenches | dict[str, Bench]", runner: AdapterHubRunner | None,
-                groups: list[list[str]], on_round: Callable[[dict], None],
-                deadline: float | None = None) -> dict[str, list[dict[str, float]]]:
-    """Per round: {config: median step time} and {config: ratio to the floor steps around its group}."""
+def library_of(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def time_rounds(args: argparse.Namespace, sources: dict[str, "Runner | InlineSource"], groups: list[list[str]],
+                on_round: Callable[[dict], None], deadline: float | None = None) -> dict[str, list[dict[str, float]]]:
+    """Per round: {config: median step time} and {config: ratio to the floor steps around its group}.
+
+    `sources` maps a library (the first part of a configuration's name) to what times its configurations."""
     times: list[dict[str, float]] = []
     ratios: list[dict[str, float]] = []
 
     def run(names: list[str]) -> dict[str, float]:
         out: dict[str, float] = {}
-        remote = [n for n in names if n.startswith("adapterhub/")]
-        for name in names:  # local configurations in order; a run of remote ones goes to the runner at once
-            if name.startswith("adapterhub/"):
-                if name == remote[0]:
-                    out.update({k: statistics.median(v) for k, v in runner.run(remote, args.steps).items()})
-                continue
-            out[name] = statistics.median(benches[name].run(args.steps))
+        for library, chunk in itertools.groupby(names, key=library_of):  # in order, a request per run of one library
+            out.update({k: statistics.median(v) for k, v in sources[library].run(list(chunk), args.steps).items()})
         return out
+
+    def floor_step() -> float:
+        return run([FLOOR])[FLOOR]
 
     for r in range(args.rounds):
         if deadline is not None and r >= 1 and time.perf_counter() > deadline:
@@ -402,12 +458,12 @@ def time_rounds(args: argparse.Namespace, benches: "LazyBenches | dict[str, Benc
         order = groups if r % 2 == 0 else [list(reversed(g)) for g in reversed(groups)]
         round_times: dict[str, float] = {}
         round_ratios: dict[str, float] = {}
-        floors = [statistics.median(benches[FLOOR].run(args.steps))]
+        floors = [floor_step()]
         for group in order:
             if deadline is not None and time.perf_counter() > deadline:
                 break  # a partial round: the groups done are paired with their own floor steps
             group_times = run(group)
-            floors.append(statistics.median(benches[FLOOR].run(args.steps)))
+            floors.append(floor_step())
             reference = (floors[-2] + floors[-1]) / 2
             for name, value in group_times.items():
                 round_times[name] = value
@@ -662,6 +718,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"all-MiniLM-L6-v2, batch {a['batch']} x {a['seq']} tokens, "
              + (f"{result.get('device')}, " if gpu else f"{a['threads']} threads, ")
              + f"{result['rounds_done']} interleaved rounds x {a['steps']} step(s); step = forward + backward + AdamW step. "
+             + ("Each library's configurations ran in a process of their own (hf_mtl's and PEFT's in runner processes of this "
+                "venv, AdapterHub's in its venv), one process computing at a time. "
+                if result.get("local_in", "main") == "runner" else
+                "hf_mtl's and PEFT's configurations ran in the main process (which holds all their models), AdapterHub's "
+                "in its runner process. ")
+             + 
              f"Ratios are paired medians over rounds (each configuration against the floor steps around its group). "
              f"Peak memory: {memory}. Load average over the timed rounds: "
              f"{result.get('loadavg_rounds', '-')} on {result['machine']['cpus']} CPUs.", "",
@@ -766,9 +828,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quality-lr", type=float, default=1e-3)
     parser.add_argument("--quality-seeds", type=int, default=3)
     parser.add_argument("--output", default=None, help="results prefix (default benchmarks/results/adapters_speed[_quick])")
+    parser.add_argument("--local-in", choices=["runner", "main"], default="runner",
+                        help="where hf_mtl's and PEFT's configurations are timed: 'runner' (default), a process per "
+                             "library holding only that library's models, as AdapterHub's runner does; 'main': this "
+                             "process, which holds every local model (up to 4%% slower per step on a 2-core VM, "
+                             "benchmarks/process_control.py)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device != "cpu" and args.adapterhub and not args.memory_probe:
+    if args.device != "cpu" and args.adapterhub and not (args.memory_probe or args.serve):
         parser.error("AdapterHub's runner times on the CPU only: add --no-adapterhub with --device " + args.device)
     if args.quick:
         args.rounds, args.batch, args.seq = 2, 8, 32
@@ -794,35 +862,51 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
         "device": where.describe(),
     }
     start = time.perf_counter()
-    benches = LazyBenches(build_local(args.model, inputs, set(names), where), args.warmup)
-    benches[FLOOR].run(1)  # the process's one-time initialisations, before the first measured step
     timing["peft_prefix_tuning"] = peft_prefix
     timing["params"], timing["attn_implementation"] = {}, {}
-    runner = None
-    if args.adapterhub:
-        runner = AdapterHubRunner(ensure_venv(), resolve_model_path(args.model), args)
-        timing["versions"]["adapterhub"] = runner.info["versions"]
-        for n, c in runner.info["configs"].items():
-            timing["params"][n] = {"trainable_per_task": c["trainable_per_task"], "shared_trainable": 0}
-            timing["attn_implementation"][n] = c.get("attn_implementation")
-    timing["setup_seconds"] = time.perf_counter() - start
-    print(f"ready ({'local configurations are built at their first use' + (', AdapterHub runner started' if runner else '')}) in "
-          f"{timing['setup_seconds']:.0f}s; PEFT prefix tuning: {timing['peft_prefix_tuning']}", flush=True)
+    timing["local_in"] = args.local_in
+    sources: dict[str, Runner | InlineSource] = {}
+    benches = None
 
-    def save(measured: dict) -> None:
-        for n, b in benches.built.items():
-            timing["params"][n] = {"trainable_per_task": b.trainable_per_task, "shared_trainable": b.shared_trainable}
-            timing["attn_implementation"][n] = b.info.get("attn_implementation")
-        timing["per_round"] = measured
-        timing["timing_seconds"] = time.perf_counter() - start
-        timing["machine"]["loadavg_end"] = os.getloadavg()
-        part.write_text(json.dumps(timing, indent=2))
+    def started(library: str, source: Runner | InlineSource) -> None:
+        sources[library] = source
+        for n, c in getattr(source, "info", {}).get("configs", {}).items():
+            timing["params"][n] = {"trainable_per_task": c["trainable_per_task"], "shared_trainable": c.get("shared_trainable", 0)}
+            timing["attn_implementation"][n] = c.get("attn_implementation")
 
     try:
-        time_rounds(args, benches, runner, groups, save, deadline=start + args.max_minutes * 60 if args.max_minutes else None)
+        if args.local_in == "runner":  # one process per library, each holding only its own models
+            for library in ("hf_mtl", "peft"):
+                local = [n for n in names + ([FLOOR] if library == "hf_mtl" else []) if library_of(n) == library]
+                if local:
+                    started(library, start_local(list(dict.fromkeys(local)), args))
+        else:
+            benches = LazyBenches(build_local(args.model, inputs, set(names), where), args.warmup)
+            benches[FLOOR].run(1)  # the process's one-time initialisations, before the first measured step
+            started("hf_mtl", InlineSource(benches))
+            started("peft", sources["hf_mtl"])
+        if args.adapterhub:
+            started("adapterhub", start_adapterhub(ensure_venv(), resolve_model_path(args.model), args))
+            timing["versions"]["adapterhub"] = sources["adapterhub"].info["versions"]
+        timing["setup_seconds"] = time.perf_counter() - start
+        print(f"ready in {timing['setup_seconds']:.0f}s: " + ", ".join(
+            f"{library} {'in a runner process' if isinstance(source, Runner) else 'in this process (built at first use)'}"
+            for library, source in sources.items()) + f"; PEFT prefix tuning: {timing['peft_prefix_tuning']}", flush=True)
+
+        def save(measured: dict) -> None:
+            for n, b in (benches.built.items() if benches is not None else ()):
+                timing["params"][n] = {"trainable_per_task": b.trainable_per_task, "shared_trainable": b.shared_trainable}
+                timing["attn_implementation"][n] = b.info.get("attn_implementation")
+            timing["per_round"] = measured
+            timing["timing_seconds"] = time.perf_counter() - start
+            timing["machine"]["loadavg_end"] = os.getloadavg()
+            part.write_text(json.dumps(timing, indent=2))
+
+        time_rounds(args, sources, groups, save, deadline=start + args.max_minutes * 60 if args.max_minutes else None)
     finally:
-        if runner is not None:
-            runner.close()
+        for source in set(sources.values()):
+            if isinstance(source, Runner):
+                source.close()
 
 
 def memory_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) -> None:
@@ -890,6 +974,10 @@ def main() -> None:
     args = parse_args()
     if args.memory_probe:
         return memory_probe(args)
+    if args.serve:
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        return serve_local(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     prefix = Path(args.output) if args.output else RESULTS / ("adapters_speed_quick" if args.quick else "adapters_speed")

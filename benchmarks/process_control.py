@@ -11,10 +11,7 @@ If hf_mtl's floor runs faster in the second process than in the main one, the ma
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters_speed import MODEL, AdapterHubRunner, LazyBenches, build_local, ensure_venv, make_inputs, resolve_model_path  # noqa: E402
+from adapters_speed import (MODEL, LazyBenches, build_local, ensure_venv, make_inputs, resolve_model_path,  # noqa: E402
+                            start_adapterhub, start_local)
 
 from hf_mtl.modeling.backbone import load_backbone_config  # noqa: E402
 
@@ -32,44 +30,19 @@ def floor_bench(args: argparse.Namespace):
     return LazyBenches(build_local(MODEL, inputs, {"hf_mtl/floor"}), 1)["hf_mtl/floor"]
 
 
-def serve(args: argparse.Namespace) -> None:
-    """The second process: one hf_mtl floor, one step per request."""
-    bench = floor_bench(args)
-    bench.run(1)
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        if json.loads(line)["cmd"] == "quit":
-            break
-        print(json.dumps({"times": bench.run(1)}), flush=True)
-
-
-def answer(process: subprocess.Popen) -> dict:
-    while True:  # skip anything the libraries print before the protocol line
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError("the second hf_mtl process ended early")
-        if line.startswith("{"):
-            return json.loads(line)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=24)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.serve:
-        return serve(args)
     main_floor = floor_bench(args)
-    adapterhub = AdapterHubRunner(ensure_venv(), resolve_model_path(MODEL), argparse.Namespace(**vars(args), warmup=1))
-    second = subprocess.Popen([sys.executable, __file__, "--serve", "--batch", str(args.batch), "--seq", str(args.seq),
-                               "--threads", str(args.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              bufsize=1, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"})
-    answer(second)
+    runner_args = argparse.Namespace(**vars(args), warmup=1, model=MODEL, device="cpu", bf16=False)
+    adapterhub = start_adapterhub(ensure_venv(), resolve_model_path(MODEL), runner_args)
+    second = start_local(["hf_mtl/floor"], runner_args)  # adapters_speed.py's runner of hf_mtl's configurations
     ratios: dict[str, list[float]] = {"hf_mtl floor, second process / main process": [],
                                       "AdapterHub floor / hf_mtl floor, main process": [],
                                       "AdapterHub floor / hf_mtl floor, second process": []}
@@ -78,9 +51,7 @@ def main() -> None:
             t0 = time.perf_counter()
             main_floor.run(1)
             first = time.perf_counter() - t0
-            second.stdin.write(json.dumps({"cmd": "run"}) + "\n")
-            second.stdin.flush()
-            other = answer(second)["times"][0]
+            other = second.run(["hf_mtl/floor"], 1)["hf_mtl/floor"][0]
             theirs = adapterhub.run(["adapterhub/floor"], 1)["adapterhub/floor"][0]
             t0 = time.perf_counter()
             main_floor.run(1)
@@ -89,8 +60,7 @@ def main() -> None:
                 ratios[key].append(value)
     finally:
         adapterhub.close()
-        second.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-        second.stdin.flush()
+        second.close()
     print(f"{args.rounds} rounds, batch {args.batch} x {args.seq}, {args.threads} threads")
     for name, values in ratios.items():
         q = statistics.quantiles(values, n=4)
