@@ -304,11 +304,15 @@ class Runner:
     """
 
     def __init__(self, command: list[str]):
+        self.command = command
+        self._start()
+        self.info = _protocol_line(self.process)
+
+    def _start(self) -> None:
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"},
         )
-        self.info = _protocol_line(self.process)
 
     def run(self, names: list[str], steps: int) -> dict[str, list[float]]:
         self.process.stdin.write(json.dumps({"cmd": "run", "configs": names, "steps": steps}) + "\n")
@@ -320,6 +324,15 @@ class Runner:
             self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
             self.process.stdin.flush()
             self.process.wait(timeout=60)
+
+    @staticmethod
+    def restart(runners: list["Runner"]) -> None:
+        """End these runners and start each anew (all building at once: nothing is timed meanwhile)."""
+        for runner in runners:
+            runner.close()
+            runner._start()
+        for runner in runners:
+            runner.info = _protocol_line(runner.process)
 
 
 def _shape_args(args: argparse.Namespace) -> list[str]:
@@ -451,10 +464,13 @@ def time_rounds(args: argparse.Namespace, sources: dict[str, "Runner | InlineSou
     def floor_step() -> float:
         return run([FLOOR])[FLOOR]
 
+    runners = list({id(s): s for s in sources.values() if isinstance(s, Runner)}.values())
     for r in range(args.rounds):
         if deadline is not None and r >= 1 and time.perf_counter() > deadline:
             print(f"--max-minutes reached: stopping after {r} rounds", flush=True)
             break
+        if args.restart_every and r and r % args.restart_every == 0 and runners:
+            Runner.restart(runners)  # a process's own speed (layout, allocator) averages out over restarts
         order = groups if r % 2 == 0 else [list(reversed(g)) for g in reversed(groups)]
         round_times: dict[str, float] = {}
         round_ratios: dict[str, float] = {}
@@ -719,7 +735,8 @@ def markdown(result: dict[str, Any]) -> str:
              + (f"{result.get('device')}, " if gpu else f"{a['threads']} threads, ")
              + f"{result['rounds_done']} interleaved rounds x {a['steps']} step(s); step = forward + backward + AdamW step. "
              + ("Each library's configurations ran in a process of their own (hf_mtl's and PEFT's in runner processes of this "
-                "venv, AdapterHub's in its venv), one process computing at a time. "
+                "venv, AdapterHub's in its venv), one process computing at a time"
+                + (f", every process started anew every {a['restart_every']} rounds. " if a.get("restart_every") else ". ")
                 if result.get("local_in", "main") == "runner" else
                 "hf_mtl's and PEFT's configurations ran in the main process (which holds all their models), AdapterHub's "
                 "in its runner process. ")
@@ -833,6 +850,10 @@ def parse_args() -> argparse.Namespace:
                              "library holding only that library's models, as AdapterHub's runner does; 'main': this "
                              "process, which holds every local model (up to 4%% slower per step on a 2-core VM, "
                              "benchmarks/process_control.py)")
+    parser.add_argument("--restart-every", type=int, default=5,
+                        help="start every runner process anew after this many rounds (0: never). Two processes timing "
+                             "the same step differ by 1-3%% for as long as they live (benchmarks/process_placebo.py), "
+                             "which restarts average out; with --local-in main only AdapterHub's runner restarts")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
