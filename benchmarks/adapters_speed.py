@@ -22,7 +22,9 @@ runner process per library too (this script's `--serve`, the same protocol as Ad
 holding only its own library's models, so the three libraries are timed alike. `--local-in main` times
 them in this process instead, which holds every local model; benchmarks/process_control.py measured the
 same floor step 2.4-3.8% slower there than in a light second process on the 2-core VM, enough to tilt a
-1-3% comparison with AdapterHub.
+1-3% comparison with AdapterHub. Even two identical fresh processes time the same step 2-5% apart for as
+long as they live (benchmarks/process_placebo.py), so every runner restarts every `--restart-every` rounds
+(default 5) and a process's own speed averages out over the run.
 
 Timing (single timings swing +-10-30% on a shared machine, ../shared/STACK.md): the configurations
 are grouped by method, each group preceded and followed by a floor step, and every round runs all

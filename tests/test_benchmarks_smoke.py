@@ -45,7 +45,7 @@ def test_adapters_speed_smoke(tiny_model: Path, tmp_path: Path, monkeypatch, cap
         (data / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
     out = tmp_path / "results" / "speed"
     common = ["--model", str(tiny_model), "--batch", "4", "--seq", "16", "--threads", "1", "--output", str(out)]
-    monkeypatch.setattr(sys, "argv", ["adapters_speed.py", *common, "--rounds", "1", "--no-adapterhub",
+    monkeypatch.setattr(sys, "argv", ["adapters_speed.py", *common, "--rounds", "1", "--no-adapterhub", "--local-in", "main",
                                       "--phases", "timing,quality", "--data-dir", str(tmp_path / "data"),
                                       "--quality-examples", "16", "--quality-steps", "2", "--quality-seeds", "1",
                                       "--quality-batch", "4"])
@@ -79,6 +79,30 @@ def test_adapters_speed_smoke(tiny_model: Path, tmp_path: Path, monkeypatch, cap
     floor = next(r for r in result["rows"] if r["config"] == bench.FLOOR)
     assert floor["flops_floor"] == 1.0 and 0.5 < pfeiffer["flops_floor"] < 1.0
     assert "| FLOPs x floor |" in out.with_suffix(".md").read_text()
+
+
+def test_adapters_speed_runner_processes_restart(tiny_model: Path, tmp_path: Path, monkeypatch):
+    """The default placement: hf_mtl's and PEFT's configurations in runner processes of their own (this script's
+    --serve), started anew between rounds; the rounds, parameters and report come back as with --local-in main."""
+    bench = _load_benchmark()
+    out = tmp_path / "speed"
+    monkeypatch.setattr(sys, "argv", ["adapters_speed.py", "--model", str(tiny_model), "--batch", "4", "--seq", "16",
+                                      "--threads", "1", "--output", str(out), "--rounds", "3", "--restart-every", "1",
+                                      "--no-adapterhub", "--only", "pfeiffer", "lora", "--skip", "mixed", "nodrop",
+                                      "--phases", "timing"])
+    starts = []
+    original = bench.Runner._start
+    monkeypatch.setattr(bench.Runner, "_start", lambda self: (starts.append(self.command[-1]), original(self))[1])
+    bench.main()
+
+    timing = json.loads(out.with_name("speed_timing.json").read_text())
+    assert timing["local_in"] == "runner" and len(timing["per_round"]["times"]) == 3
+    assert len(starts) == 2 * 3  # hf_mtl's and PEFT's runners, started at first and before rounds 2 and 3
+    assert timing["params"]["hf_mtl/bottleneck/pfeiffer"]["trainable_per_task"] > 0
+    assert timing["params"]["peft/lora"]["trainable_per_task"] == timing["params"]["hf_mtl/lora"]["trainable_per_task"]
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert {r["config"] for r in result["rows"]} == {bench.FLOOR, "hf_mtl/bottleneck/pfeiffer", "hf_mtl/lora", "peft/lora"}
+    assert "every process started anew every 1 rounds" in out.with_suffix(".md").read_text()
 
 
 def test_goal_verdicts_use_the_bootstrap_interval():
