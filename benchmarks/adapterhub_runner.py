@@ -157,6 +157,16 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def answer_commands(benches: Any) -> None:
+    """The serving loop: time the configurations `benches[name]` the parent asks for, until it says quit."""
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "quit":
+            break
+        if command["cmd"] == "run":
+            emit({"times": {name: benches[name].run(command["steps"]) for name in command["configs"]}})
+
+
 def count(params) -> int:
     return sum(p.numel() for p in params)
 
@@ -290,12 +300,7 @@ def serve(args: argparse.Namespace) -> None:
     benches["adapterhub/floor"].run(1)  # the process's one-time initialisations
     emit({"ready": True, "versions": adapterhub_versions(),
           "configs": {n: {"trainable_per_task": b.trainable_per_task, **b.info} for n, b in benches.items()}})
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["cmd"] == "quit":
-            break
-        if command["cmd"] == "run":
-            emit({"times": {name: benches[name].run(command["steps"]) for name in command["configs"]}})
+    answer_commands(benches)
 
 
 def memory(args: argparse.Namespace) -> None:

@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapterhub_runner import PROTOCOL, Bench, count, emit, make_inputs, peak_rss_delta_mib, step_gflop  # noqa: E402  (no hf_mtl inside)
+from adapterhub_runner import PROTOCOL, Bench, answer_commands, count, emit, make_inputs, peak_rss_delta_mib, step_gflop  # noqa: E402  (no hf_mtl inside)
 
 from hf_mtl import Task  # noqa: E402
 from hf_mtl.modeling import MultiTaskModel  # noqa: E402
@@ -371,12 +371,7 @@ def serve_local(args: argparse.Namespace) -> None:
     built[0].run(1)  # the process's one-time initialisations
     emit({"ready": True, "configs": {b.name: {"trainable_per_task": b.trainable_per_task,
                                              "shared_trainable": b.shared_trainable, **b.info} for b in built}})
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["cmd"] == "quit":
-            break
-        if command["cmd"] == "run":
-            emit({"times": {name: benches[name].run(command["steps"]) for name in command["configs"]}})
+    answer_commands(benches)
 
 
 def _probe(command: list[str], on_result: Callable[[str, dict], None]) -> None:
