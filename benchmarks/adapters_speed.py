@@ -294,7 +294,8 @@ def _protocol_line(process: subprocess.Popen) -> dict[str, Any]:
     for line in process.stdout:
         if line.startswith(PROTOCOL):
             return json.loads(line[len(PROTOCOL):])
-    raise RuntimeError(f"the AdapterHub runner ended without an answer (exit code {process.wait()}); see its stderr above")
+    raise RuntimeError(f"the runner {process.args[:3]} ended without an answer (exit code {process.wait()}); "
+                       "see its stderr above")
 
 
 class Runner:
@@ -461,7 +462,7 @@ def time_rounds(args: argparse.Namespace, sources: dict[str, "Runner | InlineSou
     def floor_step() -> float:
         return run([FLOOR])[FLOOR]
 
-    runners = list({id(s): s for s in sources.values() if isinstance(s, Runner)}.values())
+    runners = [s for s in sources.values() if isinstance(s, Runner)]  # one per library (InlineSource may serve two)
     for r in range(args.rounds):
         if deadline is not None and r >= 1 and time.perf_counter() > deadline:
             print(f"--max-minutes reached: stopping after {r} rounds", flush=True)
@@ -737,8 +738,7 @@ def markdown(result: dict[str, Any]) -> str:
                 if result.get("local_in", "main") == "runner" else
                 "hf_mtl's and PEFT's configurations ran in the main process (which holds all their models), AdapterHub's "
                 "in its runner process. ")
-             + 
-             f"Ratios are paired medians over rounds (each configuration against the floor steps around its group). "
+             + f"Ratios are paired medians over rounds (each configuration against the floor steps around its group). "
              f"Peak memory: {memory}. Load average over the timed rounds: "
              f"{result.get('loadavg_rounds', '-')} on {result['machine']['cpus']} CPUs.", "",
              "FLOPs x floor: the matmul and attention work of one step (forward + backward) over the floor's, counted by "
@@ -992,12 +992,10 @@ def main() -> None:
     args = parse_args()
     if args.memory_probe:
         return memory_probe(args)
-    if args.serve:
-        torch.set_num_threads(args.threads)
-        torch.manual_seed(0)
-        return serve_local(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.serve:
+        return serve_local(args)
     prefix = Path(args.output) if args.output else RESULTS / ("adapters_speed_quick" if args.quick else "adapters_speed")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     groups = wanted_configs(args)
