@@ -113,7 +113,7 @@ MIXED_GOAL = 1.05
 GROUPS: list[list[str]] = [
     ["hf_mtl/bottleneck/pfeiffer", "hf_mtl/bottleneck/pfeiffer/mixed", "adapterhub/bottleneck/pfeiffer",
      "adapterhub/bottleneck/pfeiffer/mixed", "hf_mtl/bottleneck/pfeiffer@nodrop"],
-    ["hf_mtl/full_ft", "hf_mtl/floor@nodrop", "adapterhub/floor"],
+    ["hf_mtl/full_ft", "hf_mtl/floor@nodrop", "hf_mtl/floor_torch_dropout", "adapterhub/floor"],
     ["hf_mtl/lora", "peft/lora", "adapterhub/lora", "hf_mtl/lora@nodrop", "peft/ia3"],
     ["hf_mtl/pals", "hf_mtl/pals/mixed", "hf_mtl/pals@nodrop", "hf_mtl/pals_d66", "hf_mtl/pals_h3"],
     ["hf_mtl/hyperformer", "hf_mtl/hyperformer/mixed", "hf_mtl/hyperformer@nodrop"],
@@ -127,6 +127,8 @@ GROUPS: list[list[str]] = [
     ["hf_mtl/hyperformer++", "hf_mtl/hyperformer++/mixed", "hf_mtl/hyperformer++@nodrop"],
 ]
 FLOOR = "hf_mtl/floor"
+TORCH_DROPOUT_FLOOR = "hf_mtl/floor_torch_dropout"  # the floor with torch's dropout masks (fast_dropout=False)
+REFERENCE_METHODS = ("floor", "full_ft", "floor_torch_dropout")
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,8 @@ def _hf_bench(name: str, model: MultiTaskModel, inputs: dict, task: Any, optimiz
     shared = counts["shared"]["total"]
     x = where.inputs(inputs)
     return Bench(name, where.loss(lambda: model(**x, task=task).loss), params, per_task, shared, optimizer=optimizer,
-                 info={"attn_implementation": model.backbone.config._attn_implementation}, device=where.device)
+                 info={"attn_implementation": model.backbone.config._attn_implementation,
+                       "fast_dropout": model.fast_dropout}, device=where.device)
 
 
 def build_hf_mtl(model_id: str, inputs: dict, names: set[str],
@@ -180,10 +183,11 @@ def build_hf_mtl(model_id: str, inputs: dict, names: set[str],
     tokenizer = load_tokenizer(model_id)  # loaded once, not once per model
     factories: dict[str, Callable[[], list[Bench]]] = {}
 
-    def reference(name: str, dropout: float | None, full: bool) -> Callable[[], list[Bench]]:
+    def reference(name: str, dropout: float | None, full: bool, fast_dropout: bool = True) -> Callable[[], list[Bench]]:
         def build() -> list[Bench]:
             model = where.model(MultiTaskModel.from_backbone(model_id, TASKS, freeze_backbone=not full,
-                                                             backbone_dropout=dropout, tokenizer=tokenizer).train())
+                                                             backbone_dropout=dropout, tokenizer=tokenizer,
+                                                             fast_dropout=fast_dropout).train())
             if not full:  # the floor: backward through every frozen layer, no weight gradient
                 model.backbone.embeddings.register_forward_hook(lambda m, a, out: out.requires_grad_(True))
             return [_hf_bench(name, model, inputs, "t0", where=where)]
@@ -192,6 +196,7 @@ def build_hf_mtl(model_id: str, inputs: dict, names: set[str],
     factories["hf_mtl/full_ft"] = reference("hf_mtl/full_ft", None, True)
     factories[FLOOR] = reference(FLOOR, None, False)
     factories["hf_mtl/floor@nodrop"] = reference("hf_mtl/floor@nodrop", 0.0, False)
+    factories[TORCH_DROPOUT_FLOOR] = reference(TORCH_DROPOUT_FLOOR, None, False, fast_dropout=False)
     for method, (adapter_method, adapter_config) in HF_METHODS.items():
         for dropout, suffix in ((None, ""), (0.0, "@nodrop")):
             def build(method=method, adapter_method=adapter_method, adapter_config=adapter_config, dropout=dropout,
@@ -687,7 +692,7 @@ def goal_checks(rows: list[dict[str, Any]], measured: dict | None = None) -> lis
     """Each goal of the issues, with a bootstrap 90% interval of the paired median when `measured` is given."""
     checks = []
     for row in rows:
-        if row["library"] != "hf_mtl" or row["method"] in ("floor", "full_ft"):
+        if row["library"] != "hf_mtl" or row["method"] in REFERENCE_METHODS:
             continue
         tag = f"hf_mtl/{row['method']}" + (" (backbone_dropout=0)" if row["backbone_dropout"] == 0.0 else "")
         goal = FLOOR_GOALS.get(HF_METHODS[row["method"]][0], DEFAULT_FLOOR_GOAL)
@@ -739,7 +744,10 @@ def markdown(result: dict[str, Any]) -> str:
                 "hf_mtl's and PEFT's configurations ran in the main process (which holds all their models), AdapterHub's "
                 "in its runner process. ")
              + f"Ratios are paired medians over rounds (each configuration against the floor steps around its group). "
-             f"Peak memory: {memory}. Load average over the timed rounds: "
+             + ("hf_mtl's models (the floor and full FT included) draw the backbone's dropout masks the fast way on the CPU "
+                "(`fast_dropout`, the default; `floor_torch_dropout` is the floor with torch's masks); PEFT's and "
+                "AdapterHub's use torch's. " if not gpu else "")
+             + f"Peak memory: {memory}. Load average over the timed rounds: "
              f"{result.get('loadavg_rounds', '-')} on {result['machine']['cpus']} CPUs.", "",
              "FLOPs x floor: the matmul and attention work of one step (forward + backward) over the floor's, counted by "
              "torch.utils.flop_counter in the probe process: deterministic, it is what the arithmetic alone would cost "

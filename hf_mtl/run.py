@@ -101,7 +101,7 @@ def build_model(args: MultiTaskTrainingArguments, tasks: list) -> Any:
     return MultiTaskModel.from_backbone(
         args.model_name_or_path, tasks, revision=args.model_revision, backbone_dropout=args.backbone_dropout,
         adapter_method=args.adapter_method, adapter_config=args.adapter_config or {},
-        freeze_backbone=args.freeze_backbone, head_dropout=args.head_dropout,
+        freeze_backbone=args.freeze_backbone, head_dropout=args.head_dropout, fast_dropout=args.fast_dropout,
     )
 
 

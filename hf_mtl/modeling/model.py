@@ -16,11 +16,14 @@ from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
 from ..adapters import AdapterMethod, Routing, build_adapter_method
+from ..adapters import attention as adapter_attention  # a module: attention.py imports fast_dropout from here
 from ..adapters.base import host_index
 from ..errors import TaskConfigError, UnknownTaskError
 from ..tasks import Task, check_unique_names, dependency_order
 from .adversarial import TaskDiscriminator
+from .arch import ARCH_SPECS, layers_of, resolve
 from .backbone import backbone_forward_args, build_backbone, load_backbone_config, load_tokenizer, set_dropout
+from .fast_dropout import use_fast_dropout
 from .heads import build_head, task_loss
 from .hierarchy import prediction_features, prediction_width, with_lower_tasks
 
@@ -65,6 +68,10 @@ class MultiTaskModel(nn.Module):
         base_model_revision: the backbone's revision, saved likewise.
         head_dropout: dropout of the heads (default: the backbone's hidden dropout).
         tokenizer: the backbone's tokenizer (kept for `predict`, not a module).
+        fast_dropout: on the CPU in training, draw the backbone's dropout masks (hidden states and,
+            for families with an architecture spec, attention probabilities) the cheap way of
+            `hf_mtl.modeling.fast_dropout` (same distribution, p rounded to a multiple of 2⁻¹⁶);
+            False keeps torch's. Eval and GPUs are unaffected either way.
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class MultiTaskModel(nn.Module):
         base_model_revision: str | None = None,
         head_dropout: float | None = None,
         tokenizer: Any = None,
+        fast_dropout: bool = True,
     ):
         super().__init__()
         self.backbone = backbone
@@ -94,6 +102,9 @@ class MultiTaskModel(nn.Module):
         self.task_discriminator: TaskDiscriminator | None = None  # built once two tasks have adversarial_weight > 0
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        self.fast_dropout = fast_dropout
+        if fast_dropout:  # before the adapter method hooks any dropout module
+            _use_fast_dropout(self.backbone)
         self.adapter: AdapterMethod = build_adapter_method(adapter_method, self.config, adapter_config)
         self.adapter.attach(self)
         self._forward_args = backbone_forward_args(self.backbone)
@@ -370,6 +381,19 @@ def _check_same_head(known: Task, new: Task) -> None:
             f"but the task now has kind={new.kind!r} with labels {new.labels} ({len(new.labels or [])} labels). "
             f"Fix: use the same label list as the saved head, or give the task a new name."
         )
+
+
+def _use_fast_dropout(backbone: nn.Module) -> None:
+    """FastDropout for the backbone's dropout modules, and hf_mtl's attention function (fast dropout
+    on the CPU) for each layer's self-attention whose dropout is on, where the family has a spec."""
+    use_fast_dropout(backbone)
+    spec = ARCH_SPECS.get(getattr(backbone.config, "model_type", None))
+    if spec is None:
+        return  # no spec, no known attention modules: their dropout stays torch's
+    for layer in layers_of(backbone, spec):
+        attention = resolve(layer, spec.attention)
+        if getattr(getattr(attention, "dropout", None), "p", 1.0) > 0:
+            adapter_attention.route_attention(backbone, attention, fast_dropout=True)
 
 
 def _hidden_dropout(config: PretrainedConfig) -> float:

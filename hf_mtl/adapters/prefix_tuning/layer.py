@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..attention import full_mask
 
 
 class PrefixEncoder(nn.Module):
@@ -54,22 +53,23 @@ def prefixes_by_layer(flat: torch.Tensor, num_layers: int, num_heads: int) -> to
     return flat.view(num_tokens, num_layers, 2, num_heads, -1).permute(1, 2, 3, 0, 4)
 
 
-def prepend_prefix(key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, query: torch.Tensor,
-                   prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prepend_prefix(key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                   prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Put one layer's prefixes before the keys and values; prefix positions are always attended.
 
     Args:
         key, value: (B, h, Lk, d).
-        mask: None or float additive (B, 1|h, Lq, Lk).
-        query: (B, h, Lq, d).
+        mask: None (attend everywhere), bool (B, 1|h, Lq, Lk) with True = attend, or float additive.
         prefix: (B, 2, h, P, d), keys then values of each row's task.
 
     Returns:
-        key, value (B, h, P + Lk, d) and mask (B, 1|h, Lq, P + Lk).
+        key, value (B, h, P + Lk, d) and the mask in the same form, (B, 1|h, Lq, P + Lk) (None stays None).
     """
     prefix = prefix.to(key.dtype)
-    mask = full_mask(mask, query, key)
-    open_prefix = mask.new_zeros(*mask.shape[:-1], prefix.shape[3])  # 0 = attend
     key = torch.cat([prefix[:, 0], key], dim=2)
     value = torch.cat([prefix[:, 1], value], dim=2)
+    if mask is None:
+        return key, value, None
+    open_prefix = mask.new_zeros(*mask.shape[:-1], prefix.shape[3]) if mask.dtype != torch.bool else \
+        mask.new_ones(*mask.shape[:-1], prefix.shape[3])
     return key, value, torch.cat([open_prefix, mask], dim=-1)

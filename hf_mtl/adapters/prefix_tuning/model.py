@@ -101,7 +101,7 @@ class PrefixTuningMethod(AdapterMethod):
                 per_row = layer.expand(key.shape[0], *layer.shape[1:])  # one task: no copy
             else:
                 per_row = layer[self._row_slots]  # (B, 2, h, P, d)
-            key, value, mask = prepend_prefix(key, value, mask, query, per_row)
+            key, value, mask = prepend_prefix(key, value, mask, per_row)
             return query, key, value, mask
 
         return modify
