@@ -7,6 +7,8 @@ tokens, all-MiniLM-L6-v2, 2 threads). Rows of the table:
   the backward runs through every layer, as it must for any adapter, but computes no weight gradient;
   only the head trains); every adapter method with a single-task batch, with a batch mixing 4 tasks
   (8 rows each, interleaved) for the methods that route per row, and with `backbone_dropout=0.0`.
+  hf_mtl's models draw dropout masks the fast CPU way (`fast_dropout`, the default;
+  hf_mtl.modeling.fast_dropout); `floor_torch_dropout` is the floor with torch's masks.
 - PEFT 0.21: LoRA (r=8, alpha=8, query+value: hf_mtl's default), IA3 (PEFT's BERT defaults), and
   prefix tuning (20 flat prefixes) where it runs: PEFT passes the prefixes as `past_key_values`, which
   transformers 5.24 still maps to `cache` on BERT (deprecated, removal announced for 5.40); where it
@@ -36,8 +38,9 @@ afterwards in separate probe processes (see `adapterhub_runner.peak_rss_delta_mi
 configuration's matmul and attention FLOPs over one step (`adapterhub_runner.step_gflop`): the "FLOPs x floor"
 column says what the arithmetic alone would cost, without the timings' noise.
 
-The quality side of `backbone_dropout`: a Pfeiffer bottleneck trained on 2,000 SST-2 examples for
-200 steps with and without backbone dropout, dev accuracy (needs ../shared/data/glue_sst2).
+The quality side of `backbone_dropout` and `fast_dropout`: a Pfeiffer bottleneck trained on 2,000 SST-2
+examples for 200 steps with backbone dropout (fast masks, and torch's) and without, dev accuracy (needs
+../shared/data/glue_sst2).
 
     python benchmarks/adapters_speed.py [--rounds 10] [--steps 1] [--batch 32] [--seq 128] [--threads 2]
     python benchmarks/adapters_speed.py --quick      # 2 rounds on an 8 x 32 batch: a smoke run
@@ -176,14 +179,15 @@ def _hf_bench(name: str, model: MultiTaskModel, inputs: dict, task: Any, optimiz
                        "fast_dropout": model.fast_dropout}, device=where.device)
 
 
-def build_hf_mtl(model_id: str, inputs: dict, names: set[str],
-                 where: Placement = Placement()) -> dict[str, Callable[[], list[Bench]]]:
-    """Factories of hf_mtl's configurations; each builds one model and the configurations that share it."""
+def build_hf_mtl(model_id: str, inputs: dict, names: set[str], where: Placement = Placement(),
+                 fast_dropout: bool = True) -> dict[str, Callable[[], list[Bench]]]:
+    """Factories of hf_mtl's configurations; each builds one model and the configurations that share it.
+    `fast_dropout=False` builds every model (the floor too) with torch's dropout masks."""
     mixed_tasks = [TASKS[i % len(TASKS)].name for i in range(inputs["input_ids"].shape[0])]
     tokenizer = load_tokenizer(model_id)  # loaded once, not once per model
     factories: dict[str, Callable[[], list[Bench]]] = {}
 
-    def reference(name: str, dropout: float | None, full: bool, fast_dropout: bool = True) -> Callable[[], list[Bench]]:
+    def reference(name: str, dropout: float | None, full: bool, fast_dropout: bool = fast_dropout) -> Callable[[], list[Bench]]:
         def build() -> list[Bench]:
             model = where.model(MultiTaskModel.from_backbone(model_id, TASKS, freeze_backbone=not full,
                                                              backbone_dropout=dropout, tokenizer=tokenizer,
@@ -203,7 +207,7 @@ def build_hf_mtl(model_id: str, inputs: dict, names: set[str],
                       suffix=suffix) -> list[Bench]:
                 model = where.model(MultiTaskModel.from_backbone(model_id, TASKS, adapter_method=adapter_method,
                                                                  adapter_config=adapter_config, backbone_dropout=dropout,
-                                                                 tokenizer=tokenizer).train())
+                                                                 tokenizer=tokenizer, fast_dropout=fast_dropout).train())
                 single = _hf_bench(f"hf_mtl/{method}{suffix}", model, inputs, "t0", where=where)
                 benches = [single]
                 if method in PER_ROW and not suffix:  # one model, one optimizer for both batch kinds
@@ -410,9 +414,9 @@ def wanted_configs(args: argparse.Namespace) -> list[list[str]]:
     return groups
 
 
-def build_local(model_id: str, inputs: dict, names: set[str],
-                where: Placement = Placement()) -> dict[str, Callable[[], list[Bench]]]:
-    return {**build_hf_mtl(model_id, inputs, names, where), **build_peft(model_id, inputs, names, where)}
+def build_local(model_id: str, inputs: dict, names: set[str], where: Placement = Placement(),
+                fast_dropout: bool = True) -> dict[str, Callable[[], list[Bench]]]:
+    return {**build_hf_mtl(model_id, inputs, names, where, fast_dropout), **build_peft(model_id, inputs, names, where)}
 
 
 def peak_cuda_delta_mib(bench: Bench, steps: int = 1) -> float:
@@ -531,8 +535,10 @@ def local_memory(args: argparse.Namespace, names: list[str], on_result: Callable
 
 
 # ---------------------------------------------------------------------------------------------- quality
+QUALITY_VARIANTS = ((None, True), (None, False), (0.0, True))  # (backbone_dropout, fast_dropout); None: the model's own
 def quality(args: argparse.Namespace, part: Path | None = None) -> dict[str, Any] | str:
-    """Dev accuracy of a Pfeiffer bottleneck trained on an SST-2 slice, with and without backbone dropout."""
+    """Dev accuracy of a Pfeiffer bottleneck trained on an SST-2 slice: backbone dropout with the fast masks,
+    with torch's masks (`fast_dropout=False`), and without dropout."""
     folder = Path(args.data_dir) / "glue_sst2"
     if not (folder / "train.tsv").exists():
         message = f"skipped: {folder}/train.tsv not found (the quality check needs ../shared/data/glue_sst2)"
@@ -554,11 +560,11 @@ def quality(args: argparse.Namespace, part: Path | None = None) -> dict[str, Any
              "dev_examples": len(dev_texts), "max_length": 64, "threads": args.threads}
     runs = []
     for seed in range(args.quality_seeds):
-        for dropout in (None, 0.0):
+        for dropout, fast in QUALITY_VARIANTS:
             torch.manual_seed(seed)
             model = MultiTaskModel.from_backbone(args.model, [task], adapter_method="bottleneck",
                                                  adapter_config={"variant": "pfeiffer"}, backbone_dropout=dropout,
-                                                 tokenizer=tokenizer)
+                                                 tokenizer=tokenizer, fast_dropout=fast)
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.quality_lr)
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / 20, 1.0) * (1 - s / args.quality_steps))
             g = torch.Generator().manual_seed(seed)
@@ -579,24 +585,30 @@ def quality(args: argparse.Namespace, part: Path | None = None) -> dict[str, Any
                 for i in range(0, len(dev_texts), 64):
                     enc = tokenizer(dev_texts[i:i + 64], truncation=True, max_length=128, padding=True, return_tensors="pt")
                     correct += (model(**enc, task="sst2").logits.argmax(-1) == torch.tensor(dev_labels[i:i + 64])).sum().item()
-            run = {"seed": seed, "backbone_dropout": 0.1 if dropout is None else dropout,
+            run = {"seed": seed, "backbone_dropout": 0.1 if dropout is None else dropout, "fast_dropout": fast,
                    "dev_accuracy": correct / len(dev_texts), "train_seconds": train_s}
             runs.append(run)
             if part is not None:  # partial results survive an interrupted run
                 part.write_text(json.dumps({"runs": runs, "setup": setup, "partial": True}, indent=2))
-            print(f"quality: seed {seed}, backbone dropout {run['backbone_dropout']}: dev accuracy "
+            print(f"quality: seed {seed}, backbone dropout {quality_variant(run)}: dev accuracy "
                   f"{run['dev_accuracy']:.4f}, {train_s:.1f}s for {args.quality_steps} steps", flush=True)
             del model, optimizer
     return summarize_quality(runs, setup)
 
 
+def quality_variant(run: dict[str, Any]) -> str:
+    """"0.1", "0.1 (torch masks)" or "0.0": the backbone dropout, and whose masks it drew."""
+    torch_masks = run["backbone_dropout"] > 0 and not run.get("fast_dropout", True)
+    return f"{run['backbone_dropout']}" + (" (torch masks)" if torch_masks else "")
+
+
 def summarize_quality(runs: list[dict[str, Any]], setup: dict[str, Any], partial: bool = False) -> dict[str, Any]:
     summary = {}
-    for d in (0.1, 0.0):
-        accs = [r["dev_accuracy"] for r in runs if r["backbone_dropout"] == d]
-        secs = [r["train_seconds"] for r in runs if r["backbone_dropout"] == d]
+    for variant in dict.fromkeys(quality_variant(r) for r in runs):
+        accs = [r["dev_accuracy"] for r in runs if quality_variant(r) == variant]
+        secs = [r["train_seconds"] for r in runs if quality_variant(r) == variant]
         if accs:
-            summary[str(d)] = {"dev_accuracy_mean": statistics.mean(accs), "dev_accuracy_min": min(accs),
+            summary[variant] = {"dev_accuracy_mean": statistics.mean(accs), "dev_accuracy_min": min(accs),
                                "dev_accuracy_max": max(accs), "train_seconds_median": statistics.median(secs),
                                "seeds": len(accs)}
     return {"setup": setup, "runs": runs, "summary": summary, "partial": partial}

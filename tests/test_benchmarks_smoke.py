@@ -70,7 +70,7 @@ def test_adapters_speed_smoke(tiny_model: Path, tmp_path: Path, monkeypatch, cap
     assert expected <= configs
     mixed = {r["method"] for r in result["rows"] if r["library"] == "hf_mtl" and r["mixed_ratio"] is not None}
     assert mixed == bench.PER_ROW
-    assert result["quality"]["summary"].keys() == {"0.1", "0.0"}
+    assert result["quality"]["summary"].keys() == {"0.1", "0.1 (torch masks)", "0.0"}
     assert result["goal_checks"] and out.with_suffix(".png").exists() and out.with_suffix(".md").exists()
     pfeiffer = next(r for r in result["rows"] if r["config"] == "hf_mtl/bottleneck/pfeiffer")
     assert pfeiffer["peak_mib"] is not None and pfeiffer["trainable_per_task"] > 0

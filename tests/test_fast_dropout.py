@@ -106,9 +106,10 @@ def test_model_uses_fast_dropout_on_cpu_training_only(monkeypatch):
     torch.manual_seed(0)
     stock = MultiTaskModel.from_config(tiny_config(), TASKS, fast_dropout=False)
     stock.load_state_dict(fast.state_dict())
-    dropouts = [m for m in fast.backbone.modules() if isinstance(m, nn.Dropout)]
+    dropouts = [m for m in fast.modules() if isinstance(m, nn.Dropout)]  # the backbone's and the heads'
+    assert any(m is fast.heads["a"].dropout for m in dropouts)
     assert dropouts and all(isinstance(m, FastDropout) for m in dropouts)
-    assert not any(isinstance(m, FastDropout) for m in stock.backbone.modules())
+    assert not any(isinstance(m, FastDropout) for m in stock.modules())
     assert fast.backbone.config._attn_implementation == "hf_mtl"
     batch = {"input_ids": torch.randint(5, 120, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long),
              "task": ["a", "b", "a", "b"]}
@@ -132,3 +133,12 @@ def test_model_uses_fast_dropout_on_cpu_training_only(monkeypatch):
 def test_no_dropout_keeps_stock_attention():
     model = MultiTaskModel.from_config(tiny_config(0.0), TASKS)
     assert model.backbone.config._attn_implementation != "hf_mtl"
+
+
+def test_an_eager_backbone_stays_eager_in_every_layer():
+    config = tiny_config()
+    config._attn_implementation = "eager"
+    model = MultiTaskModel.from_config(config, TASKS, adapter_method="prefix_tuning")
+    bases = [getattr(layer.attention.self, attention_module._BASE) for layer in model.backbone.encoder.layer]
+    assert bases == ["eager", "eager"]
+    assert model.backbone.config._attn_implementation == "hf_mtl"

@@ -68,8 +68,8 @@ class MultiTaskModel(nn.Module):
         base_model_revision: the backbone's revision, saved likewise.
         head_dropout: dropout of the heads (default: the backbone's hidden dropout).
         tokenizer: the backbone's tokenizer (kept for `predict`, not a module).
-        fast_dropout: on the CPU in training, draw the backbone's dropout masks (hidden states and,
-            for families with an architecture spec, attention probabilities) the cheap way of
+        fast_dropout: on the CPU in training, draw the dropout masks of the backbone (hidden states and,
+            for families with an architecture spec, attention probabilities) and of the heads the cheap way of
             `hf_mtl.modeling.fast_dropout` (same distribution, p rounded to a multiple of 2⁻¹⁶);
             False keeps torch's. Eval and GPUs are unaffected either way.
     """
@@ -187,6 +187,8 @@ class MultiTaskModel(nn.Module):
         head = build_head(task, self.config.hidden_size + extra_width, self.head_dropout, self.config.vocab_size)
         if task.kind == "masked_lm":
             head.tie(self.backbone.get_input_embeddings())
+        if self.fast_dropout:
+            use_fast_dropout(head)
         self.heads[task.name] = head.to(_device_of(self.backbone))
         self.adapter.add_task(task)
 

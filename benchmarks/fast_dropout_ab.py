@@ -1,0 +1,66 @@
+"""Each hf_mtl method's train step with the fast CPU dropout masks (`fast_dropout=True`, the default) against
+the same step with torch's (`fast_dropout=False`), paired in one process: per round fast, torch, fast; the ratio
+is the mean of the two fast steps over the torch one, so drift within a round cancels. One method at a time
+(two models in memory), `--rounds` rounds each.
+
+    python benchmarks/fast_dropout_ab.py --rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapters_speed import FLOOR, MODEL, LazyBenches, build_local, make_inputs  # noqa: E402
+
+from hf_mtl.modeling.backbone import load_backbone_config  # noqa: E402
+
+METHODS = [FLOOR, "hf_mtl/full_ft", "hf_mtl/bottleneck/pfeiffer", "hf_mtl/bottleneck/houlsby", "hf_mtl/lora",
+           "hf_mtl/prefix_tuning", "hf_mtl/madx", "hf_mtl/pals", "hf_mtl/ca_mtl", "hf_mtl/hyperformer",
+           "hf_mtl/hyperformer++"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--only", nargs="*", help="methods whose name contains one of these strings")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    inputs = make_inputs(args.batch, args.seq, load_backbone_config(MODEL).vocab_size)
+    methods = [m for m in METHODS if not args.only or any(s in m for s in args.only)]
+    print(f"{args.rounds} rounds, batch {args.batch} x {args.seq}, {args.threads} threads; ratio = fast-mask step / "
+          f"torch-mask step (median over rounds, quartiles)", flush=True)
+    print("| configuration | torch-mask step (s) | fast-mask step (s) | fast / torch | quartiles |\n|---|---|---|---|---|")
+    for name in methods:
+        fast = LazyBenches(build_local(MODEL, inputs, {name}, fast_dropout=True), 1)[name]
+        stock = LazyBenches(build_local(MODEL, inputs, {name}, fast_dropout=False), 1)[name]
+        ratios, fast_times, stock_times = [], [], []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            fast.run(1)
+            t1 = time.perf_counter()
+            stock.run(1)
+            t2 = time.perf_counter()
+            fast.run(1)
+            t3 = time.perf_counter()
+            ratios.append((t1 - t0 + t3 - t2) / 2 / (t2 - t1))
+            fast_times.append((t1 - t0 + t3 - t2) / 2)
+            stock_times.append(t2 - t1)
+        q = statistics.quantiles(ratios, n=4)
+        print(f"| {name} | {statistics.median(stock_times):.3f} | {statistics.median(fast_times):.3f} | "
+              f"{statistics.median(ratios):.3f} | {q[0]:.3f}-{q[2]:.3f} |", flush=True)
+        del fast, stock
+
+
+if __name__ == "__main__":
+    main()
