@@ -450,6 +450,28 @@ class LazyBenches:
         return self.built[name]
 
 
+def time_aba(new: Bench, old: Bench, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """Two ways of the same step, paired in this process: per round `new`, `old`, `new`, one step each.
+
+    Returns:
+        per round: the mean of the two `new` steps over the `old` one (drift within a round cancels), the
+        `new` time (that mean) and the `old` time, in seconds.
+    """
+    ratios, new_times, old_times = [], [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        new.run(1)
+        t1 = time.perf_counter()
+        old.run(1)
+        t2 = time.perf_counter()
+        new.run(1)
+        t3 = time.perf_counter()
+        new_times.append((t1 - t0 + t3 - t2) / 2)
+        old_times.append(t2 - t1)
+        ratios.append(new_times[-1] / old_times[-1])
+    return ratios, new_times, old_times
+
+
 def library_of(name: str) -> str:
     return name.split("/", 1)[0]
 

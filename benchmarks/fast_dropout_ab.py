@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters_speed import FLOOR, MODEL, LazyBenches, build_local, make_inputs  # noqa: E402
+from adapters_speed import FLOOR, MODEL, LazyBenches, build_local, make_inputs, time_aba  # noqa: E402
 
 from hf_mtl.modeling.backbone import load_backbone_config  # noqa: E402
 
@@ -44,18 +43,7 @@ def main() -> None:
     for name in methods:
         fast = LazyBenches(build_local(MODEL, inputs, {name}, fast_dropout=True), 1)[name]
         stock = LazyBenches(build_local(MODEL, inputs, {name}, fast_dropout=False), 1)[name]
-        ratios, fast_times, stock_times = [], [], []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            fast.run(1)
-            t1 = time.perf_counter()
-            stock.run(1)
-            t2 = time.perf_counter()
-            fast.run(1)
-            t3 = time.perf_counter()
-            ratios.append((t1 - t0 + t3 - t2) / 2 / (t2 - t1))
-            fast_times.append((t1 - t0 + t3 - t2) / 2)
-            stock_times.append(t2 - t1)
+        ratios, fast_times, stock_times = time_aba(fast, stock, args.rounds)
         q = statistics.quantiles(ratios, n=4)
         print(f"| {name} | {statistics.median(stock_times):.3f} | {statistics.median(fast_times):.3f} | "
               f"{statistics.median(ratios):.3f} | {q[0]:.3f}-{q[2]:.3f} |", flush=True)

@@ -11,14 +11,13 @@ import argparse
 import contextlib
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from peft import LoraConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters_speed import MODEL, LazyBenches, build_local, make_inputs  # noqa: E402
+from adapters_speed import MODEL, LazyBenches, build_local, make_inputs, time_aba  # noqa: E402
 
 from hf_mtl.modeling.backbone import load_backbone_config  # noqa: E402
 
@@ -46,17 +45,7 @@ def main() -> None:
     fast = LazyBenches(build_local(MODEL, inputs, {"hf_mtl/lora"}), 1)["hf_mtl/lora"]
     with peft_own_layers():
         peft_layers = LazyBenches(build_local(MODEL, inputs, {"hf_mtl/lora"}), 1)["hf_mtl/lora"]
-    ratios, times = [], []
-    for _ in range(args.rounds):
-        t0 = time.perf_counter()
-        fast.run(1)
-        t1 = time.perf_counter()
-        peft_layers.run(1)
-        t2 = time.perf_counter()
-        fast.run(1)
-        t3 = time.perf_counter()
-        ratios.append((t1 - t0 + t3 - t2) / 2 / (t2 - t1))
-        times.append(t2 - t1)
+    ratios, _, times = time_aba(fast, peft_layers, args.rounds)
     q = statistics.quantiles(ratios, n=4)
     print(f"{args.rounds} rounds, batch {args.batch} x {args.seq}, {args.threads} threads; PEFT-layer step median "
           f"{statistics.median(times):.3f} s; FastLoraLinear / PEFT's lora.Linear: median {statistics.median(ratios):.3f} "
