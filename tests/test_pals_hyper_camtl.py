@@ -265,6 +265,9 @@ def test_recipe_builds_the_method(method: str) -> None:
 # layer and position, moves ~10x faster under Adam than the per-position generators; at 1e-3 / 2e-3 SST-2 stayed at
 # chance (0.52, also trained alone), at 3e-4: 0.765 (UPOS 0.917), at 6e-4: 0.745 (measured 2026-11-27, CPU, seed 0).
 LEARNING_RATES = {"hyperformer++": 3e-4}
+# SST-2 dev accuracy asked of each method (chance: 0.51). Hyperformer++ at 240 steps spreads over seeds 0-2 from 0.74 to
+# 0.80 with torch's dropout masks and with hf_mtl's fast ones alike (benchmarks/results/fast_dropout_ab/quality_hyperformer_pp.md).
+SST2_FLOOR = {"hyperformer++": 0.70}
 
 
 @pytest.mark.slow
@@ -295,7 +298,7 @@ def test_learns_sst2_and_upos_on_minilm(method: str, shared_data: Path, tmp_path
     metrics = trainer.evaluate()
     print(f"{method}: sst2 {metrics['eval_sst2_accuracy']:.3f}, upos {metrics['eval_upos_accuracy']:.3f}")
     # chance: 0.51 (SST-2 dev majority class), 0.17 (UPOS majority tag NOUN)
-    assert metrics["eval_sst2_accuracy"] > 0.75, metrics
+    assert metrics["eval_sst2_accuracy"] > SST2_FLOOR.get(method, 0.75), metrics
     assert metrics["eval_upos_accuracy"] > 0.80, metrics
 
 

@@ -155,7 +155,7 @@ def _single(h: torch.Tensor, a: AdapterTensors, act: Callable, scaling: float) -
 def _per_row(h: torch.Tensor, adapters: Sequence[AdapterTensors], rows: torch.Tensor, act: Callable,
              scaling: float) -> torch.Tensor:
     def gather(tensors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(tensors)[rows]  # (n_owners, ...) -> (B, ...)
+        return torch.stack(tensors).index_select(0, rows)  # (n_owners, ...) -> (B, ...); backward: index_add
 
     if adapters[0].ln_before is not None:
         h = _row_layer_norm(h, gather([a.ln_before[0] for a in adapters]), gather([a.ln_before[1] for a in adapters]))

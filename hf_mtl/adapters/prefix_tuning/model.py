@@ -100,7 +100,7 @@ class PrefixTuningMethod(AdapterMethod):
             if self._row_slots is None:
                 per_row = layer.expand(key.shape[0], *layer.shape[1:])  # one task: no copy
             else:
-                per_row = layer[self._row_slots]  # (B, 2, h, P, d)
+                per_row = layer.index_select(0, self._row_slots)  # (B, 2, h, P, d)
             key, value, mask = prepend_prefix(key, value, mask, per_row)
             return query, key, value, mask
 
