@@ -175,8 +175,7 @@ def _hf_bench(name: str, model: MultiTaskModel, inputs: dict, task: Any, optimiz
     shared = counts["shared"]["total"]
     x = where.inputs(inputs)
     return Bench(name, where.loss(lambda: model(**x, task=task).loss), params, per_task, shared, optimizer=optimizer,
-                 info={"attn_implementation": model.backbone.config._attn_implementation,
-                       "fast_dropout": model.fast_dropout}, device=where.device)
+                 info={"attn_implementation": model.backbone.config._attn_implementation}, device=where.device)
 
 
 def build_hf_mtl(model_id: str, inputs: dict, names: set[str], where: Placement = Placement(),

@@ -50,7 +50,7 @@ def _eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: tor
         else:
             weights = weights + attention_mask
     weights = weights.softmax(dim=-1)
-    fast = dropped(weights, dropout) if fast_dropout and module.training and dropout > 0 else None
+    fast = dropped(weights, dropout) if fast_dropout else None  # the caller checked: training, dropout > 0
     if fast is not None:
         zeroed, scale = fast
         return (torch.matmul(zeroed, value) * scale).transpose(1, 2).contiguous(), None

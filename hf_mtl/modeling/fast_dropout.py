@@ -27,6 +27,8 @@ changes: torch's fused dropout and SDPA's kernels run as before.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -49,9 +51,7 @@ def drop_mask(shape: torch.Size | tuple[int, ...], levels: int, device: torch.de
 
     Draws ceil(n / 4) 64-bit words from the default generator and reads each as four 16-bit numbers.
     """
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
     return (words.view(torch.int16)[:numel] < levels - _LEVELS // 2).view(shape)
 

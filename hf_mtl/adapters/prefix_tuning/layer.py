@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 
-
 class PrefixEncoder(nn.Module):
     """The prefixes of one task for every layer, as PEFT's `PrefixEncoder` builds them.
 
