@@ -10,7 +10,10 @@ gradient and its sum into the base's). With the update merged into the weight fo
 
 the step's extra work over the frozen layer is A x (forward), g (A x)ᵀ, Bᵀg and (Bᵀg) xᵀ (backward):
 thin products of rank r. Measured on the 2-core CPU (one 384 × 384 layer, 4,096 tokens, r = 8,
-forward + backward, median of 40): frozen layer 14.8 ms, PEFT's LoRA 24.3 ms, this 20.2 ms.
+forward + backward, median of 40): frozen layer 14.8 ms, PEFT's LoRA 24.3 ms, this 20.2 ms. Ordering the
+rank-r products of the backward so that the token dimension is never the contracted dimension of a transposed
+operand (see `backward`) took a whole MiniLM step (r = 8 on query and value, batch 32 × 128, 2 threads, no
+optimizer step, 14 paired rounds) from 1.067× to 1.009× the frozen floor.
 
 The same numbers up to float rounding (the update is added to W₀ before the product, not after it).
 Everything else (DoRA and other variants, LoRA dropout while training, `lora_bias`, merged or disabled
@@ -47,8 +50,11 @@ class _MergedLoraProduct(torch.autograd.Function):
         flat, projected, lora_a, lora_b, merged = ctx.saved_tensors
         grad = grad.reshape(-1, grad.shape[-1])
         grad_x = (grad @ merged).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
-        grad_b = grad.t() @ projected if ctx.needs_input_grad[4] else None
-        grad_a = (grad @ lora_b).t() @ flat if ctx.needs_input_grad[3] else None
+        # The rank-R products are ordered so the long dimension N is the rows of a row-major operand: on the
+        # CPU `grad.t() @ projected` and `grad @ lora_b` cost 3.1 and 1.6 ms at N = 4,096, 384 features,
+        # R = 8 (2 threads), the forms below 1.0 and 0.9 ms (same values).
+        grad_b = (projected.t() @ grad).t() if ctx.needs_input_grad[4] else None  # (out, R)
+        grad_a = F.linear(grad, lora_b.t().contiguous()).t() @ flat if ctx.needs_input_grad[3] else None  # (R, in)
         return grad_x, None, None, grad_a, grad_b
 
 
