@@ -52,7 +52,8 @@ smoke() {
 
 speed() {
   python3 benchmarks/adapters_speed.py --device cuda --bf16 --no-adapterhub --phases timing,memory \
-      --rounds 10 --steps 5 --warmup 2 --threads 4 --model "$MODEL" --output "$RES/speed/adapters_speed_gpu"
+      --rounds 10 --steps 5 --warmup 2 --threads 4 --model "$MODEL" --max-minutes "${SPEED_MINUTES:-30}" \
+      --output "$RES/speed/adapters_speed_gpu"
 }
 
 quality() {

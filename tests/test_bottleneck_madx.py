@@ -144,11 +144,13 @@ def test_mixed_task_batch_equals_row_by_row(config: dict) -> None:
 
 @pytest.mark.parametrize("rank,length", [(2, 9), (8, 9)])  # 2r < L: per-row weights; 2r >= L: grouped rows
 @pytest.mark.parametrize("ln", [False, True])
-def test_routed_adapter_both_mixed_paths_equal_each_owner_alone(rank: int, length: int, ln: bool) -> None:
+@pytest.mark.parametrize("keys", ["bacabb", "bbbaac"])  # interleaved owners; owners in ranges (views, no gathers)
+def test_routed_adapter_every_mixed_path_equals_each_owner_alone(rank: int, length: int, ln: bool, keys: str) -> None:
     torch.manual_seed(0)
     adapters = [BottleneckAdapter(12, rank, init="bert", ln_before=ln, ln_after=ln) for _ in range(3)]
-    keys = ["b", "a", "c", "a", "b", "b"]
+    keys = list(keys)
     owners = RowOwners.of(keys, torch.device("cpu"))
+    assert (owners.segments is not None) == (keys == sorted(keys, key=keys.index))
     h = torch.randn(len(keys), length, 12, requires_grad=True)
     out = routed_adapter(h, [adapters["abc".index(k)].tensors() for k in owners.owners], owners, torch.tanh, 2.5)
     grads = torch.autograd.grad(out.square().sum(), [h, *adapters[0].parameters()])

@@ -3,8 +3,9 @@
 A batch may hold rows of several tasks. Each method keeps its per-task values as separate
 `nn.Parameter`s (so an optimizer step for task A, weight decay included, never moves task B: B's
 parameters get no gradient at all), stacks the values of the tasks *present* in the batch at forward
-time, `(T, ...)`, and picks each row's slice by gathering with `BatchTasks.rows`. One forward pass
-serves the whole mixed batch; there is no Python loop over rows.
+time, `(T, ...)`, and picks each row's slice by gathering with `BatchTasks.rows` — or, on the CPU where
+the rows come grouped by task (`BatchTasks.segments`), runs each task's range of rows with its own values.
+One forward pass serves the whole mixed batch; there is no Python loop over rows.
 
 This file also holds what the three methods share besides routing: option parsing with errors that
 list the valid options, and strict loading of saved tensors.
@@ -15,14 +16,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import StoreError, TaskConfigError
-from .base import AdapterMethod, Routing
+from .base import AdapterMethod, Routing, contiguous_segments, segment_sizes
 
 
 @dataclass
@@ -33,14 +34,36 @@ class BatchTasks:
         names: the distinct tasks of the batch, in order of first appearance (`Routing.batch_tasks`).
         rows: (B,) index into `names` of each row's task, or None when the batch holds one task
             (then every per-task value is used with a leading dimension of 1 and broadcast).
+        segments: on the CPU, each task's rows as one range (in `names` order) when the rows come grouped
+            by task; then `segmented` runs each task's rows as a one-task batch on views of its range,
+            which costs less there than per-row gathers and batched matmuls (`AdapterMethod.groups_rows`).
     """
 
     names: list[str]
     rows: torch.Tensor | None
+    segments: list[slice] | None = None
 
     def per_row(self, stacked: torch.Tensor) -> torch.Tensor:
         """(T, ...) values of the batch's tasks -> (B, ...) values of each row ((1, ...) for one task)."""
         return stacked if self.rows is None else stacked.index_select(0, self.rows)
+
+    def segmented(self, fn: Callable[..., torch.Tensor], rowwise: Sequence[torch.Tensor | None],
+                  stacked: Sequence[torch.Tensor]) -> torch.Tensor:
+        """fn over each task's range of rows, concatenated back in batch order (needs `segments`).
+
+        Args:
+            fn: called as fn(*rowwise_of_the_range, *stacked_of_the_task): a one-task computation that takes
+                per-task values with a leading dimension of 1.
+            rowwise: (B, ...) tensors sliced to the range; None, or a leading dimension of 1 (broadcast over
+                rows), passes unchanged.
+            stacked: (T, ...) per-task values; task i's enter as [i:i+1].
+        """
+        batch, sizes = self.rows.shape[0], segment_sizes(self.segments)
+        # one split per tensor, not a slice per range: a split's backward is one concatenation, while each
+        # slice's backward writes its gradient into a zero tensor of the whole batch
+        parts = [r.split(sizes) if r is not None and r.shape[0] == batch else [r] * len(sizes) for r in rowwise]
+        parts += [t.split(1) for t in stacked]
+        return torch.cat([fn(*(p[i] for p in parts)) for i in range(len(sizes))])
 
 
 def batch_tasks(routing: Routing, known: Iterable[str], method: str) -> BatchTasks:
@@ -67,7 +90,11 @@ def batch_tasks(routing: Routing, known: Iterable[str], method: str) -> BatchTas
         return BatchTasks(names, None)
     lookup = torch.full((len(routing.task_names),), -1, dtype=torch.long)
     lookup[[routing.task_names.index(n) for n in names]] = torch.arange(len(names))
-    return BatchTasks(names, lookup.to(routing.task_ids.device, non_blocking=True)[routing.task_ids])
+    segments = None
+    if routing.row_tasks is not None and routing.task_ids.device.type == "cpu":
+        position = {name: i for i, name in enumerate(names)}
+        segments = contiguous_segments([position[t] for t in routing.row_tasks])
+    return BatchTasks(names, lookup.to(routing.task_ids.device, non_blocking=True)[routing.task_ids], segments)
 
 
 def task_key(task: str) -> str:

@@ -17,7 +17,7 @@ from transformers.utils import ModelOutput
 
 from ..adapters import AdapterMethod, Routing, build_adapter_method
 from ..adapters import attention as adapter_attention  # a module: attention.py imports fast_dropout from here
-from ..adapters.base import host_index
+from ..adapters.base import contiguous_segments, host_index
 from ..errors import TaskConfigError, UnknownTaskError
 from ..tasks import Task, check_unique_names, dependency_order
 from .adversarial import TaskDiscriminator
@@ -295,12 +295,44 @@ class MultiTaskModel(nn.Module):
         """Backbone hidden states: {None: last layer} plus {k: layer k} for heads that read layer k."""
         layers = {self.tasks[t].head_layer for t in with_lower_tasks(self.tasks, routing.batch_tasks)} - {None}
         kwargs = {k: v for k, v in zip(_BACKBONE_INPUTS, inputs) if v is not None and k in self._forward_args}
+        order = self._task_order(routing)
+        if order is not None:  # the backbone sees the rows grouped by task; the heads see them in batch order
+            rows, inverse = order
+            batch_size = routing.task_ids.numel()
+            kwargs = {k: v.index_select(0, rows) if v.shape[0] == batch_size else v for k, v in kwargs.items()}
+            routing = routing.reordered(rows)
         with self.adapter.route(routing):
             out = self.backbone(**kwargs, output_hidden_states=bool(layers), return_dict=True)
         hidden = {None: out.last_hidden_state}  # (B, L, H)
         for layer in layers:
             hidden[layer] = out.hidden_states[layer]
+        if order is not None:
+            hidden = {k: v.index_select(0, inverse) for k, v in hidden.items()}
         return hidden
+
+    def _task_order(self, routing: Routing) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For a method with `groups_rows`, on the CPU: the row order that groups a mixed batch's rows by task
+        (stable; in order of the tasks' first appearance) and its inverse; None when there is nothing to reorder.
+
+        Such methods run each task's range of rows through plain matmuls instead of gathering per-row weights
+        (measured on the 2-core CPU, one Hyperformer adapter's forward + backward at B=32, L=128, H=384, 4 tasks
+        interleaved: single task 10.8 ms, per-row gathers 16.2, ranges 13.1; a whole MiniLM step, 10 paired
+        rounds: a 4-task batch 1.034x a one-task batch before, 1.010x with the ranges); moving the rows costs
+        one copy of the inputs and of the hidden states the heads read (and its backward). Training batches
+        from the multi-task sampler come grouped already (all tasks' slices in task order).
+        """
+        if (not self.adapter.groups_rows or routing.single_task is not None or routing.row_tasks is None
+                or routing.task_ids.device.type != "cpu"):
+            return None
+        position = {name: i for i, name in enumerate(routing.batch_tasks)}
+        keys = [position[task] for task in routing.row_tasks]
+        if contiguous_segments(keys) is not None:
+            return None
+        rows = sorted(range(len(keys)), key=keys.__getitem__)
+        inverse = [0] * len(rows)
+        for new, old in enumerate(rows):
+            inverse[old] = new
+        return host_index(rows, routing.task_ids.device), host_index(inverse, routing.task_ids.device)
 
     def _head(self, name: str, hidden: dict[int | None, torch.Tensor], attention_mask: torch.Tensor | None,
               rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -44,6 +44,7 @@ class BottleneckMethod(AdapterMethod):
     """
 
     name = "bottleneck"
+    groups_rows = True
     routes_per_row = True
 
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):

@@ -7,7 +7,7 @@ from typing import Hashable, Sequence
 
 import torch
 
-from ..base import host_index
+from ..base import contiguous_segments, host_index
 
 
 @dataclass
@@ -18,11 +18,14 @@ class RowOwners:
         owners: the owners present in the batch, in order of first appearance.
         rows: (B,) index into `owners` per row; None when one owner serves every row (plain matmuls).
         owner_of_row: `rows` on the host (empty for one owner): the row groups below need no device read.
+        segments: on the CPU, each owner's rows as one range when the rows come grouped by owner
+            (`contiguous_segments`), else None.
     """
 
     owners: list[Hashable]
     rows: torch.Tensor | None
     owner_of_row: list[int] = field(default_factory=list)
+    segments: list[slice] | None = None
     _groups: tuple[list[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -33,7 +36,8 @@ class RowOwners:
             return cls(owners, None)
         index = {key: i for i, key in enumerate(owners)}
         owner_of_row = [index[key] for key in keys]
-        return cls(owners, host_index(owner_of_row, device), owner_of_row)
+        segments = contiguous_segments(owner_of_row) if torch.device(device).type == "cpu" else None
+        return cls(owners, host_index(owner_of_row, device), owner_of_row, segments)
 
     @classmethod
     def single(cls, owner: Hashable) -> "RowOwners":

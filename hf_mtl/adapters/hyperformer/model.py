@@ -16,8 +16,10 @@ Per task: only z_τ (t' numbers), saved under `<task>/`. Shared: the projector, 
 the layer/position embeddings, saved under `shared/` and reported as `shared.adapter` by
 `MultiTaskModel.trainable_parameters()`; `parameter_breakdown()` names each part.
 
-Weights are generated once per forward for each task *present* in the batch ((T, ...) tensors), then
-gathered per row, so a mixed-task batch runs in one pass. The backbone's own layer norms stay frozen
+Weights are generated once per forward for each task *present* in the batch ((T, ...) tensors), so a
+mixed-task batch runs in one pass: on the CPU each task's rows (grouped by the model, see
+`AdapterMethod.groups_rows`) go through plain matmuls with their task's weights; elsewhere the weights are
+gathered per row for batched matmuls. The backbone's own layer norms stay frozen
 (the reference recipes also train them: `unfreeze_layer_norms`).
 """
 
@@ -41,6 +43,8 @@ POSITIONS = ("attention", "ffn")  # adapter positions in a layer; their index is
 
 class _Hyperformer(TaskEmbeddingMethod):
     """What both variants share: task embeddings, hooks, routing, saving, counting."""
+
+    groups_rows = True
 
     stack_name: str  # the attribute holding the variant's StackedHyperNets (and its saved prefix)
 
@@ -92,8 +96,11 @@ class _Hyperformer(TaskEmbeddingMethod):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
             if self.batch is None:
                 return None
-            adapter = self.generate(layer, position).per_row(self.batch)
-            return apply_adapter(output, adapter, self.activation)
+            adapter = self.generate(layer, position)
+            if self.batch.segments is not None:  # rows grouped by task (CPU): each task's range on its own
+                return self.batch.segmented(lambda x, *weights: apply_adapter(x, GeneratedAdapter(*weights), self.activation),
+                                            (output,), list(vars(adapter).values()))
+            return apply_adapter(output, adapter.per_row(self.batch), self.activation)
         return hook
 
     # ------------------------------------------------------------------ parameters

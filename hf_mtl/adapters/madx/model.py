@@ -78,6 +78,7 @@ class MadXMethod(AdapterMethod):
     """
 
     name = "madx"
+    groups_rows = True
     routes_per_row = True
 
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):

@@ -44,6 +44,7 @@ class PalsMethod(PerRowMethod):
     """
 
     name = "pals"
+    groups_rows = True
 
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
         super().__init__(backbone_config, config)
@@ -88,7 +89,8 @@ class PalsMethod(PerRowMethod):
         for part in ("encoder", "decoder"):
             weight = stack_parameters({n: getattr(p, part).weight for n, p in zip(batch.names, pals)}, batch.names)
             bias = stack_parameters({n: getattr(p, part).bias for n, p in zip(batch.names, pals)}, batch.names)
-            self._shared[part] = (batch.per_row(weight), batch.per_row(bias))
+            # per task (T, ...) when each task's rows form one range (see `_add_pal`), else per row
+            self._shared[part] = (weight, bias) if batch.segments is not None else (batch.per_row(weight), batch.per_row(bias))
 
     def release(self) -> None:
         self._shared.clear()
@@ -110,9 +112,15 @@ class PalsMethod(PerRowMethod):
             names = self.batch.names
             weight = stack_parameters({n: self._task(n).layers[index].weight for n in names}, names)
             bias = stack_parameters({n: self._task(n).layers[index].bias for n in names}, names)
-            qkv = (self.batch.per_row(weight), self.batch.per_row(bias))
-            pal = projected_attention(hidden, self._shared["encoder"], qkv, self._shared["decoder"],
-                                      self.options.pal_heads, mask)
+            heads = self.options.pal_heads
+            if self.batch.segments is not None:  # rows grouped by task (CPU): each task's range on its own
+                def one_task(h, m, enc_w, enc_b, qkv_w, qkv_b, dec_w, dec_b):
+                    return projected_attention(h, (enc_w, enc_b), (qkv_w, qkv_b), (dec_w, dec_b), heads, m)
+                pal = self.batch.segmented(one_task, (hidden, mask),
+                                           [*self._shared["encoder"], weight, bias, *self._shared["decoder"]])
+            else:
+                qkv = (self.batch.per_row(weight), self.batch.per_row(bias))
+                pal = projected_attention(hidden, self._shared["encoder"], qkv, self._shared["decoder"], heads, mask)
             return output + pal
         return hook
 
