@@ -67,3 +67,18 @@ def launch_two_processes(script_text: str, out: Path, script: Path, timeout: int
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     return r0, r1
+
+
+def assert_mixed_equals_single(model, inputs: dict, rows: list[str]) -> None:
+    """A mixed-task batch gives each task's rows the logits of those rows run as a one-task batch (1e-5);
+    token logits are compared on the one-task batch's (shorter) padded length."""
+    import torch
+
+    with torch.no_grad():
+        mixed = model(**inputs, task=rows)
+        for name in dict.fromkeys(rows):
+            idx = mixed.task_rows[name]
+            single = model(**{k: v[idx] for k, v in inputs.items()}, task=name).logits
+            got = mixed.task_logits[name]
+            got = got[:, : single.shape[1]] if single.dim() == 3 else got
+            torch.testing.assert_close(got, single, rtol=1e-5, atol=1e-5)

@@ -17,7 +17,7 @@ from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.store import CONFIG_NAME
 
-from helpers import tiny_tokenizer
+from helpers import assert_mixed_equals_single, tiny_tokenizer
 
 load_builtin_methods()
 
@@ -163,15 +163,4 @@ def _load_same_backbone(path: Path, tok, model: MultiTaskModel, backbone_state) 
 @pytest.mark.parametrize("method,arch", [c for c in CASES if ADAPTER_METHODS[c[0]].routes_per_row])
 def test_mixed_batch_equals_task_by_task(method: str, arch: str) -> None:
     model, tok = build(method, arch)
-    inputs = batch(tok)
-    rows = ["sent", "ner", "topic", "sent"]
-    with torch.no_grad():
-        mixed = model(**inputs, task=rows)
-        for name in dict.fromkeys(rows):
-            idx = mixed.task_rows[name]
-            single = model(**{k: v[idx] for k, v in inputs.items()}, task=name).logits
-            got = mixed.task_logits[name]
-            if single.dim() == 3:  # token logits: compare the unpadded positions
-                length = single.shape[1]
-                got = got[:, :length]
-            torch.testing.assert_close(got, single, rtol=1e-5, atol=1e-5)
+    assert_mixed_equals_single(model, batch(tok), ["sent", "ner", "topic", "sent"])

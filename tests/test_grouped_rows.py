@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hf_mtl.adapters.base import contiguous_segments
+from helpers import assert_mixed_equals_single
 from test_adapter_matrix import batch, build
 
 GROUPING = ["bottleneck", "madx", "pals", "hyperformer", "hyperformer++"]
@@ -59,11 +60,4 @@ def test_rows_already_grouped_are_not_moved(method: str) -> None:
     rows = ["sent", "sent", "topic", "ner"]
     routing = model.routing(rows, len(rows), torch.device("cpu"))
     assert model._task_order(routing) is None  # nothing to reorder: the ranges are used in place
-    inputs = batch(tok)
-    with torch.no_grad():
-        mixed = model(**inputs, task=rows)
-        for name in dict.fromkeys(rows):
-            idx = mixed.task_rows[name]
-            single = model(**{k: v[idx] for k, v in inputs.items()}, task=name).logits
-            got = mixed.task_logits[name]
-            torch.testing.assert_close(got[:, : single.shape[1]] if got.dim() == 3 else got, single, rtol=1e-5, atol=1e-5)
+    assert_mixed_equals_single(model, batch(tok), rows)

@@ -19,7 +19,7 @@ from hf_mtl.errors import StoreError, TaskConfigError
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.store import _load_weights
 
-from helpers import tiny_tokenizer
+from helpers import assert_mixed_equals_single, tiny_tokenizer
 
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
               max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -55,17 +55,6 @@ def hidden(model: MultiTaskModel, inputs: dict, task: str, language: str | None 
         routing.languages = [language] * inputs["input_ids"].shape[0]
     with torch.no_grad(), model.adapter.route(routing):
         return model.backbone(**inputs).last_hidden_state
-
-
-def assert_mixed_equals_single(model: MultiTaskModel, inputs: dict, rows: list[str]) -> None:
-    with torch.no_grad():
-        mixed = model(**inputs, task=rows)
-        for name in dict.fromkeys(rows):
-            idx = mixed.task_rows[name]
-            single = model(**{k: v[idx] for k, v in inputs.items()}, task=name).logits
-            got = mixed.task_logits[name]
-            got = got[:, : single.shape[1]] if single.dim() == 3 else got
-            torch.testing.assert_close(got, single, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- lora

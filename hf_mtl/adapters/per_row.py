@@ -56,7 +56,7 @@ class BatchTasks:
                 per-task values with a leading dimension of 1.
             rowwise: (B, ...) tensors sliced to the range; None, or a leading dimension of 1 (broadcast over
                 rows), passes unchanged.
-            stacked: (T, ...) per-task values; task i's enter as [i:i+1].
+            stacked: (T, ...) per-task values; task i's enter as (1, ...) (a split of the stack).
         """
         batch, sizes = self.rows.shape[0], segment_sizes(self.segments)
         # one split per tensor, not a slice per range: a split's backward is one concatenation, while each

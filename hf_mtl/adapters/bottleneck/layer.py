@@ -24,8 +24,9 @@ B=32, H=384, 4 tasks interleaved row by row, 2 CPU threads, median ms):
 So grouping wins once 2r >= L, on the CPU. When the owners' rows already sit in one range each
 (`RowOwners.segments`: `MultiTaskModel` orders a mixed batch's rows by task around the backbone on the
 CPU, see `AdapterMethod.groups_rows`), each owner's range runs as a view (a split, whose backward is one
-concatenation) and only the outputs are concatenated: neither weights nor activations are gathered. On a GPU, where a small model's step is bound by kernel launches,
-the per-row path (a fixed number of kernels whatever the number of owners) is kept.
+concatenation) and only the outputs are concatenated: neither weights nor activations are gathered.
+On a GPU, where a small model's step is bound by kernel launches, the per-row path (a fixed number of
+kernels whatever the number of owners) is kept.
 (An earlier measurement at r=24: a block-masked concatenation of all owners cost 1.6x the single-owner cost.)
 
 The scaling s multiplies W_up and b_up (r x D values), not the output (B x L x D values): s(zW + b) = z(sW) + sb.

@@ -98,8 +98,9 @@ class _Hyperformer(TaskEmbeddingMethod):
                 return None
             adapter = self.generate(layer, position)
             if self.batch.segments is not None:  # rows grouped by task (CPU): each task's range on its own
-                return self.batch.segmented(lambda x, *weights: apply_adapter(x, GeneratedAdapter(*weights), self.activation),
-                                            (output,), list(vars(adapter).values()))
+                def one_task(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+                    return apply_adapter(x, GeneratedAdapter(*weights), self.activation)
+                return self.batch.segmented(one_task, (output,), list(vars(adapter).values()))
             return apply_adapter(output, adapter.per_row(self.batch), self.activation)
         return hook
 
