@@ -142,31 +142,3 @@ def test_an_eager_backbone_stays_eager_in_every_layer():
     bases = [getattr(layer.attention.self, attention_module._BASE) for layer in model.backbone.encoder.layer]
     assert bases == ["eager", "eager"]
     assert model.backbone.config._attn_implementation == "hf_mtl"
-
-
-@pytest.mark.parametrize("mask_rows", [0, 1, 6])  # no mask, one mask for every row, a mask per row
-def test_attention_in_row_chunks_equals_the_whole_batch(monkeypatch, mask_rows):
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(6, 2, 8, 4, requires_grad=True) for _ in range(3))
-    mask = None if not mask_rows else torch.rand(mask_rows, 1, 8, 8) > 0.3
-    module = nn.Module().train()
-
-    calls = []
-    real_dropped = attention_module.dropped
-    monkeypatch.setattr(attention_module, "dropped", lambda x, p: calls.append(x.shape[0]) or real_dropped(x, p))
-
-    def run(chunk_bytes: int):
-        monkeypatch.setattr(attention_module, "_CHUNK_BYTES", chunk_bytes)
-        torch.manual_seed(1)  # the same random words: chunks draw them in the batch's element order
-        out, weights = _eager(module, q, k, v, mask, dropout=0.2, fast_dropout=True)
-        assert weights is None
-        return (out, *torch.autograd.grad(out.square().sum(), [q, k, v]))
-
-    one_row = 2 * 8 * 8 * 4  # bytes of one row's attention maps
-    whole = run(1 << 30)
-    assert calls == [6]
-    chunked = run(2 * one_row)  # rows 0-1, 2-3, 4-5
-    assert calls == [6, 2, 2, 2]
-    assert chunked[0].shape == (6, 8, 2, 4)
-    for got, want in zip(chunked, whole):
-        torch.testing.assert_close(got, want)

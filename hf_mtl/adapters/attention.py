@@ -37,28 +37,11 @@ _FAST_DROPOUT = "_hf_mtl_fast_dropout"
 Modifier = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], tuple]
 
 
-# The fast-dropout path runs the batch in row chunks whose (rows, h, Lq, Lk) attention maps stay near this
-# size: the maps of a whole batch (25 MB at 32 x 12 heads x 128 x 128 in float32, 29 MB with 20 prefix keys)
-# overflow the CPU's caches, and every pass over them (scores, mask, softmax, dropout, their backward) then
-# runs from memory. Measured on the 2-core CPU, one MiniLM attention forward + backward at B = 32, L = 128:
-# 113 ms whole, 107 in chunks of 4 MiB; with 20 prefix keys 156 ms whole, 125 in chunks.
-_CHUNK_BYTES = 4 << 20
-
-
 def _eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
            attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
            fast_dropout: bool = False, **kwargs: Any):
     """softmax(QKᵀ·scaling + M) V with dropout on the probabilities; returns (B, Lq, h, d) and the
     probabilities (None where the fast dropout ran: like SDPA, it keeps no dropped copy of them)."""
-    batch, heads, q_len, _ = query.shape
-    map_bytes = heads * q_len * key.shape[2] * query.element_size()  # one row's attention maps
-    rows = max(1, _CHUNK_BYTES // map_bytes)
-    if fast_dropout and batch > rows:  # row chunks: see _CHUNK_BYTES
-        def chunks(t: torch.Tensor | None) -> list:
-            return list(t.split(rows)) if t is not None and t.shape[0] == batch else [t] * -(-batch // rows)
-        parts = [_eager(module, q, k, v, m, scaling=scaling, dropout=dropout, fast_dropout=True)[0]
-                 for q, k, v, m in zip(*(chunks(t) for t in (query, key, value, attention_mask)))]
-        return torch.cat(parts), None
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     weights = torch.matmul(query * scaling, key.transpose(2, 3))  # (B, h, Lq, Lk)
     if attention_mask is not None:
