@@ -74,9 +74,8 @@ class Routing:
     languages: list[str | None] | None = None
     row_tasks: list[str] | None = None
 
-    def reordered(self, rows: torch.Tensor) -> "Routing":
-        """The routing of the batch with its rows taken in the order `rows` (B,) (on `task_ids`' device)."""
-        order = rows.tolist()  # a host tensor on the CPU, where rows are reordered (`MultiTaskModel._task_order`)
+    def reordered(self, order: list[int], rows: torch.Tensor) -> "Routing":
+        """The routing of the batch with its rows taken in the order `order` (`rows`: the same on `task_ids`' device)."""
         return Routing(
             task_ids=self.task_ids.index_select(0, rows), task_names=self.task_names, batch_tasks=self.batch_tasks,
             languages=None if self.languages is None else [self.languages[i] for i in order],

@@ -297,10 +297,12 @@ class MultiTaskModel(nn.Module):
         kwargs = {k: v for k, v in zip(_BACKBONE_INPUTS, inputs) if v is not None and k in self._forward_args}
         order = self._task_order(routing)
         if order is not None:  # the backbone sees the rows grouped by task; the heads see them in batch order
-            rows, inverse = order
-            batch_size = routing.task_ids.numel()
-            kwargs = {k: v.index_select(0, rows) if v.shape[0] == batch_size else v for k, v in kwargs.items()}
-            routing = routing.reordered(rows)
+            inverse = [0] * len(order)
+            for new, old in enumerate(order):
+                inverse[old] = new
+            rows, inverse = host_index(order, routing.task_ids.device), host_index(inverse, routing.task_ids.device)
+            kwargs = {k: v.index_select(0, rows) if v.shape[0] == len(order) else v for k, v in kwargs.items()}
+            routing = routing.reordered(order, rows)
         with self.adapter.route(routing):
             out = self.backbone(**kwargs, output_hidden_states=bool(layers), return_dict=True)
         hidden = {None: out.last_hidden_state}  # (B, L, H)
@@ -310,9 +312,9 @@ class MultiTaskModel(nn.Module):
             hidden = {k: v.index_select(0, inverse) for k, v in hidden.items()}
         return hidden
 
-    def _task_order(self, routing: Routing) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _task_order(self, routing: Routing) -> list[int] | None:
         """For a method with `groups_rows`, on the CPU: the row order that groups a mixed batch's rows by task
-        (stable; in order of the tasks' first appearance) and its inverse; None when there is nothing to reorder.
+        (stable; in order of the tasks' first appearance); None when there is nothing to reorder.
 
         Such methods run each task's range of rows through plain matmuls instead of gathering per-row weights
         (measured on the 2-core CPU, one Hyperformer adapter's forward + backward at B=32, L=128, H=384, 4 tasks
@@ -328,11 +330,7 @@ class MultiTaskModel(nn.Module):
         keys = [position[task] for task in routing.row_tasks]
         if contiguous_segments(keys) is not None:
             return None
-        rows = sorted(range(len(keys)), key=keys.__getitem__)
-        inverse = [0] * len(rows)
-        for new, old in enumerate(rows):
-            inverse[old] = new
-        return host_index(rows, routing.task_ids.device), host_index(inverse, routing.task_ids.device)
+        return sorted(range(len(keys)), key=keys.__getitem__)
 
     def _head(self, name: str, hidden: dict[int | None, torch.Tensor], attention_mask: torch.Tensor | None,
               rows: torch.Tensor | None = None) -> torch.Tensor:
