@@ -78,26 +78,45 @@ def test_module_eval_is_identity_and_replacement_keeps_p():
     assert torch.equal(model.eval()[1](x), x)
 
 
-def test_attention_with_fast_dropout_equals_the_reference_with_the_same_mask():
+def _attention_mask(kind: str) -> torch.Tensor | None:
+    if kind == "none":
+        return None
+    mask = torch.ones(3, 1, 5, 7, dtype=torch.bool)
+    mask[1, ..., 4:] = False  # padded keys
+    if kind == "bool_row_all_masked":
+        mask[2, :, 1] = False  # one query row that may attend nowhere: uniform probabilities, no dS
+    if kind == "float_requires_grad":  # an additive mask with a learned part (CA-MTL's conditional bias)
+        return (torch.zeros(mask.shape).masked_fill(~mask, -1e4) + torch.randn(3, 1, 5, 7)).requires_grad_(True)
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["bool", "none", "bool_row_all_masked", "float_requires_grad"])
+def test_attention_with_fast_dropout_equals_the_reference_with_the_same_mask(kind):
+    """The fused attention function (forward and backward) against autograd through the composite ops."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(3, 2, 5, 8, requires_grad=True) for _ in range(3))
-    mask = torch.ones(3, 1, 5, 5, dtype=torch.bool)
-    mask[1, ..., 3:] = False
+    q = torch.randn(3, 2, 5, 8, requires_grad=True)
+    k, v = (torch.randn(3, 2, 7, 8, requires_grad=True) for _ in range(2))  # 7 keys: prefixes make Lk != Lq
+    mask = _attention_mask(kind)
+    leaves = [q, k, v] + ([mask] if kind == "float_requires_grad" else [])
     module = nn.Module().train()
     torch.manual_seed(9)
     out, _ = _eager(module, q, k, v, mask, dropout=0.25, fast_dropout=True)
-    out.square().sum().backward()
-    ours = [out.detach(), *(t.grad.clone() for t in (q, k, v))]
-    for t in (q, k, v):
+    (out.square() * torch.arange(8.0)).sum().backward()
+    ours = [out.detach(), *(t.grad.clone() for t in leaves)]
+    for t in leaves:
         t.grad = None
     torch.manual_seed(9)  # the same random words: rebuild the mask the reference way
-    weights = (q @ k.transpose(2, 3) / math.sqrt(8)).masked_fill(~mask, torch.finfo(q.dtype).min).softmax(-1)
+    scores = q @ k.transpose(2, 3) / math.sqrt(8)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(q.dtype).min) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(-1)
     keep = ~drop_mask(weights.shape, fast_threshold(0.25))
     reference = ((weights * keep / (1 - fast_threshold(0.25) / 65536)) @ v).transpose(1, 2)
-    reference.square().sum().backward()
-    for got, want in zip(ours, [reference.detach(), q.grad, k.grad, v.grad]):
-        assert torch.allclose(got, want, atol=1e-5)
-    assert (out.detach()[1, 3:] != 0).all()  # masked keys were not attended, the rows themselves were kept
+    (reference.square() * torch.arange(8.0)).sum().backward()
+    for got, want in zip(ours, [reference.detach(), *(t.grad for t in leaves)]):
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    if kind == "bool":  # padded keys were not attended: no gradient reaches them
+        assert not ours[2][1, :, 4:].any() and not ours[3][1, :, 4:].any() and ours[2][1, :, :4].abs().sum() > 0
 
 
 def test_model_uses_fast_dropout_on_cpu_training_only(monkeypatch):
