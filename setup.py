@@ -29,7 +29,7 @@ setup(
         "conllu>=5.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout"],
+        "test": ["pytest>=8", "pytest-timeout", "matplotlib", "psutil"],  # the benchmark smoke tests run the plots
         "bench": ["matplotlib", "psutil"],
     },
     entry_points={"console_scripts": ["hf-mtl=hf_mtl.cli:main"]},

@@ -28,6 +28,11 @@ same floor step 2.4-3.8% slower there than in a light second process on the 2-co
 long as they live (benchmarks/process_placebo.py), so every runner restarts every `--restart-every` rounds
 (default 5) and a process's own speed averages out over the run.
 
+Memory between steps: on the CPU every timing process (hf_mtl's, PEFT's and AdapterHub's alike) runs with the malloc
+thresholds that MultiTaskTrainer sets there (`hf_mtl.modeling.cpu_memory.keep_freed_memory`, given to the runners as
+MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_), so freed activations are reused instead of faulted in anew each step;
+`--malloc default` keeps glibc's own (the runs before 2026-11-28 used those).
+
 Timing (single timings swing +-10-30% on a shared machine, ../shared/STACK.md): the configurations
 are grouped by method, each group preceded and followed by a floor step, and every round runs all
 groups (order reversed every other round). A configuration's ratio to the floor is its step time over
@@ -76,7 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapterhub_runner import PROTOCOL, Bench, answer_commands, count, emit, make_inputs, peak_rss_delta_mib, step_gflop  # noqa: E402  (no hf_mtl inside)
 
 from hf_mtl import Task  # noqa: E402
-from hf_mtl.modeling import MultiTaskModel  # noqa: E402
+from hf_mtl.modeling import MultiTaskModel, cpu_memory  # noqa: E402
 from hf_mtl.modeling.backbone import build_backbone, load_backbone_config, load_tokenizer, resolve_model_path  # noqa: E402
 from hf_mtl.modeling.heads import SequenceHead  # noqa: E402
 
@@ -89,6 +94,10 @@ VENV_REQUIREMENTS = ["adapters==1.3.*", "transformers==4.57.6"]
 DATA = HERE.parent.parent / "shared" / "data"
 TASKS = [Task(f"t{i}", labels=["neg", "pos"]) for i in range(4)]
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # fixed threshold: freed tensors return to the OS
+# every timing process (hf_mtl's, PEFT's and AdapterHub's runners) with the malloc settings that MultiTaskTrainer applies
+# on the CPU (hf_mtl.modeling.cpu_memory.keep_freed_memory), as environment variables so that all three get them alike
+KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(cpu_memory.MMAP_THRESHOLD),
+                         "MALLOC_TRIM_THRESHOLD_": str(cpu_memory.TRIM_THRESHOLD)}
 
 # hf_mtl method name in the table -> (adapter_method, adapter_config)
 HF_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -314,15 +323,15 @@ class Runner:
     `--serve` for hf_mtl and PEFT. Only one process computes at a time: the parent waits for each answer.
     """
 
-    def __init__(self, command: list[str]):
-        self.command = command
+    def __init__(self, command: list[str], env: dict[str, str] | None = None):
+        self.command, self.env = command, env or {}
         self._start()
         self.info = _protocol_line(self.process)
 
     def _start(self) -> None:
         self.process = subprocess.Popen(
             self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"},
+            env={**os.environ, **self.env, "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"},
         )
 
     def run(self, names: list[str], steps: int) -> dict[str, list[float]]:
@@ -352,13 +361,18 @@ def _shape_args(args: argparse.Namespace) -> list[str]:
 
 def start_adapterhub(python: Path, model_path: str, args: argparse.Namespace) -> Runner:
     """AdapterHub's configurations, in its venv (transformers 4.57)."""
-    return Runner([str(python), str(RUNNER), "--serve", "--model", model_path, *_shape_args(args)])
+    return Runner([str(python), str(RUNNER), "--serve", "--model", model_path, *_shape_args(args)], runner_env(args))
 
 
 def start_local(names: list[str], args: argparse.Namespace) -> Runner:
     """hf_mtl's or PEFT's configurations `names`, in a process of this venv (`--serve`)."""
     return Runner([sys.executable, str(Path(__file__).resolve()), "--serve", json.dumps(names), "--model", args.model,
-                   *_shape_args(args), "--device", args.device] + (["--bf16"] if args.bf16 else []))
+                   *_shape_args(args), "--device", args.device] + (["--bf16"] if args.bf16 else []), runner_env(args))
+
+
+def runner_env(args: argparse.Namespace) -> dict[str, str]:
+    """The malloc settings of the timing processes: `--malloc keep` (default) those of MultiTaskTrainer on the CPU."""
+    return KEEP_FREED_MEMORY_ENV if args.malloc == "keep" and args.device == "cpu" else {}
 
 
 class InlineSource:
@@ -780,6 +794,8 @@ def markdown(result: dict[str, Any]) -> str:
              + ("hf_mtl's models (the floor and full FT included) draw the backbone's dropout masks the fast way on the CPU "
                 "(`fast_dropout`, the default; `floor_torch_dropout` is the floor with torch's masks); PEFT's and "
                 "AdapterHub's use torch's. " if not gpu else "")
+             + ("Every timing process kept freed memory for the next step (malloc thresholds of MultiTaskTrainer on the "
+                "CPU, `--malloc keep`). " if not gpu and a.get("malloc") == "keep" else "")
              + f"Peak memory: {memory}. Load average over the timed rounds: "
              f"{result.get('loadavg_rounds', '-')} on {result['machine']['cpus']} CPUs.", "",
              "FLOPs x floor: the matmul and attention work of one step (forward + backward) over the floor's, counted by "
@@ -888,6 +904,9 @@ def parse_args() -> argparse.Namespace:
                              "library holding only that library's models, as AdapterHub's runner does; 'main': this "
                              "process, which holds every local model (up to 4%% slower per step on a 2-core VM, "
                              "benchmarks/process_control.py)")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="on the CPU, every timing process (all three libraries) keeps freed memory for the next step, "
+                             "as MultiTaskTrainer does (hf_mtl.modeling.cpu_memory); `default`: glibc's own thresholds")
     parser.add_argument("--restart-every", type=int, default=5,
                         help="start every runner process anew after this many rounds (0: never). Two processes timing "
                              "the same step differ by 1-3%% for as long as they live (benchmarks/process_placebo.py), "
@@ -940,6 +959,8 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
                 if local:
                     started(library, start_local(list(dict.fromkeys(local)), args))
         else:
+            if args.malloc == "keep" and args.device == "cpu":
+                cpu_memory.keep_freed_memory()
             benches = LazyBenches(build_local(args.model, inputs, set(names), where), args.warmup)
             benches[FLOOR].run(1)  # the process's one-time initialisations, before the first measured step
             started("hf_mtl", InlineSource(benches))

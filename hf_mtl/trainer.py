@@ -31,6 +31,7 @@ from .data.samplers import SAMPLING_STRATEGIES, MultiTaskBatchSampler, TaskSched
 from .errors import DataError, TaskConfigError
 from .io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
+from .modeling.cpu_memory import keep_freed_memory
 from .modeling.model import MultiTaskModel
 from .modeling.store import CONFIG_NAME, load_trainable_state
 from .optim.feedback import SchedulerFeedback, build_held_out
@@ -83,6 +84,8 @@ class MultiTaskTrainer(Trainer):
             eval_dataset={name: TaskDataset(name, data) for name, data in evals.items()} or None,
             compute_metrics=self._compute_metrics, **kwargs,
         )
+        if getattr(args, "cpu_keep_freed_memory", True) and self.args.device.type == "cpu":  # hf_mtl.modeling.cpu_memory
+            keep_freed_memory()
         self.model_accepts_loss_kwargs = False  # the model returns a per-batch mean; the Trainer scales it for GA
         self.task_sampler: MultiTaskBatchSampler | None = None
         self._resume_checkpoint: str | None = None

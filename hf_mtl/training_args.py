@@ -44,6 +44,12 @@ class MultiTaskTrainingArguments(TrainingArguments):
         metadata={"help": "On the CPU, draw the backbone's dropout masks from 16-bit random numbers (about 4x "
                           "cheaper than torch's; same distribution, p rounded to a multiple of 2^-16). GPUs are unaffected."},
     )
+    cpu_keep_freed_memory: bool = field(
+        default=True,
+        metadata={"help": "Training on the CPU under Linux (glibc): keep freed tensor memory in the process for the next "
+                          "step instead of returning it to the OS (mallopt; see hf_mtl.modeling.cpu_memory). Saves the "
+                          "page faults of re-allocating the same activations every step; the process keeps its peak heap."},
+    )
     head_dropout: float | None = field(default=None, metadata={"help": "Dropout of the heads (default: the backbone's)."})
     max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated to this many tokens."})
     pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batches to a multiple of this length."})
