@@ -118,3 +118,18 @@ def test_goal_verdicts_use_the_bootstrap_interval():
     assert ci[0] < 1.0 < ci[1]
     assert bench.verdict(bench.paired(wide, "a", "b"), ci, 1.0).startswith("within noise")
     assert bench.paired_ci(tight[:2], "a", "b") is None  # too few rounds for an interval
+
+
+def test_attention_ab_smoke(tmp_path: Path, monkeypatch, capsys):
+    """benchmarks/attention_ab.py on tiny shapes: both modes run, the table prints, the JSON is written."""
+    spec = importlib.util.spec_from_file_location("attention_ab", REPO_ROOT / "benchmarks" / "attention_ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "ab.json"
+    monkeypatch.setattr(sys, "argv", ["attention_ab.py", "--batch", "2", "--queries", "8", "--keys", "8", "11",
+                                      "--rounds", "2", "--threads", "1", "--output", str(out)])
+    module.main()
+    result = json.loads(out.read_text())
+    assert [r["keys"] for r in result["rows"]] == [8, 11]
+    assert all(len(t) == 2 for t in result["times_s"].values()) and len(result["times_s"]) == 4
+    assert "| 11 |" in capsys.readouterr().out
