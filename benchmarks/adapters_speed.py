@@ -959,7 +959,7 @@ def timing_phase(args: argparse.Namespace, groups: list[list[str]], part: Path) 
                 if local:
                     started(library, start_local(list(dict.fromkeys(local)), args))
         else:
-            if args.malloc == "keep" and args.device == "cpu":
+            if runner_env(args):  # this process times hf_mtl's and PEFT's steps: the runners' malloc settings
                 cpu_memory.keep_freed_memory()
             benches = LazyBenches(build_local(args.model, inputs, set(names), where), args.warmup)
             benches[FLOOR].run(1)  # the process's one-time initialisations, before the first measured step

@@ -84,7 +84,7 @@ class MultiTaskTrainer(Trainer):
             eval_dataset={name: TaskDataset(name, data) for name, data in evals.items()} or None,
             compute_metrics=self._compute_metrics, **kwargs,
         )
-        if getattr(args, "cpu_keep_freed_memory", True) and self.args.device.type == "cpu":  # hf_mtl.modeling.cpu_memory
+        if args.cpu_keep_freed_memory and args.device.type == "cpu":
             keep_freed_memory()
         self.model_accepts_loss_kwargs = False  # the model returns a per-batch mean; the Trainer scales it for GA
         self.task_sampler: MultiTaskBatchSampler | None = None
