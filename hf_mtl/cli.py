@@ -69,7 +69,7 @@ def interrupted_message(output_dir: str, recipe: str, overrides: Sequence[str]) 
     rerun = [*_launcher(), "train", recipe, *kept]
     complete = [c for c in _checkpoints(output_dir) if (c / CHECKPOINT_STATE).is_file()]
     if not complete:
-        return (f"interrupted: no checkpoint was saved in {output_dir} yet (checkpoints come every save_steps). "
+        return (f"interrupted: no checkpoint was saved in {output_dir} yet (see save_strategy and save_steps). "
                 f"Start again with: {shlex.join(rerun)}")
     last = complete[-1]
     resume = "true" if last == _checkpoints(output_dir)[-1] else str(last)
@@ -382,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HfMtlError, FileNotFoundError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # `train` says what was saved; the other commands save nothing
+        print("interrupted.", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -144,6 +144,20 @@ def test_ctrl_c_before_any_checkpoint(tmp_path, monkeypatch, capsys):
     assert code == 130 and "no checkpoint was saved" in err and "resume_from_checkpoint" not in err
 
 
+def test_ctrl_c_in_other_commands_is_one_line(tmp_path, monkeypatch, capsys):
+    import hf_mtl.run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hf_mtl.run, "run_evaluation", interrupted)
+    try:
+        code = main(["eval", str(tmp_path)])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a KeyboardInterrupt traceback")
+    assert code == 130 and capsys.readouterr().err.strip() == "interrupted."
+
+
 # ------------------------------------------------------------------------------------------------ store arguments
 @pytest.mark.parametrize("command", ["predict", "eval", "export"])
 def test_a_mistyped_folder_is_no_such_folder(command, tmp_path, monkeypatch, capsys):
