@@ -261,7 +261,7 @@ def check_store_argument(value: str) -> None:
     if os.path.isdir(value):
         return
     parts = value.split("/")
-    pathlike = (value.startswith(("/", ".", "~")) or "\\" in value or os.sep in value.replace("/", "")
+    pathlike = (value.startswith(("/", ".", "~")) or "\\" in value or os.path.isabs(value)
                 or len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0])))
     if os.path.exists(value):
         raise HfMtlError(f"{value} is a file, not a store folder. Fix: give the output folder that holds mtl_config.json.")
