@@ -1,23 +1,21 @@
-"""`hf-mtl push | pull | export`, registered into `hf_mtl.cli.EXTRA_COMMANDS` when `hf_mtl.hub` is imported.
+"""`hf-mtl push | pull | export`: their arguments and the functions that run them (rows of `hf_mtl.cli.COMMANDS`).
 
     hf-mtl push OUTPUT_DIR user/repo [--tasks a b] [--private] [--revision BRANCH] [--create-pr] [--token T]
     hf-mtl pull user/repo [--tasks a] [--revision REV] [--local-dir DIR] [--token T]
     hf-mtl export OUTPUT_DIR --task T OUT
+
+This module imports only argparse and json: the Hub client and torch are imported when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
-
-from .cli import EXTRA_COMMANDS, _no_extra
 
 
-def _push(args: argparse.Namespace, extra: list[str]) -> int:
+def run_push(args: argparse.Namespace, extra: list[str]) -> int:
     from .hub import push
 
-    _no_extra(extra)
     result = push(args.store, args.repo_id, tasks=args.tasks, private=args.private, revision=args.revision,
                   create_pr=args.create_pr, token=args.token, commit_message=args.message)
     print(json.dumps({"repo_id": result.repo_id, "commit": result.commit, "committed": result.committed,
@@ -25,25 +23,22 @@ def _push(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _pull(args: argparse.Namespace, extra: list[str]) -> int:
+def run_pull(args: argparse.Namespace, extra: list[str]) -> int:
     from .hub import pull
 
-    _no_extra(extra)
     print(pull(args.repo_id, tasks=args.tasks, revision=args.revision, local_dir=args.local_dir, token=args.token))
     return 0
 
 
-def _export(args: argparse.Namespace, extra: list[str]) -> int:
+def run_export(args: argparse.Namespace, extra: list[str]) -> int:
     from .export import export_task
 
-    _no_extra(extra)
     print(export_task(args.store, args.task, args.output, revision=args.revision, token=args.token))
     return 0
 
 
-def register(sub: Any) -> None:
-    """Add the push, pull and export sub-commands to `hf-mtl`'s parser."""
-    push = sub.add_parser("push", help="Push tasks of a store to a Hub repo (other tasks in the repo stay).")
+def push_arguments(push: argparse.ArgumentParser) -> None:
+    """The arguments of `hf-mtl push`."""
     push.add_argument("store", help="A store folder (an output folder of `hf-mtl train`).")
     push.add_argument("repo_id", help="The Hub repo, user/name (created when missing).")
     push.add_argument("--tasks", nargs="+", default=None, help="Only these tasks (default: all of the store).")
@@ -52,23 +47,21 @@ def register(sub: Any) -> None:
     push.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
     push.add_argument("--token", help="Write token (default: HF_TOKEN or `hf auth login`).")
     push.add_argument("--message", help="Commit message.")
-    push.set_defaults(func=_push)
 
-    pull = sub.add_parser("pull", help="Download the files some tasks of a Hub repo need, verified.")
+
+def pull_arguments(pull: argparse.ArgumentParser) -> None:
+    """The arguments of `hf-mtl pull`."""
     pull.add_argument("repo_id", help="The Hub repo, user/name.")
     pull.add_argument("--tasks", nargs="+", default=None, help="Only these tasks (default: all).")
     pull.add_argument("--revision", help="Branch, tag, commit or refs/pr/N.")
     pull.add_argument("--local-dir", help="Put the store in this folder (default: the HF cache).")
     pull.add_argument("--token", help="Token for private repos (default: HF_TOKEN or `hf auth login`).")
-    pull.set_defaults(func=_pull)
 
-    export = sub.add_parser("export", help="Write one task as a standalone transformers model (AutoModelFor...).")
+
+def export_arguments(export: argparse.ArgumentParser) -> None:
+    """The arguments of `hf-mtl export`."""
     export.add_argument("store", help="A store folder or a Hub repo id.")
     export.add_argument("output", help="New folder for the transformers model.")
     export.add_argument("--task", required=True, help="The task to export.")
     export.add_argument("--revision", help="Hub revision of the store.")
     export.add_argument("--token", help="Token for private repos.")
-    export.set_defaults(func=_export)
-
-
-EXTRA_COMMANDS.append(register)

@@ -450,6 +450,3 @@ def _still_valid(target: Path, config: dict[str, Any], name: str) -> bool:
     except StoreError:
         return False
     return True
-
-
-from . import cli_hub  # noqa: E402,F401  (registers `hf-mtl push | pull | export`)

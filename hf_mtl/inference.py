@@ -11,7 +11,9 @@ How a chunk of rows runs depends on the adapter method:
   head reads that pass; otherwise each (input, task) pair is a row of the routes above.
 
 Each row is tokenized the way its task was trained (words for token tasks, pairs for pair tasks),
-then the rows of a chunk are padded together.
+then the rows of a chunk are padded together. A token-task input longer than `max_length` tokens runs
+as consecutive windows of whole words, so every word gets a tag; sequence tasks read the first
+`max_length` tokens.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def predict(
         task: one task name for all rows, one per row, or `"all"` (every task; a task named `all`
             takes precedence). Default: the model's active task (`set_task`).
         batch_size: rows per forward pass.
-        max_length: inputs are truncated to this many tokens.
+        max_length: tokens per row, at most the backbone's positions. Sequence-task inputs are truncated to
+            it; longer token-task inputs run in windows of whole words, so every word gets a tag.
         language: language adapter to use for every row (MAD-X / language adapters), overriding the
             tasks' own: zero-shot transfer to another language.
         tokenizer: defaults to `model.tokenizer`.
@@ -62,16 +65,61 @@ def predict(
     tokenizer = tokenizer or model.tokenizer
     if tokenizer is None:
         raise DataError("predict() needs a tokenizer: the model has none. Fix: pass tokenizer=.")
+    _check_sizes(model, batch_size, max_length)
     if isinstance(task, str) and task == ALL and ALL not in model.heads:
         return _predict_all(model, tokenizer, texts, batch_size, max_length, language)
     names = _per_row_tasks(model, task, len(texts))
+    _check_inputs(model, texts, names)
+    # long token-task inputs become several rows (windows), merged back after the forwards
+    texts, names, owners = _windows_of_rows(model, tokenizer, texts, names, max_length)
     results: list[dict[str, Any] | None] = [None] * len(texts)
     with _eval_mode(model):
         for rows in _chunks(model, names, batch_size):
             outputs = _run_rows(model, tokenizer, [texts[i] for i in rows], [names[i] for i in rows], max_length, language)
             for i, out in zip(rows, outputs):
                 results[i] = out
-    return results  # type: ignore[return-value]
+    return _merge_windows(results, owners)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+# families whose position ids start after the padding index (RoBERTa's `create_position_ids_from_input_ids`)
+_PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "data2vec-text", "xmod", "roberta-prelayernorm"}
+
+
+def max_input_length(config: Any) -> int | None:
+    """The most tokens a row of this backbone can hold: `max_position_embeddings`, less the positions
+    RoBERTa-like models skip (pad_token_id + 1); None when the config sets no such limit."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "model_type", None) in _PADDING_OFFSET_POSITIONS:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
+def _check_sizes(model: Any, batch_size: Any, max_length: Any) -> None:
+    for field, value in (("batch_size", batch_size), ("max_length", max_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"predict({field}={value!r}): {field} must be a positive integer.")
+    limit = max_input_length(model.config)
+    if limit is not None and max_length > limit:
+        raise DataError(f"max_length={max_length} is above the {limit} tokens a row of this "
+                        f"{getattr(model.config, 'model_type', 'backbone')} backbone holds (max_position_embeddings="
+                        f"{model.config.max_position_embeddings}). Fix: --max-seq-length (max_length=) {limit} or less.")
+
+
+def _check_inputs(model: Any, texts: Sequence[Any], names: list[str]) -> None:
+    """Each input as its task reads it: a string; a word list (token tasks); a (text, text_pair) pair."""
+    for i, (text, name) in enumerate(zip(texts, names)):
+        if isinstance(text, str):
+            continue
+        task = model.tasks[name]
+        if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
+            if task.is_token_level or (task.text_pair_column and len(text) == 2):
+                continue
+        want = "a string or a list of words" if task.is_token_level else (
+            "a string or a (text, text_pair) pair of strings" if task.text_pair_column else "a string")
+        raise DataError(f"input {i} for task {name!r} is {type(text).__name__} {str(text)[:40]!r}: give {want}.")
 
 
 def shares_backbone(model: Any) -> bool:
@@ -153,6 +201,14 @@ def _predict_all(model: Any, tokenizer: Any, texts: Sequence[Any], batch_size: i
     with _eval_mode(model):
         for start in range(0, len(texts), batch_size):
             out += _shared_pass(model, tokenizer, list(texts[start:start + batch_size]), names, max_length)
+    # the shared pass truncates: token tasks answer inputs longer than max_length again, in windows
+    token_names = [n for n in names if model.tasks[n].is_token_level]
+    long = [i for i, w in enumerate(word_windows(tokenizer, texts, max_length) if token_names else []) if w]
+    for name in token_names if long else []:
+        again = predict(model, [texts[i] for i in long], task=name, batch_size=batch_size, max_length=max_length,
+                        language=language, tokenizer=tokenizer)
+        for i, row in zip(long, again):
+            out[i][name] = row
     return out
 
 
@@ -287,6 +343,71 @@ def _pad(tokenizer: Any, rows: list[dict[str, list[int]]]) -> tuple[dict[str, to
         out[key] = torch.tensor(padded, dtype=torch.long)
     offsets = [length - len(r["input_ids"]) if left else 0 for r in rows]
     return out, offsets
+
+
+# ---------------------------------------------------------------------------------------------------- windows
+def _windows_of_rows(model: Any, tokenizer: Any, texts: Sequence[Any], names: list[str],
+                     max_length: int) -> tuple[list[Any], list[str], list[int]]:
+    """The rows to run: each input once, but a token-task input longer than `max_length` tokens as
+    consecutive windows of its words. Returns the rows, their tasks and each row's input index."""
+    token_rows = [i for i, n in enumerate(names) if model.tasks[n].is_token_level]
+    windows = dict(zip(token_rows, word_windows(tokenizer, [texts[i] for i in token_rows], max_length)))
+    rows: list[Any] = []
+    row_names: list[str] = []
+    owners: list[int] = []
+    for i, (text, name) in enumerate(zip(texts, names)):
+        pieces = windows.get(i) or [text]
+        rows += pieces
+        row_names += [name] * len(pieces)
+        owners += [i] * len(pieces)
+    return rows, row_names, owners
+
+
+def word_windows(tokenizer: Any, texts: Sequence[Any], max_length: int) -> list[list[list[str]] | None]:
+    """For each token-task input, its words cut into consecutive windows whose tokens (with the special
+    tokens) fit `max_length`, or None when the input fits as it is. A single word longer than a window
+    gets a window of its own (its first tokens are kept, which is all its tag needs)."""
+    words = [t.split() if isinstance(t, str) else list(t) for t in texts]
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    out: list[list[list[str]] | None] = [None] * len(words)
+    if not words:
+        return out
+    enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False, truncation=False, verbose=False)
+    for j, row in enumerate(words):
+        if len(enc["input_ids"][j]) <= budget:
+            continue
+        if budget < 1:
+            raise DataError(f"max_length={max_length} leaves no room for words next to the "
+                            f"{max_length - budget} special tokens. Fix: a larger --max-seq-length (max_length=).")
+        counts = [0] * len(row)
+        for w in enc.word_ids(j):
+            counts[w] += 1
+        out[j] = [row[a:b] for a, b in _spans(counts, budget)]
+    return out
+
+
+def _spans(counts: list[int], budget: int) -> list[tuple[int, int]]:
+    """Greedy (start, end) word spans whose token counts sum to at most `budget` (a longer word alone)."""
+    spans, start, used = [], 0, 0
+    for k, count in enumerate(counts):
+        if used + count > budget and k > start:
+            spans.append((start, k))
+            start, used = k, 0
+        used += count
+    spans.append((start, len(counts)))
+    return spans
+
+
+def _merge_windows(results: list[dict[str, Any]], owners: list[int]) -> list[dict[str, Any]]:
+    """One result per input: the windows of an input (consecutive rows) joined in word order."""
+    merged: list[dict[str, Any]] = []
+    for k, (result, owner) in enumerate(zip(results, owners)):
+        if k and owners[k - 1] == owner:
+            for key in ("tokens", "tags", "scores"):
+                merged[-1][key] = merged[-1][key] + result[key]
+        else:
+            merged.append(result)
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------------- results

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, RobertaConfig
 
-from hf_mtl import StoreError, Task, TaskConfigError, UnknownTaskError
+from hf_mtl import DataError, StoreError, Task, TaskConfigError, UnknownTaskError
 from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
 from hf_mtl.cli import main
 from hf_mtl.export import export_task
@@ -262,3 +262,90 @@ def test_cli_export(tmp_path, base, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "out")
     assert AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "out")).config.id2label == {0: "neg", 1: "pos"}
     assert (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ long inputs, bad sizes
+def test_a_long_token_input_gets_a_tag_for_every_word():
+    """A token-task input far longer than max_length runs in windows of whole words: one tag per word."""
+    model = build(task_list=tasks()[:2])
+    words = [w for _ in range(200) for w in ("john", "smith", "lives", "in", "paris")]  # 1000 words
+    row = model.predict([" ".join(words)], task="ner", max_length=32)[0]
+    assert row["tokens"] == words and len(row["tags"]) == len(words) == len(row["scores"])
+    # each window is exactly what the same words give alone
+    first = model.predict([words[:30]], task="ner", max_length=32)[0]
+    assert row["tags"][:30] == first["tags"]
+    short = model.predict(["john smith"], task="ner", max_length=32)[0]
+    both = model.predict([words, "john smith"], task="ner", max_length=32, batch_size=4)
+    assert len(both[0]["tags"]) == 1000 and both[1]["tags"] == short["tags"]
+    every = model.predict([" ".join(words)], task="all", max_length=32)[0]
+    assert len(every["ner"]["tags"]) == 1000 and every["sent"]["task"] == "sent"
+
+
+def test_predict_refuses_bad_sizes_and_inputs():
+    model = build()
+    for kwargs, message in [({"batch_size": 0}, r"batch_size=0\): batch_size must be a positive integer"),
+                            ({"max_length": -5}, r"max_length=-5\): max_length must be a positive integer"),
+                            ({"max_length": 129}, r"max_length=129 is above the 128 tokens .*Fix: .*128 or less")]:
+        with pytest.raises(DataError, match=message):
+            model.predict(["good film"], task="sent", **kwargs)
+    for text in (5, None, ["good", 3]):
+        with pytest.raises(DataError, match=r"input 0 for task 'sent' is .*give a string"):
+            model.predict([text], task="sent")
+    assert model.predict(["good film"], task="sent", max_length=128)[0]["task"] == "sent"
+
+
+def test_roberta_positions_skip_the_padding_offset():
+    from hf_mtl.inference import max_input_length
+
+    assert max_input_length(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert max_input_length(tiny_bert_config(10, max_position_embeddings=512)) == 512
+
+
+# ------------------------------------------------------------------------------------------------ CLI predict input checks
+@pytest.fixture()
+def saved_run(tmp_path, base) -> str:
+    build(base=base, task_list=tasks()[:2]).save_pretrained(str(tmp_path / "run"))
+    return str(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"text": "caf\\u00e9"}\n\xff\xfe bad bytes\n', "line 2 is not UTF-8 (byte 0xff at column 1). Fix: save the file as UTF-8"),
+        (b'{"text": 5}\n', "line 1: `text` must be a string, got 5."),
+        (b'good film\n{"text": null}\n', "line 2: `text` must be a string, got null."),
+        (b'{"text": "a", "text_pair": 3}\n', "`text_pair` must be a string"),
+        (b'{"tokens": ["a", 1]}\n', "`tokens` must be a list of strings"),
+        (b'{"txt": "a"}\n', "unknown field(s) ['txt']"),
+    ],
+)
+def test_cli_predict_input_file_errors_are_one_line(saved_run, tmp_path, capsys, content: bytes, message: str):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(content)
+    assert main(["predict", saved_run, "--task", "sent", "--input", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --input {path} line") and "\n" not in err and message in err, err
+
+
+def test_cli_predict_max_seq_length_above_the_model(saved_run, capsys):
+    assert main(["predict", saved_run, "--task", "sent", "--max-seq-length", "1000", "good film"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' own loading progress bar
+    assert err.startswith("error: max_length=1000 is above the 128 tokens") and "\n" not in err
+
+
+def test_cli_predict_prints_strict_json_for_nan_scores(tmp_path, base, capsys):
+    model = build(base=base, task_list=tasks()[:2])
+    with torch.no_grad():
+        for p in model.heads["sent"].parameters():
+            p.fill_(float("nan"))
+    model.save_pretrained(str(tmp_path / "run"))
+    assert main(["predict", str(tmp_path / "run"), "--task", "sent", "good film"]) == 0
+    row = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert row["score"] is None and set(row["scores"].values()) == {None}
+
+
+def test_cli_predict_a_long_token_input(saved_run, tmp_path, capsys):
+    path = tmp_path / "long.txt"
+    path.write_text(" ".join(["john"] * 3000) + "\n", encoding="utf-8")
+    assert main(["predict", saved_run, "--task", "ner", "--input", str(path), "--max-seq-length", "64"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["tags"]) == 3000
