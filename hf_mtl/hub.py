@@ -403,14 +403,14 @@ def _pull_to_folder(api: HfApi, repo_id: str, tasks: list[str] | None, revision:
     _previous_pull(target, repo_id)  # refuse a foreign folder before writing anything into it
     commit = api.repo_info(repo_id, revision=revision).sha
     created = _make_folder(target)
-    record = None
+    own = target / PULL_DIR
     try:
-        (target / PULL_DIR).mkdir(exist_ok=True)
-        with FileLock(str(target / PULL_DIR / "pull.lock")):
+        own.mkdir(exist_ok=True)
+        with FileLock(str(own / "pull.lock")):
             record = _previous_pull(target, repo_id)  # again: another pull may have finished meanwhile
-            for stale in (target / PULL_DIR).glob(f"{STAGING_PREFIX}*"):  # left by killed pulls
+            for stale in own.glob(f"{STAGING_PREFIX}*"):  # left by killed pulls (the lock says none is running)
                 shutil.rmtree(stale, ignore_errors=True)
-            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target / PULL_DIR))
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=own))
             try:
                 files = staging / "files"
 
@@ -424,9 +424,9 @@ def _pull_to_folder(api: HfApi, repo_id: str, tasks: list[str] | None, revision:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
-        if record is None:  # nothing of this repo was ever installed here: leave no trace
-            shutil.rmtree(target / PULL_DIR, ignore_errors=True)
-            _remove_empty_folders(target, created)
+        if not (own / "pull.json").exists():  # nothing was ever installed here: leave no trace
+            (own / "pull.lock").unlink(missing_ok=True)
+            _remove_empty_folders(own, created or own)
         raise
     return target
 
@@ -438,16 +438,14 @@ def _make_folder(target: Path) -> Path | None:
     return missing[-1] if missing else None
 
 
-def _remove_empty_folders(target: Path, created: Path | None) -> None:
-    """Remove `target` and its parents up to `created` (the folders a failed pull made), while empty."""
-    if created is None:
-        return
-    for folder in (target, *target.parents):
+def _remove_empty_folders(folder: Path, last: Path) -> None:
+    """Remove `folder` and its parents up to `last` (the folders a failed pull made), while empty."""
+    for each in (folder, *folder.parents):
         try:
-            folder.rmdir()
+            each.rmdir()
         except OSError:
             return
-        if folder == created:
+        if each == last:
             return
 
 
@@ -560,21 +558,22 @@ def _install(files: Path, target: Path, config: dict[str, Any], names: list[str]
     owners = {owner_of(rel) for rel in wanted}
     dropped = sorted(rel for rel in ours if owner_of(rel) in owners and rel not in wanted)
     old_config = [sha256_file(target / CONFIG_NAME)] if (target / CONFIG_NAME).is_file() else []
-    earlier = [t for t in config["tasks"] if t not in names and _still_valid(target, config, t)]
-    present = [t for t in config["tasks"] if t in names or t in earlier]
-    listed = {rel: e for rel, e in config.get("files", {}).items()
-              if owner_of(rel) in present or (is_shared_part(rel) and (rel in wanted or (target / rel).is_file()))}
-    new_config = {**config, "tasks": present, "files": listed}
-    new_sha = hashlib.sha256(_json_bytes(new_config)).hexdigest()
-    record.write(target, ours | set(incoming), [*old_config, new_sha])
+    record.write(target, ours | set(incoming), old_config)
     for rel in dropped:  # files of the replaced folders that this commit no longer has
         (target / rel).unlink(missing_ok=True)
     for rel in incoming:
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         os.replace(files / rel, target / rel)
     _remove_empty_parents(target, dropped)
-    atomic_write_bytes(target / CONFIG_NAME, _json_bytes(new_config))
-    record.write(target, (ours - set(dropped)) | set(incoming), [new_sha])
+    earlier = [t for t in config["tasks"] if t not in names and _still_valid(target, config, t)]
+    present = [t for t in config["tasks"] if t in names or t in earlier]
+    listed = {rel: e for rel, e in config.get("files", {}).items()
+              if owner_of(rel) in present or (is_shared_part(rel) and (target / rel).is_file())}
+    data = _json_bytes({**config, "tasks": present, "files": listed})
+    kept, new_config = (ours - set(dropped)) | set(incoming), hashlib.sha256(data).hexdigest()
+    record.write(target, kept, [*old_config, new_config])  # a pull killed between these writes is still ours
+    atomic_write_bytes(target / CONFIG_NAME, data)
+    record.write(target, kept, [new_config])
 
 
 def _remove_empty_parents(target: Path, removed: list[str]) -> None:

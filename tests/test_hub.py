@@ -460,15 +460,16 @@ def test_merge_rules_protect_the_tasks_a_push_keeps():
 
 
 # ------------------------------------------------------------------------------------------------ what a pull may touch
-def hostile_repo(hub_api: HfApi, names: list[str], repo: str = "alice/hostile") -> str:
-    """A repo whose mtl_config.json lists `names` as tasks, each with one small file."""
+def hostile_repo(hub, names: list[str], repo: str = "alice/hostile") -> str:
+    """A repo whose mtl_config.json lists `names` as tasks, each with its file (written straight into the
+    server's storage: the client refuses to upload some of these paths, a hostile server would not)."""
     import hashlib
 
     files = {f"{n}/task.json": b"{}" for n in names}
     config = {"library": "hf_mtl", "tasks": names,
               "files": {rel: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for rel, data in files.items()}}
-    hub_api.create_repo(repo)
-    hub_api.create_commit(repo, [CommitOperationAdd("mtl_config.json", json.dumps(config).encode())], commit_message="hostile")
+    hub.create_repo(repo)
+    hub.write_files(repo, {"mtl_config.json": json.dumps(config).encode(), **files}, title="hostile")
     return repo
 
 
@@ -521,13 +522,18 @@ def test_pull_again_keeps_files_it_did_not_put_there(hub, hub_api, tmp_path, bas
         pull(REPO, tasks=["sent"], local_dir=target)
     assert (target / "sent" / "head.safetensors").read_bytes() == b"mine"
     assert json.loads((target / "mtl_config.json").read_text())["tasks"] == ["ner"]
+    # once a model is saved into the folder, its files are the user's: no pull replaces them
+    (target / "sent" / "head.safetensors").unlink()
+    second.save_pretrained(str(target), tasks=["ner"])
+    with pytest.raises(StoreError, match=r"mtl_config.json changed since the last pull.*Fix:"):
+        pull(REPO, tasks=["ner"], local_dir=target)
 
 
 @pytest.mark.parametrize("name", [".ssh", ".git", "mtl_config.json", "backbone", "shared", "languages", "README.md",
                                   "Backbone", pytest.param("x" * 300, id="300-characters"),
                                   pytest.param("sent\n", id="trailing-newline")])
 def test_hostile_task_names_are_refused_at_pull_and_push(hub, hub_api, tmp_path, base, capsys, name):
-    repo = hostile_repo(hub_api, [name])
+    repo = hostile_repo(hub, [name])
     os.environ["HF_TOKEN"] = ALICE_TOKEN  # restored by the hub fixture
     target = tmp_path / "home"
     assert main(["pull", repo, "--local-dir", str(target)]) == 2
@@ -639,3 +645,25 @@ def test_the_adapters_folder_is_no_python_package():
         check = subprocess.run(["git", "check-ignore", "-q", "adapters/alice/repo/mtl_config.json"], cwd=root)
         assert check.returncode == 0  # pulled stores are not committed
         assert subprocess.run(["git", "check-ignore", "-q", "adapters/README.md"], cwd=root).returncode == 1
+
+
+def test_two_pulls_into_one_new_folder_take_turns(hub, hub_api, tmp_path, base):
+    import threading
+
+    push(store(tmp_path / "run", build(base)), REPO, token=ALICE_TOKEN)
+    target, errors = tmp_path / "new" / "adapters", []
+
+    def run(task: str) -> None:
+        try:
+            pull(REPO, tasks=[task], local_dir=target)
+        except BaseException as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in ("sent", "ner")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(json.loads((target / "mtl_config.json").read_text())["tasks"]) == ["ner", "sent"]
+    assert [p.name for p in (target / ".hf_mtl").iterdir() if p.is_dir()] == []
