@@ -472,7 +472,7 @@ def _previous_pull(target: Path, repo_id: str) -> dict[str, Any] | None:
                 f"files it did not put there. {fix}")
         return None
     record = read_json(record_path, f"the pull record of {target}")
-    ok = isinstance(record, dict) and isinstance(record.get("files"), list) and isinstance(record.get("config_sha256"), list)
+    ok = isinstance(record, dict) and all(isinstance(record.get(key), list) for key in ("files", "config_sha256"))
     if not ok or not all(isinstance(rel, str) for rel in record["files"]):
         raise StoreError(f"Refusing to pull into {target}: {record_path} is damaged. {fix}")
     for rel in record["files"]:

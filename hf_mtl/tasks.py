@@ -49,12 +49,13 @@ def validate_task_name(name: Any, what: str = "task name") -> str:
     max_length = 100
     if not isinstance(name, str) or not name:
         raise TaskConfigError(f"Invalid {what} {name!r}: it must be a non-empty string. Fix: give each task a `name`.")
+    is_reserved = {r.lower() for r in reserved}.__contains__
     # fullmatch: `$` would also match before a trailing newline
-    if _NAME_RE.fullmatch(name) and ".." not in name and not name.startswith(".") and name.lower() not in [r.lower() for r in reserved] \
+    if _NAME_RE.fullmatch(name) and ".." not in name and not name.startswith(".") and not is_reserved(name.lower()) \
             and len(name) <= max_length:
         return name
     suggestion = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).replace("..", "_").strip("._")[:max_length] or "task"
-    if suggestion.lower() in [r.lower() for r in reserved]:
+    if is_reserved(suggestion.lower()):
         suggestion = f"task_{suggestion.replace('.', '_')}"
     shown = repr(name) if len(name) <= max_length else f"{name[:40]!r}... ({len(name)} characters)"
     raise TaskConfigError(
