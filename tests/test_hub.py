@@ -382,7 +382,8 @@ def test_lora_task_loads_with_plain_peft_from_the_server(hub, hub_api, tmp_path,
     assert not torch.allclose(ours, AutoModel.from_pretrained(base)(**enc).last_hidden_state, atol=1e-3)
 
 
-def test_cli_push_pull_predict_with_the_base_model_on_the_hub(hub, hub_api, tmp_path, base, capsys):
+def test_cli_push_pull_predict_with_the_base_model_on_the_hub(hub, hub_api, tmp_path, base, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `hf-mtl pull` without --local-dir writes to ./adapters/<user>/<repo>
     hub_api.create_repo("alice/tiny-bert")
     hub_api.upload_folder(repo_id="alice/tiny-bert", folder_path=base)
     torch.manual_seed(0)
