@@ -1,7 +1,7 @@
 """`hf-mtl push | pull | export`: their arguments and the functions that run them (rows of `hf_mtl.cli.COMMANDS`).
 
     hf-mtl push OUTPUT_DIR user/repo [--tasks a b] [--private] [--revision BRANCH] [--create-pr] [--token T]
-    hf-mtl pull user/repo [--tasks a] [--revision REV] [--local-dir DIR] [--token T]
+    hf-mtl pull user/repo [--tasks a] [--revision REV] [--local-dir DIR (default: adapters/user/repo)] [--token T]
     hf-mtl export OUTPUT_DIR --task T OUT
 
 This module imports only argparse and json: the Hub client and torch are imported when a command runs.
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+
+ADAPTERS_DIR = "adapters"  # `hf-mtl pull user/repo` writes to ./adapters/user/repo (the repository's local store)
 
 
 def run_push(args: argparse.Namespace, extra: list[str]) -> int:
@@ -19,15 +22,31 @@ def run_push(args: argparse.Namespace, extra: list[str]) -> int:
     result = push(args.store, args.repo_id, tasks=args.tasks, private=args.private, revision=args.revision,
                   create_pr=args.create_pr, token=args.token, commit_message=args.message)
     print(json.dumps({"repo_id": result.repo_id, "commit": result.commit, "committed": result.committed,
-                      "changed": result.changed, "deleted": result.deleted, "pr_url": result.pr_url}, indent=2))
+                      "changed": result.changed, "deleted": result.deleted, "pr_url": result.pr_url,
+                      "replaced": result.replaced}, indent=2))
     return 0
 
 
 def run_pull(args: argparse.Namespace, extra: list[str]) -> int:
     from .hub import pull
 
-    print(pull(args.repo_id, tasks=args.tasks, revision=args.revision, local_dir=args.local_dir, token=args.token))
+    local_dir = args.local_dir or _default_local_dir(args.repo_id)
+    print(pull(args.repo_id, tasks=args.tasks, revision=args.revision, local_dir=local_dir, token=args.token))
     return 0
+
+
+def _default_local_dir(repo_id: str) -> str:
+    """`adapters/<user>/<repo>`; the repo id is checked first, since it becomes a path."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from .errors import StoreError
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise StoreError(f"Invalid repo id {repo_id!r}: {str(err).splitlines()[0]} Fix: give user/name.") from err
+    return os.path.join(ADAPTERS_DIR, *repo_id.split("/"))
 
 
 def run_export(args: argparse.Namespace, extra: list[str]) -> int:
@@ -54,7 +73,8 @@ def pull_arguments(pull: argparse.ArgumentParser) -> None:
     pull.add_argument("repo_id", help="The Hub repo, user/name.")
     pull.add_argument("--tasks", nargs="+", default=None, help="Only these tasks (default: all).")
     pull.add_argument("--revision", help="Branch, tag, commit or refs/pr/N.")
-    pull.add_argument("--local-dir", help="Put the store in this folder (default: the HF cache).")
+    pull.add_argument("--local-dir", help=f"Put the store in this folder (default: {ADAPTERS_DIR}/<user>/<repo> under the "
+                      "working directory). It must be empty, absent or a folder an earlier pull of the same repo made.")
     pull.add_argument("--token", help="Token for private repos (default: HF_TOKEN or `hf auth login`).")
 
 

@@ -8,8 +8,9 @@ and is rebuilt on the new head when another push got in first (HTTP 412).
 
 Pulling tasks downloads `mtl_config.json`, `README.md`, the tasks' folders and the shared parts they
 run on, at one pinned commit, and checks every file against the manifest (size, sha256, safetensors
-header). Into the HF cache, or into `local_dir` through a staging folder: files are moved into place
-only once all of them are complete and verified.
+header). Into the HF cache, or into `local_dir` through a staging folder inside it: files are moved
+into place only once all of them are complete and verified, and only into a folder that is empty or
+was made by pulls of the same repo, replacing only files those pulls put there.
 
 Against a server other than huggingface.co, set `HF_HUB_DISABLE_XET=1` (see STACK.md).
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import huggingface_hub
+from filelock import FileLock
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -49,10 +51,10 @@ else:
     import httpx as http_client
 
 from .errors import HfMtlError, StoreError, UnknownTaskError
-from .io_utils import atomic_write_json, read_json
+from .io_utils import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from .manifest import exact_pattern, files_for, is_shared_part, needed_languages, owner_of, verify_files
 from .model_card import render_card, run_metrics
-from .modeling.store import CONFIG_NAME, TASK_NAME, read_store_config
+from .modeling.store import CONFIG_NAME, TASK_NAME, check_relative_path, read_store_config
 from .store_merge import check_pushable, kept_tasks, merge_configs
 from .tasks import validate_task_name
 
@@ -63,7 +65,11 @@ logger = logging.getLogger(__name__)
 
 README = "README.md"
 MAX_PUSH_ATTEMPTS = 8  # commits rebuilt on a newer head after a 412 (another push got in first)
+PULL_DIR = ".hf_mtl"  # in a folder pulled into: pull.json (what the pulls put there), pull.lock, staging folders
+STAGING_PREFIX = "staging-"
 LOGIN_HINT = "Fix: run `hf auth login`, or set HF_TOKEN (or pass token=/--token); pushing needs a token with write access."
+READ_HINT = ("Fix: pulling needs a valid token that can read the repo (for a private repo, its owner's): set HF_TOKEN to "
+             "one, pass --token (token=), or run `hf auth login`; for a public repo, no token is needed at all.")
 
 
 @dataclass
@@ -76,6 +82,8 @@ class PushResult:
         changed: paths added or updated by the commit (empty: no commit was made).
         deleted: paths removed (files of a pushed task that its new version no longer has).
         commit_url, pr_url: links from the Hub (pr_url with `create_pr=True`).
+        replaced: `{task: commit}` for pushed tasks that another push changed after this push read the
+            repo: this push replaced that commit's version of them (last writer wins; a warning is logged).
     """
 
     repo_id: str
@@ -84,6 +92,7 @@ class PushResult:
     deleted: list[str] = field(default_factory=list)
     commit_url: str | None = None
     pr_url: str | None = None
+    replaced: dict[str, str] = field(default_factory=dict)
 
     @property
     def committed(self) -> bool:
@@ -107,6 +116,7 @@ def resolve_token(token: str | None, *, required: bool) -> str | None:
 def hub_errors(repo_id: str, revision: str | None, action: str) -> Iterator[None]:
     """Turn the client's exceptions into one-line `StoreError`s that say what to do."""
     where = f"{repo_id!r}" + (f" (revision {revision!r})" if revision else "")
+    hint = LOGIN_HINT if action == "push to" else READ_HINT
     try:
         yield
     except RepositoryNotFoundError as err:
@@ -123,10 +133,10 @@ def hub_errors(repo_id: str, revision: str | None, action: str) -> Iterator[None
         status = getattr(getattr(err, "response", None), "status_code", None)
         if status == 401:
             raise StoreError(f"Could not {action} {where}: the Hub rejected the token (401): it is invalid or expired. "
-                             f"{LOGIN_HINT}") from err
+                             f"{hint}") from err
         if status == 403:
             raise StoreError(f"Could not {action} {where}: the token's user has no {'write' if action == 'push to' else 'read'} "
-                             f"access there (403). {LOGIN_HINT}") from err
+                             f"access there (403). {hint}") from err
         offline = (" Fix: HF_HUB_OFFLINE is set and these files are not in the cache: unset it, or pull them once "
                    "with network access.") if constants.HF_HUB_OFFLINE else ""
         raise StoreError(f"Could not {action} {where}: {_first_line(err)}{offline}") from err
@@ -221,6 +231,7 @@ class _PushPlan:
     revision: str | None
     create_pr: bool
     message: str
+    first_read: dict[str, dict[str, str]] | None = None  # the pushed tasks' files in the repo when first read
 
     @classmethod
     def from_store(cls, root: Path, repo_id: str, tasks: Sequence[str] | None, revision: str | None, create_pr: bool,
@@ -255,9 +266,26 @@ class _PushPlan:
         if not ops:
             logger.info("push to %s: the repo already holds these files; no commit", self.repo_id)
             return PushResult(self.repo_id, head)
+        replaced = self._replaced(tree, head, changed + deleted)
         done = api.create_commit(self.repo_id, ops, commit_message=self.message, revision=self.revision,
                                  create_pr=self.create_pr, parent_commit=head)
-        return PushResult(self.repo_id, done.oid, changed, deleted, commit_url=done.commit_url, pr_url=done.pr_url)
+        if replaced:
+            logger.warning(
+                "push to %s: task(s) %s were changed by another push (the repo's head was %s) after this push read "
+                "the repo; this push replaced that version (last writer wins). It stays in the repo's history: "
+                "if both were meant to stay, push one of them under another task name.",
+                self.repo_id, sorted(replaced), head)
+        return PushResult(self.repo_id, done.oid, changed, deleted, commit_url=done.commit_url, pr_url=done.pr_url,
+                          replaced=replaced)
+
+    def _replaced(self, tree: dict[str, RepoFile], head: str, touched: list[str]) -> dict[str, str]:
+        """Pushed tasks whose files in the repo changed since the first attempt read it (another push of
+        the same task got in first) and that this commit overwrites: `{task: head}`."""
+        now = {name: {p: f.blob_id for p, f in tree.items() if owner_of(p) == name} for name in self.names}
+        if self.first_read is None:
+            self.first_read = now
+        return {name: head for name in self.names
+                if now[name] != self.first_read[name] and any(owner_of(p) == name for p in touched)}
 
     def _remote_config(self, api: HfApi, head: str, tree: dict[str, RepoFile], tmp: Path) -> dict[str, Any] | None:
         if CONFIG_NAME not in tree:
@@ -337,9 +365,12 @@ def pull(repo_id: str, tasks: Sequence[str] | None = None, revision: str | None 
         revision: a branch, tag, commit or `refs/pr/N` (default: the default branch). All files come
             from the one commit it points to when the pull starts.
         local_dir: a folder to put the store in; default: the HF cache (usable offline afterwards).
-            Files are downloaded into a staging folder beside it and moved in only when all are
-            complete and verified; a task folder already there is replaced as a whole, and tasks
-            pulled earlier stay listed while their files still match the repo.
+            It must be absent, empty, or a folder that earlier pulls of the same repo made (and no
+            model was saved into since). Files are downloaded into a staging folder inside it
+            (`.hf_mtl/staging-*`; those of killed pulls are removed) and moved in only when all are
+            complete and verified. Only files that earlier pulls put there (listed in
+            `.hf_mtl/pull.json`) are ever replaced or removed; tasks pulled earlier stay listed while
+            their files still match the repo.
         token: a token for private repos (default: `HF_TOKEN` or the stored login).
 
     Returns:
@@ -368,30 +399,124 @@ def _pull_to_cache(api: HfApi, repo_id: str, tasks: list[str] | None, revision: 
 
 def _pull_to_folder(api: HfApi, repo_id: str, tasks: list[str] | None, revision: str | None, target: Path) -> Path:
     if target.exists() and not target.is_dir():
-        raise StoreError(f"--local-dir {target} is a file, not a folder. Fix: give a folder path.")
+        raise StoreError(f"local_dir {target} is a file, not a folder. Fix: give a folder path (--local-dir).")
+    _previous_pull(target, repo_id)  # refuse a foreign folder before writing anything into it
     commit = api.repo_info(repo_id, revision=revision).sha
-    staging = Path(tempfile.mkdtemp(prefix=".hf_mtl-pull-", dir=_staging_parent(target.resolve())))
+    created = _make_folder(target)
+    own = target / PULL_DIR
     try:
-        files = staging / "files"
+        own.mkdir(exist_ok=True)
+        with FileLock(str(own / "pull.lock")):
+            record = _previous_pull(target, repo_id)  # again: another pull may have finished meanwhile
+            for stale in own.glob(f"{STAGING_PREFIX}*"):  # left by killed pulls (the lock says none is running)
+                shutil.rmtree(stale, ignore_errors=True)
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=own))
+            try:
+                files = staging / "files"
 
-        def fetch(patterns: list[str]) -> None:
-            api.snapshot_download(repo_id, revision=commit, allow_patterns=patterns, local_dir=files, token=api.token)
+                def fetch(patterns: list[str]) -> None:
+                    api.snapshot_download(repo_id, revision=commit, allow_patterns=patterns, local_dir=files,
+                                          token=api.token)
 
-        fetch([CONFIG_NAME])
-        config, names, wanted = _fetch_store(files, f"{repo_id}@{commit[:12]}", tasks, fetch)
-        _install(files, target, config, names, wanted, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                fetch([CONFIG_NAME])
+                config, names, wanted = _fetch_store(files, f"{repo_id}@{commit[:12]}", tasks, fetch)
+                _install(files, target, config, names, wanted, _PullRecord(repo_id, commit, record))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        if not (own / "pull.json").exists():  # nothing was ever installed here: leave no trace
+            (own / "pull.lock").unlink(missing_ok=True)
+            _remove_empty_folders(own, created or own)
+        raise
     return target
 
 
-def _staging_parent(target: Path) -> Path:
-    """The staging folder sits inside the target (or its nearest existing ancestor), on the same file
-    system, so moving files into place is an atomic rename."""
-    for folder in (target, *target.parents):
-        if folder.is_dir():
-            return folder
-    return Path(tempfile.gettempdir())
+def _make_folder(target: Path) -> Path | None:
+    """Create `target` and its missing parents; return the topmost folder created (None: it existed)."""
+    missing = [folder for folder in (target, *target.parents) if not folder.exists()]
+    target.mkdir(parents=True, exist_ok=True)
+    return missing[-1] if missing else None
+
+
+def _remove_empty_folders(folder: Path, last: Path) -> None:
+    """Remove `folder` and its parents up to `last` (the folders a failed pull made), while empty."""
+    for each in (folder, *folder.parents):
+        try:
+            each.rmdir()
+        except OSError:
+            return
+        if each == last:
+            return
+
+
+def _previous_pull(target: Path, repo_id: str) -> dict[str, Any] | None:
+    """The record of the pulls of `repo_id` into `target` (None: `target` is absent or empty).
+
+    Raises:
+        StoreError: `target` holds anything else: files of the user's, a store that was not pulled
+            (or was saved into since), or a pull of another repo.
+    """
+    fix = "Fix: pull into a new or empty folder (--local-dir / local_dir), or move the folder away."
+    if not target.is_dir():
+        return None
+    own = target / PULL_DIR
+    if own.is_symlink() or (own.exists() and not own.is_dir()):
+        raise StoreError(f"Refusing to pull {repo_id!r} into {target}: {own} is not a folder of hf_mtl's. {fix}")
+    record_path = own / "pull.json"
+    if not record_path.exists():
+        others = sorted(p.name for p in target.iterdir() if p.name != PULL_DIR)
+        if others:
+            raise StoreError(
+                f"Refusing to pull {repo_id!r} into {target}: the folder is not empty ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}) and no pull of {repo_id!r} made it; a pull never replaces "
+                f"files it did not put there. {fix}")
+        return None
+    record = read_json(record_path, f"the pull record of {target}")
+    ok = isinstance(record, dict) and all(isinstance(record.get(key), list) for key in ("files", "config_sha256"))
+    if not ok or not all(isinstance(rel, str) for rel in record["files"]):
+        raise StoreError(f"Refusing to pull into {target}: {record_path} is damaged. {fix}")
+    for rel in record["files"]:
+        check_relative_path(rel, record_path)
+    if record.get("repo_id") != repo_id:
+        raise StoreError(f"Refusing to pull {repo_id!r} into {target}: it holds a pull of {record.get('repo_id')!r}. {fix}")
+    config = target / CONFIG_NAME
+    if config.is_file() and sha256_file(config) not in record["config_sha256"]:
+        raise StoreError(f"Refusing to pull {repo_id!r} into {target}: its {CONFIG_NAME} changed since the last pull "
+                         f"(a model was saved into it), so its files may be the user's. {fix}")
+    return record
+
+
+@dataclass
+class _PullRecord:
+    """What the pulls into a folder put there (`<folder>/.hf_mtl/pull.json`): only these files are ever
+    replaced or removed by a later pull."""
+
+    repo_id: str
+    commit: str
+    previous: dict[str, Any] | None
+
+    @property
+    def files(self) -> set[str]:
+        return set(self.previous["files"]) if self.previous else set()
+
+    def write(self, target: Path, files: set[str], configs: list[str]) -> None:
+        atomic_write_json(target / PULL_DIR / "pull.json", {
+            "repo_id": self.repo_id, "commit": self.commit, "files": sorted(files), "config_sha256": configs})
+
+
+def _check_destination(target: Path, rel: str, ours: set[str]) -> None:
+    """A downloaded file may only go to a new path or replace a file an earlier pull put there, through
+    real folders inside `target` (no link out of it)."""
+    fix = "Fix: move it away, or pull into a new folder."
+    folder = target
+    for part in Path(rel).parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise StoreError(f"Refusing to pull into {target}: {folder} is a link or a file where the store needs a folder. {fix}")
+    dest = target / rel
+    if dest.is_symlink() or dest.is_dir() or (dest.exists() and rel not in ours):
+        raise StoreError(f"Refusing to pull into {target}: {dest} exists and was not put there by a pull; a pull never "
+                         f"replaces it. {fix}")
 
 
 def _fetch_store(root: Path, source: str, tasks: list[str] | None, fetch: Any) -> tuple[dict, list[str], dict]:
@@ -420,23 +545,46 @@ def _fetch_store(root: Path, source: str, tasks: list[str] | None, fetch: Any) -
 
 
 def _install(files: Path, target: Path, config: dict[str, Any], names: list[str], wanted: dict[str, Any],
-             staging: Path) -> None:
-    """Move verified folders into `target` (each replacing its old version whole); the config goes last."""
-    target.mkdir(parents=True, exist_ok=True)
-    for owner in sorted({owner_of(rel) for rel in wanted}):
-        dest = target / owner
-        if dest.exists() or dest.is_symlink():
-            (staging / "replaced" / owner).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(dest, staging / "replaced" / owner)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(files / owner, dest)
-    if (files / README).is_file():
-        os.replace(files / README, target / README)
+             record: _PullRecord) -> None:
+    """Move verified files into `target`, replacing (or removing) only files that earlier pulls put there.
+
+    The record is written first, listing every file this pull may leave behind, so that a pull killed
+    half-way leaves a folder the next pull can finish; the config goes last.
+    """
+    ours = record.files
+    incoming = [*sorted(wanted), *([README] if (files / README).is_file() else [])]
+    for rel in incoming:
+        _check_destination(target, rel, ours)
+    owners = {owner_of(rel) for rel in wanted}
+    dropped = sorted(rel for rel in ours if owner_of(rel) in owners and rel not in wanted)
+    old_config = [sha256_file(target / CONFIG_NAME)] if (target / CONFIG_NAME).is_file() else []
+    record.write(target, ours | set(incoming), old_config)
+    for rel in dropped:  # files of the replaced folders that this commit no longer has
+        (target / rel).unlink(missing_ok=True)
+    for rel in incoming:
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(files / rel, target / rel)
+    _remove_empty_parents(target, dropped)
     earlier = [t for t in config["tasks"] if t not in names and _still_valid(target, config, t)]
     present = [t for t in config["tasks"] if t in names or t in earlier]
     listed = {rel: e for rel, e in config.get("files", {}).items()
               if owner_of(rel) in present or (is_shared_part(rel) and (target / rel).is_file())}
-    atomic_write_json(target / CONFIG_NAME, {**config, "tasks": present, "files": listed})
+    data = _json_bytes({**config, "tasks": present, "files": listed})
+    kept, new_config = (ours - set(dropped)) | set(incoming), hashlib.sha256(data).hexdigest()
+    record.write(target, kept, [*old_config, new_config])  # a pull killed between these writes is still ours
+    atomic_write_bytes(target / CONFIG_NAME, data)
+    record.write(target, kept, [new_config])
+
+
+def _remove_empty_parents(target: Path, removed: list[str]) -> None:
+    for rel in removed:
+        for folder in (target / rel).parents:
+            if folder == target:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _still_valid(target: Path, config: dict[str, Any], name: str) -> bool:

@@ -34,6 +34,10 @@ DEFAULT_METRICS = {
 def validate_task_name(name: Any, what: str = "task name") -> str:
     """Check that `name` can be a folder, a dict key and a metric prefix.
 
+    The name becomes a folder of a store (and of a folder a pull writes into), so it may not start with a
+    dot (`.git`, `.ssh`, the pull's own files), nor be one of the store's own top-level names in any case
+    (a case-insensitive file system would merge them), nor be longer than a file name may be.
+
     Args:
         name: the candidate name.
         what: how to call it in the error message.
@@ -41,15 +45,24 @@ def validate_task_name(name: Any, what: str = "task name") -> str:
     Returns:
         The name, unchanged.
     """
+    reserved = ("mtl_config.json", "README.md", "backbone", "shared", "languages")
+    max_length = 100
     if not isinstance(name, str) or not name:
         raise TaskConfigError(f"Invalid {what} {name!r}: it must be a non-empty string. Fix: give each task a `name`.")
-    if not _NAME_RE.match(name) or ".." in name or name in (".", "shared", "languages"):
-        raise TaskConfigError(
-            f"Invalid {what} {name!r}: use only letters, digits, '_', '.', '-' (no '..', and not the reserved "
-            f"folder names 'shared' or 'languages'), because the name becomes a folder and a metric prefix. "
-            f"Fix: rename it, e.g. {re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('.') or 'task'}."
-        )
-    return name
+    is_reserved = {r.lower() for r in reserved}.__contains__
+    # fullmatch: `$` would also match before a trailing newline
+    if _NAME_RE.fullmatch(name) and ".." not in name and not name.startswith(".") and not is_reserved(name.lower()) \
+            and len(name) <= max_length:
+        return name
+    suggestion = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).replace("..", "_").strip("._")[:max_length] or "task"
+    if is_reserved(suggestion.lower()):
+        suggestion = f"task_{suggestion.replace('.', '_')}"
+    shown = repr(name) if len(name) <= max_length else f"{name[:40]!r}... ({len(name)} characters)"
+    raise TaskConfigError(
+        f"Invalid {what} {shown}: use only letters, digits, '_', '.', '-' (at most {max_length} characters, no "
+        f"'..', no leading '.', and not one of the store's own names {', '.join(reserved)}, in any case), because "
+        f"the name becomes a folder and a metric prefix. Fix: rename it, e.g. {suggestion}."
+    )
 
 
 @dataclass

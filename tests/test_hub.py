@@ -82,7 +82,8 @@ def remote_config(hub, revision: str = "main") -> dict:
 
 
 def files_of(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    """The files of a folder, without the pull's own record (`.hf_mtl/`)."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".hf_mtl" not in p.relative_to(root).parts}
 
 
 def replace_remote(api: HfApi, files: dict[str, bytes], update_manifest: bool = True) -> None:
@@ -381,7 +382,8 @@ def test_lora_task_loads_with_plain_peft_from_the_server(hub, hub_api, tmp_path,
     assert not torch.allclose(ours, AutoModel.from_pretrained(base)(**enc).last_hidden_state, atol=1e-3)
 
 
-def test_cli_push_pull_predict_with_the_base_model_on_the_hub(hub, hub_api, tmp_path, base, capsys):
+def test_cli_push_pull_predict_with_the_base_model_on_the_hub(hub, hub_api, tmp_path, base, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `hf-mtl pull` without --local-dir writes to ./adapters/<user>/<repo>
     hub_api.create_repo("alice/tiny-bert")
     hub_api.upload_folder(repo_id="alice/tiny-bert", folder_path=base)
     torch.manual_seed(0)
@@ -456,3 +458,213 @@ def test_merge_rules_protect_the_tasks_a_push_keeps():
     assert merged["tasks"] == ["a", "b"] and merged["eval_results"] == {"b": {"eval_accuracy": 0.6}}
     assert task_metrics({"eval_a_b_accuracy": 1.0, "eval_a_accuracy": 0.5, "eval_a_loss": 2.0}, ["a", "a_b"]) == {
         "a_b": {"eval_accuracy": 1.0}, "a": {"eval_accuracy": 0.5}}
+
+
+# ------------------------------------------------------------------------------------------------ what a pull may touch
+def hostile_repo(hub, names: list[str], repo: str = "alice/hostile") -> str:
+    """A repo whose mtl_config.json lists `names` as tasks, each with its file (written straight into the
+    server's storage: the client refuses to upload some of these paths, a hostile server would not)."""
+    import hashlib
+
+    files = {f"{n}/task.json": b"{}" for n in names}
+    config = {"library": "hf_mtl", "tasks": names,
+              "files": {rel: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for rel, data in files.items()}}
+    hub.create_repo(repo)
+    hub.write_files(repo, {"mtl_config.json": json.dumps(config).encode(), **files}, title="hostile")
+    return repo
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_pull_refuses_a_folder_that_is_not_a_store_of_the_repo(hub, hub_api, tmp_path, base, capsys):
+    src = store(tmp_path / "run", build(base))
+    push(src, REPO, token=ALICE_TOKEN)
+    mine = tmp_path / "mine"
+    (mine / "ner").mkdir(parents=True)
+    (mine / "README.md").write_text("my notes")
+    (mine / "ner" / "notes.txt").write_text("keep me")
+    hub.clear_requests()
+    assert main(["pull", REPO, "--tasks", "ner", "--local-dir", str(mine)]) == 2
+    line = error_line(capsys)
+    assert str(mine) in line and "not empty" in line and "Fix:" in line
+    assert files_of(mine) == {"README.md", "ner/notes.txt"} and (mine / "README.md").read_text() == "my notes"
+    assert not (mine / ".hf_mtl").exists()
+    assert not hub.downloaded_files(REPO)  # refused before downloading anything
+    # a training output folder (a store, but not a pull of this repo) and a pull of another repo are refused too
+    with pytest.raises(StoreError, match="not empty"):
+        pull(REPO, tasks=["ner"], local_dir=src)
+    push(src, "alice/other", tasks=["sent"], token=ALICE_TOKEN)
+    pull("alice/other", local_dir=tmp_path / "other")
+    with pytest.raises(StoreError, match="alice/other"):
+        pull(REPO, tasks=["ner"], local_dir=tmp_path / "other")
+    assert json.loads((tmp_path / "other" / "mtl_config.json").read_text())["tasks"] == ["sent"]
+
+
+def test_pull_again_keeps_files_it_did_not_put_there(hub, hub_api, tmp_path, base):
+    first, second = build(base, seed=0), build(base, seed=1)
+    push(store(tmp_path / "a", first), REPO, token=ALICE_TOKEN)
+    target = tmp_path / "adapters"
+    pull(REPO, tasks=["ner"], local_dir=target)
+    (target / "ner" / "notes.txt").write_text("keep me")
+    (target / "notes.txt").write_text("and me")
+    push(store(tmp_path / "b", second), REPO, tasks=["ner"], token=ALICE_TOKEN)  # the repo's ner changes
+    pull(REPO, tasks=["ner"], local_dir=target)
+    assert (target / "ner" / "notes.txt").read_text() == "keep me" and (target / "notes.txt").read_text() == "and me"
+    torch.testing.assert_close(logits(MultiTaskModel.from_pretrained(target), "ner"), logits(second, "ner"), rtol=0, atol=0)
+    # a file of the user's at a path the manifest names is not replaced either
+    (target / "sent").mkdir()
+    (target / "sent" / "head.safetensors").write_bytes(b"mine")
+    with pytest.raises(StoreError, match=r"sent/head.safetensors.*was not put there by a pull.*Fix:"):
+        pull(REPO, tasks=["sent"], local_dir=target)
+    assert (target / "sent" / "head.safetensors").read_bytes() == b"mine"
+    assert json.loads((target / "mtl_config.json").read_text())["tasks"] == ["ner"]
+    # once a model is saved into the folder, its files are the user's: no pull replaces them
+    (target / "sent" / "head.safetensors").unlink()
+    second.save_pretrained(str(target), tasks=["ner"])
+    with pytest.raises(StoreError, match=r"mtl_config.json changed since the last pull.*Fix:"):
+        pull(REPO, tasks=["ner"], local_dir=target)
+
+
+@pytest.mark.parametrize("name", [".ssh", ".git", "mtl_config.json", "backbone", "shared", "languages", "README.md",
+                                  "Backbone", pytest.param("x" * 300, id="300-characters"),
+                                  pytest.param("sent\n", id="trailing-newline")])
+def test_hostile_task_names_are_refused_at_pull_and_push(hub, hub_api, tmp_path, base, capsys, name):
+    repo = hostile_repo(hub, [name])
+    os.environ["HF_TOKEN"] = ALICE_TOKEN  # restored by the hub fixture
+    target = tmp_path / "home"
+    assert main(["pull", repo, "--local-dir", str(target)]) == 2
+    assert "Invalid task name" in error_line(capsys)
+    assert not target.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".hf_mtl-pull")]
+    # asked for by name, on the command line
+    assert main(["pull", REPO, "--tasks", name, "--local-dir", str(target)]) == 2
+    line = error_line(capsys)
+    assert "Invalid task name" in line and "Fix: rename it" in line
+    # a store whose config lists such a task is not pushed
+    src = store(tmp_path / "run", build(base))
+    config = json.loads((src / "mtl_config.json").read_text())
+    config["tasks"] = [name if t == "sim" else t for t in config["tasks"]]
+    (src / "mtl_config.json").write_text(json.dumps(config))
+    assert main(["push", str(src), "alice/pushed"]) == 2
+    assert "Invalid task name" in error_line(capsys)
+    assert main(["push", str(src), "alice/pushed", "--tasks", name]) == 2
+    assert "Invalid task name" in error_line(capsys)
+    assert not hub_api.repo_exists("alice/pushed")
+
+
+def test_pull_stages_inside_the_target_and_cleans_a_killed_pull(hub, hub_api, tmp_path, base, monkeypatch):
+    push(store(tmp_path / "run", build(base)), REPO, token=ALICE_TOKEN)
+    target = tmp_path / "new" / "adapters"
+    fetch_store = hf_hub._fetch_store
+    roots = []
+
+    def record(root, *args, **kwargs):
+        roots.append(Path(root).resolve())
+        return fetch_store(root, *args, **kwargs)
+
+    monkeypatch.setattr(hf_hub, "_fetch_store", record)
+    pull(REPO, tasks=["ner"], local_dir=target)
+    assert roots and target.resolve() in roots[0].parents
+    # a pull killed half-way left its staging folder (with a partial file) inside the target
+    stale = target / ".hf_mtl" / "staging-killed" / "files" / "sent"
+    stale.mkdir(parents=True)
+    (stale / "head.safetensors").write_bytes(b"\x00" * 10)
+    pull(REPO, tasks=["sent"], local_dir=target)
+    assert not (target / ".hf_mtl" / "staging-killed").exists()
+    assert json.loads((target / "mtl_config.json").read_text())["tasks"] == ["sent", "ner"]
+    # a first pull killed before anything was installed: the folder holds only its staging folder
+    fresh = tmp_path / "fresh"
+    (fresh / ".hf_mtl" / "staging-killed" / "files").mkdir(parents=True)
+    pull(REPO, tasks=["ner"], local_dir=fresh)
+    assert files_of(fresh) >= {"mtl_config.json", "ner/head.safetensors"}
+    assert not (fresh / ".hf_mtl" / "staging-killed").exists()
+    assert not [p for p in tmp_path.rglob("*staging-*")] and not [p for p in tmp_path.rglob(".hf_mtl-pull*")]
+
+
+def test_pull_with_a_bad_token_says_how_to_get_a_read_token(hub, hub_api, tmp_path, base, capsys):
+    push(store(tmp_path / "run", build(base)), REPO, token=ALICE_TOKEN)
+    assert main(["pull", REPO, "--token", "hf_bad", "--local-dir", str(tmp_path / "x")]) == 2
+    line = error_line(capsys)
+    assert "401" in line and "read" in line and "write access" not in line
+    assert "HF_TOKEN" in line and "--token" in line and "hf auth login" in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_same_task_pushed_concurrently_warns_the_last_writer(hub, hub_api, tmp_path, base, monkeypatch, caplog, capsys):
+    """Two pushes of `sent` read the same head; the second to commit replaces the first (last writer wins)
+    and says so: a warning, and the replaced commit in its result."""
+    a = store(tmp_path / "a", build(base, seed=0))
+    b = store(tmp_path / "b", build(base, seed=1))
+    push(a, REPO, tasks=["ner"], token=ALICE_TOKEN)
+    render = hf_hub.render_card
+    raced = []
+
+    def render_and_race(*args, **kwargs):
+        if not raced:
+            raced.append(None)  # before pushing: the racing push renders a card too
+            raced[0] = push(b, REPO, tasks=["sent"], token=ALICE_TOKEN)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(hf_hub, "render_card", render_and_race)
+    os.environ["HF_TOKEN"] = ALICE_TOKEN  # restored by the hub fixture
+    with caplog.at_level("WARNING", logger="hf_mtl.hub"):
+        assert main(["push", str(a), REPO, "--tasks", "sent"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["replaced"] == {"sent": raced[0].commit}
+    assert any("sent" in r.message and raced[0].commit in r.message and "last writer wins" in r.message
+               for r in caplog.records)
+    assert hub.read_file(REPO, "sent/head.safetensors") == (a / "sent" / "head.safetensors").read_bytes()
+
+
+def test_pull_defaults_to_the_adapters_folder(hub, hub_api, tmp_path, base, capsys, monkeypatch):
+    model = build(base)
+    push(store(tmp_path / "run", model), REPO, token=ALICE_TOKEN)
+    monkeypatch.chdir(tmp_path)
+    assert main(["pull", REPO, "--tasks", "ner"]) == 0
+    out = Path(capsys.readouterr().out.strip())
+    assert out == Path("adapters", "alice", "glue-adapters")
+    assert files_of(tmp_path / out) == {"README.md", "mtl_config.json", "ner/head.safetensors", "ner/task.json"}
+    assert main(["predict", "adapters/alice/glue-adapters", "--task", "ner", "john smith"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == ["john", "smith"]
+    loaded = MultiTaskModel.from_pretrained("adapters/alice/glue-adapters")
+    torch.testing.assert_close(logits(loaded, "ner"), logits(model, "ner"), rtol=0, atol=0)
+
+
+def test_the_adapters_folder_is_no_python_package():
+    from setuptools import find_packages
+
+    root = Path(__file__).parents[1]
+    assert (root / "adapters" / "README.md").is_file() and not (root / "adapters" / "__init__.py").exists()
+    assert not [p for p in find_packages(str(root), include=["hf_mtl", "hf_mtl.*"]) if not p.startswith("hf_mtl")]
+    setup = (root / "setup.py").read_text()
+    assert 'find_packages(include=["hf_mtl", "hf_mtl.*"])' in setup
+    if (root / ".git").exists() and subprocess.run(["git", "--version"], capture_output=True).returncode == 0:
+        check = subprocess.run(["git", "check-ignore", "-q", "adapters/alice/repo/mtl_config.json"], cwd=root)
+        assert check.returncode == 0  # pulled stores are not committed
+        assert subprocess.run(["git", "check-ignore", "-q", "adapters/README.md"], cwd=root).returncode == 1
+
+
+def test_two_pulls_into_one_new_folder_take_turns(hub, hub_api, tmp_path, base):
+    import threading
+
+    push(store(tmp_path / "run", build(base)), REPO, token=ALICE_TOKEN)
+    target, errors = tmp_path / "new" / "adapters", []
+
+    def run(task: str) -> None:
+        try:
+            pull(REPO, tasks=[task], local_dir=target)
+        except BaseException as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in ("sent", "ner")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(json.loads((target / "mtl_config.json").read_text())["tasks"]) == ["ner", "sent"]
+    assert [p.name for p in (target / ".hf_mtl").iterdir() if p.is_dir()] == []

@@ -547,3 +547,16 @@ def test_server_stop_releases_port(tmp_path):
     from huggingface_hub import constants
 
     assert constants.ENDPOINT != url  # restored
+
+
+def test_server_side_write_bypasses_the_client_checks(hub, hub_api, tmp_path):
+    """`write_files` builds hostile repos: paths that the client refuses to upload (`.git/...`) are served."""
+    hub_api.create_repo(REPO)
+    with pytest.raises(ValueError, match=".git"):
+        hub_api.create_commit(REPO, [CommitOperationAdd(".git/config", b"x")], commit_message="refused")
+    before = hub.head(REPO)
+    oid = hub.write_files(REPO, {".git/config": b"[core]", "a.txt": b"a"}, title="hostile")
+    assert hub.head(REPO) == oid and hub.commit_history(REPO)[0].parent == before
+    assert hub.list_files(REPO) == [".git/config", ".gitattributes", "a.txt"]
+    path = hf_hub_download(REPO, ".git/config", local_dir=tmp_path / "dl", token=ALICE_TOKEN)
+    assert Path(path).read_bytes() == b"[core]"
