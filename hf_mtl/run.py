@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
 from transformers import HfArgumentParser
 
 from .errors import HfMtlError, TaskConfigError
+from .field_types import type_error_message, value_matches
 from .io_utils import atomic_write_json
+from .tasks import Task
 from .training_args import MultiTaskTrainingArguments
 
 
@@ -32,12 +37,27 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Multi
 
 
 def parse_recipe_dict(recipe: dict[str, Any], source: str = "recipe") -> MultiTaskTrainingArguments:
+    """Build the arguments of a recipe (a dict of `MultiTaskTrainingArguments` fields), checking every field's
+    name and JSON type first, so a bad recipe is one error before any data or model is loaded.
+
+    Args:
+        recipe: the recipe's fields.
+        source: how to name the recipe in messages (its path).
+
+    Returns:
+        The validated arguments.
+
+    Raises:
+        TaskConfigError: an unknown field (with a "did you mean" suggestion), a value of the wrong type, or a
+            value that `MultiTaskTrainingArguments` / `Task` validation refuses.
+    """
     parser = HfArgumentParser(MultiTaskTrainingArguments)
     known = {f.name for f in parser.dataclass_types[0].__dataclass_fields__.values()}
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise TaskConfigError(f"{source}: unknown field(s) {unknown}. Fix: use fields of MultiTaskTrainingArguments "
-                              f"(`hf-mtl train --help` lists them).")
+        raise TaskConfigError(f"{source}: unknown field(s) {unknown}{_did_you_mean(unknown, known)}. Fix: use fields "
+                              f"of MultiTaskTrainingArguments (`hf-mtl train --help` lists them).")
+    _check_recipe_types(recipe, source)
     if "output_dir" not in recipe:
         raise TaskConfigError(f"{source}: no `output_dir`. Fix: add \"output_dir\": \"outputs/<run name>\".")
     try:
@@ -48,6 +68,38 @@ def parse_recipe_dict(recipe: dict[str, Any], source: str = "recipe") -> MultiTa
         raise TaskConfigError(f"{source}: {str(err).strip()} Fix: change that field in the recipe or on the command "
                               f"line (`--field value`).") from err
     return args
+
+
+def _did_you_mean(unknown: list[str], known: set[str]) -> str:
+    """" (did you mean 'learning_rate'?)" for the unknown names that are close to a known one."""
+    guesses = {name: difflib.get_close_matches(name, sorted(known), n=1) for name in unknown}
+    pairs = [f"{guess[0]!r} for {name!r}" if len(unknown) > 1 else repr(guess[0])
+             for name, guess in guesses.items() if guess]
+    return f" (did you mean {', '.join(pairs)}?)" if pairs else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _recipe_hints() -> dict[str, Any]:
+    return typing.get_type_hints(MultiTaskTrainingArguments)
+
+
+def _check_recipe_types(recipe: dict[str, Any], source: str) -> None:
+    """Each recipe value has its field's JSON type (`"learning_rate": "1e-3"` would otherwise fail deep inside
+    the run); task entries are checked by `Task` itself."""
+    hints = _recipe_hints()
+    for name, value in recipe.items():
+        if name in hints and not value_matches(value, hints[name]):
+            raise TaskConfigError(type_error_message(source, name, value, hints[name]))
+
+
+def _field_annotation(key: str) -> Any:
+    """The type of a (dotted) recipe field: a top-level field, or `tasks.<i>.<field>`; None when unknown."""
+    parts = key.split(".")
+    if len(parts) == 1:
+        return _recipe_hints().get(key)
+    if len(parts) == 3 and parts[0] == "tasks":
+        return typing.get_type_hints(Task).get(parts[2])
+    return None
 
 
 def _pairs(overrides: Sequence[str]) -> list[tuple[str, Any]]:
@@ -63,15 +115,21 @@ def _pairs(overrides: Sequence[str]) -> list[tuple[str, Any]]:
             raw = items.pop(0)
         else:
             raw = "true"  # a bare flag
-        pairs.append((key.replace("-", "_") if "." not in key else key, _parse_value(raw)))
+        key = key.replace("-", "_") if "." not in key else key
+        pairs.append((key, _parse_value(key, raw)))
     return pairs
 
 
-def _parse_value(raw: str) -> Any:
+def _parse_value(key: str, raw: str) -> Any:
+    """JSON when the text parses, else the text; a field that takes text keeps it (`--run_name 2024`)."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError:
         return raw
+    annotation = _field_annotation(key)
+    if annotation is not None and not value_matches(value, annotation) and value_matches(raw, annotation):
+        return raw
+    return value
 
 
 def _set_dotted(recipe: dict[str, Any], key: str, value: Any) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import TaskConfigError
+from .field_types import type_error_message, value_matches
 
 TASK_KINDS = ("classification", "regression", "token_classification", "masked_lm")
 SEQUENCE_KINDS = ("classification", "regression")
@@ -91,7 +93,12 @@ class Task:
         train_file, validation_file, test_file: local files (csv, tsv, json, jsonl, parquet, txt,
             CoNLL-U `.conllu`, or `token<TAB>tag` column files for token tasks).
         train_split, validation_split, test_split: split names for `dataset_name`.
-        max_train_samples, max_eval_samples: keep only the first N examples of a split.
+        max_train_samples, max_eval_samples: keep only the first N examples of a split (the convention of the
+            transformers examples). A task without `labels` reads its label list from the whole training split first.
+        sample_seed: with `max_train_samples` / `max_eval_samples`, draw that many rows at random with this seed
+            instead of taking the first ones (for a file sorted by label, whose first rows hold a single class).
+        drop_unlabeled: drop the rows whose label is blank (empty, whitespace or null; for token tasks, a row with
+            a blank tag) with a warning, instead of refusing the data.
         head_layer: read the hidden states of layer k (1-based; the embeddings are layer 0) instead of the
             last one: parallel multi-level supervision, e.g. a low-level task such as POS tagging supervises a
             lower layer than a semantic task (Søgaard & Goldberg, 2016). Must not exceed the backbone's depth.
@@ -130,6 +137,8 @@ class Task:
     test_split: str = "test"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    sample_seed: int | None = None
+    drop_unlabeled: bool = False
     head_layer: int | None = None
     adversarial_weight: float = 0.0
     input_from_tasks: list[str] | None = None
@@ -138,6 +147,10 @@ class Task:
     def __post_init__(self) -> None:
         validate_task_name(self.name)
         where = f"task {self.name!r}"
+        for name in ("metrics", "input_from_tasks"):  # one name stands for a list of one
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
+        self._check_types(where)
         if self.kind not in TASK_KINDS:
             raise TaskConfigError(f"{where}: unknown kind {self.kind!r}. Fix: set `kind` to one of {list(TASK_KINDS)}.")
         if self.pooling not in POOLING_CHOICES:
@@ -158,30 +171,36 @@ class Task:
             self.metrics = list(DEFAULT_METRICS[self.kind])
             if self.kind == "token_classification" and _looks_like_iob(self.labels):
                 self.metrics = ["seqeval", "accuracy"]
-        if isinstance(self.metrics, str):
-            self.metrics = [self.metrics]
         if not self.metrics:
             raise TaskConfigError(f"{where}: `metrics` is empty. Fix: name at least one metric or leave it unset.")
         for field_name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, field_name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
+            if value is not None and value <= 0:
                 raise TaskConfigError(f"{where}: `{field_name}` must be a positive integer, got {value!r}.")
-        if self.head_layer is not None and (not isinstance(self.head_layer, int) or self.head_layer < 1):
+        if self.sample_seed is not None and self.sample_seed < 0:
+            raise TaskConfigError(f"{where}: `sample_seed` must be an integer >= 0, got {self.sample_seed!r}.")
+        if self.head_layer is not None and self.head_layer < 1:
             raise TaskConfigError(f"{where}: `head_layer` must be a layer number >= 1, got {self.head_layer!r}.")
-        if not isinstance(self.loss_weight, (int, float)) or self.loss_weight < 0:
+        if not self.loss_weight >= 0:  # also refuses NaN
             raise TaskConfigError(f"{where}: `loss_weight` must be a number >= 0, got {self.loss_weight!r}.")
-        if isinstance(self.adversarial_weight, bool) or not isinstance(self.adversarial_weight, (int, float)) \
-                or not self.adversarial_weight >= 0:
+        if not self.adversarial_weight >= 0:  # also refuses NaN
             raise TaskConfigError(f"{where}: `adversarial_weight` must be a number >= 0, got {self.adversarial_weight!r}.")
         self._check_input_from_tasks(where)
+
+    def _check_types(self, where: str) -> None:
+        """Every field holds the JSON type it needs (a recipe's `"labels": "pos"` or `"max_train_samples": true`
+        would otherwise be taken apart or read as 1 later)."""
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name != "name" and not value_matches(value, hints[item.name]):  # the name has its own check
+                raise TaskConfigError(type_error_message(where, item.name, value, hints[item.name]))
 
     def _check_input_from_tasks(self, where: str) -> None:
         lower = self.input_from_tasks
         if lower is None:
             return
-        if isinstance(lower, str):
-            lower = [lower]
-        if not isinstance(lower, (list, tuple)) or not lower:
+        if not lower:
             raise TaskConfigError(f"{where}: `input_from_tasks` must be a non-empty list of task names, got {lower!r}.")
         for name in lower:
             validate_task_name(name, f"task name in `input_from_tasks` of {where}")

@@ -73,7 +73,8 @@ class MultiTaskTrainer(Trainer):
     ):
         self.tasks = self._resolve_tasks(model, args, tasks)
         tokenizer = processing_class if processing_class is not None else model.tokenizer
-        train = prepare_datasets(list(self.tasks.values()), train_dataset or {}, tokenizer, args.max_seq_length, "train")
+        train = prepare_datasets(list(self.tasks.values()), train_dataset or {}, tokenizer, args.max_seq_length, "train",
+                                 label_data=eval_dataset)  # labels only the evaluation data hold join inferred label sets
         self._attach_tasks(model)
         evals = prepare_datasets(list(self.tasks.values()), eval_dataset or {}, tokenizer, args.max_seq_length, "validation")
         collator = data_collator or MultiTaskCollator(tokenizer, self.tasks, args.pad_to_multiple_of)

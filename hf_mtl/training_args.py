@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,3 +135,29 @@ class MultiTaskTrainingArguments(TrainingArguments):
         options = {"temperature": self.sampling_temperature, "num_epochs": max(1, int(round(self.num_train_epochs)))}
         options.update(self.sampling_options or {})
         return options
+
+
+def recipe_fields_help() -> list[tuple[str, str]]:
+    """hf_mtl's own recipe fields: those `MultiTaskTrainingArguments` declares on top of `TrainingArguments`.
+
+    Every field of `transformers.TrainingArguments` (learning_rate, num_train_epochs, per_device_train_batch_size,
+    eval_strategy, seed, ...) is a recipe field too; `RECIPE_FIELDS_NOTE` says so for a help text.
+
+    Returns:
+        `(name, help)` pairs in declaration order; the help ends with the field's default.
+    """
+    own = MultiTaskTrainingArguments.__annotations__  # this class's own fields, in declaration order
+    fields = {f.name: f for f in dataclasses.fields(MultiTaskTrainingArguments)}
+    return [(name, f"{fields[name].metadata.get('help', '')} (default: {_default_text(fields[name])})")
+            for name in own if name in fields and fields[name].init]
+
+
+RECIPE_FIELDS_NOTE = ("Every field of transformers.TrainingArguments (learning_rate, num_train_epochs, "
+                      "per_device_train_batch_size, eval_strategy, seed, ...) is a recipe field too: see its documentation, "
+                      "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments. "
+                      "Each entry of `tasks` takes the fields of hf_mtl.Task (help(hf_mtl.Task)).")
+
+
+def _default_text(item: dataclasses.Field) -> str:
+    value = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+    return json.dumps(value)

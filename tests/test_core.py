@@ -229,3 +229,24 @@ def test_classlabel_ids_become_names(tmp_path: Path) -> None:
     data.to_parquet(str(tmp_path / "d.parquet"))
     task = Task("s", train_file=str(tmp_path / "d.parquet"))
     assert load_task_split(task, "train")["label"] == ["pos", "neg"] and task.labels == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"max_train_samples": True}, r"`max_train_samples` must be an integer or null, got true \(a boolean\)"),
+    ({"labels": "pos"}, r"`labels` must be a list of strings or null, got \"pos\""),
+    ({"labels": ["neg", 1]}, r"`labels` must be a list of strings"),
+    ({"loss_weight": "2"}, r"`loss_weight` must be a number, got \"2\" \(a string\). Fix: write it without quotes"),
+    ({"text_column": ["a"]}, r"`text_column` must be a string"),
+    ({"drop_unlabeled": "yes"}, r"`drop_unlabeled` must be true or false"),
+    ({"extra": []}, r"`extra` must be a JSON object"),
+    ({"head_layer": 1.0}, r"`head_layer` must be an integer or null"),
+])
+def test_task_field_types(fields: dict, message: str) -> None:
+    with pytest.raises(TaskConfigError, match=r"task 't': " + message):
+        tasks_from_config([{"name": "t", **fields}])
+
+
+def test_task_single_names_still_stand_for_lists() -> None:
+    task = Task("t", metrics="f1", labels=["a", "b"])
+    assert task.metrics == ["f1"]
+    assert Task("u", input_from_tasks="t").input_from_tasks == ["t"]

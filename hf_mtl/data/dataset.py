@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..tasks import Task
-from .preprocess import ENCODED_COLUMNS, encode_task, ensure_labels
+from .preprocess import ENCODED_COLUMNS, encode_task, ensure_labels, handle_unlabeled
 
 
 class TaskDataset(Dataset):
@@ -79,8 +79,23 @@ def prepare_datasets(
     tokenizer: Any,
     max_length: int,
     split: str,
+    label_data: dict[str, Any] | None = None,
 ) -> dict[str, datasets.Dataset]:
-    """Tokenize `{task: raw split}` for the tasks that have one."""
+    """Tokenize `{task: raw split}` for the tasks that have one.
+
+    Args:
+        tasks: the tasks; a task without `labels` gets them from its training split here.
+        raw: `{task: split}`, raw or already tokenized.
+        tokenizer: the tokenizer of raw splits.
+        max_length: longer inputs are truncated.
+        split: "train", "validation" or "test" (names it in messages; "train" infers label lists).
+        label_data: with `split="train"`, the raw evaluation splits `{task: split}`: a label list inferred here
+            also takes the labels that occur only there (after the training labels, with a warning), before any
+            head is built.
+
+    Returns:
+        `{task: tokenized split}`.
+    """
     known = {t.name for t in tasks}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -90,13 +105,21 @@ def prepare_datasets(
         data = raw.get(task.name)
         if data is None:
             continue
+        if not is_encoded(data):
+            data = handle_unlabeled(task, data, split)
         if split == "train":
             if len(data) == 0:
                 raise DataError(f"task {task.name!r} has no training examples. Fix: check `train_file` or `max_train_samples`.")
             if not is_encoded(data):
-                ensure_labels(task, data)
+                ensure_labels(task, data, _raw_splits_of(task, label_data))
         out[task.name] = prepare_split(task, data, tokenizer, max_length, split)
     return out
+
+
+def _raw_splits_of(task: Task, data: dict[str, Any] | None) -> list[datasets.Dataset]:
+    """The task's raw (untokenized) split among `data`, as a list of zero or one."""
+    split = (data or {}).get(task.name)
+    return [split] if isinstance(split, datasets.Dataset) and not is_encoded(split) else []
 
 
 def load_raw_splits(tasks: Sequence[Task], split: str) -> dict[str, datasets.Dataset]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+from typing import Any, Iterable
 
 import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import DataError
 from ..tasks import Task
@@ -19,32 +22,90 @@ def tokens_column(task: Task) -> str:
     return "tokens" if task.text_column == "text" else task.text_column
 
 
-def infer_labels(task: Task, train: datasets.Dataset) -> list[str]:
-    """The sorted label set of the training split (tags: "O" first, then sorted)."""
+LABEL_KINDS = ("classification", "token_classification")
+
+
+def label_values(task: Task, data: datasets.Dataset) -> list[Any]:
+    """The distinct values of the label column (of every tag, for token tasks), read from that column only."""
+    values = data.with_format("arrow")[task.label_column]
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if task.kind == "token_classification" and _is_list(values.type):
+        values = pc.list_flatten(values)
+    return pc.unique(values).to_pylist()
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+def sorted_labels(task: Task, values: Any) -> list[str]:
+    """Labels in the order of the transformers examples: sorted unique values (integers by value); tag sets
+    put "O" first."""
+    values = set(values)
     if task.kind == "token_classification":
-        values = {str(tag) for row in train[task.label_column] for tag in row}
-        return (["O"] if "O" in values else []) + sorted(values - {"O"})
-    values = set(train[task.label_column])
-    if None in values:
-        raise DataError(f"task {task.name!r}: column {task.label_column!r} of the training data has empty labels.")
-    if all(isinstance(v, (int,)) and not isinstance(v, bool) for v in values):
+        names = {str(v) for v in values}
+        return (["O"] if "O" in names else []) + sorted(names - {"O"})
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return [str(v) for v in sorted(values)]
     return sorted(str(v) for v in values)
 
 
-def ensure_labels(task: Task, train: datasets.Dataset | None) -> None:
-    """Fill `task.labels` from the training data when the task does not list them."""
-    if task.kind in ("regression", "masked_lm") or task.labels is not None:
-        return
-    if train is None:
-        raise DataError(f"task {task.name!r}: no label list and no training data to infer it from. Fix: set `labels`.")
-    labels = infer_labels(task, train)
+def training_labels(task: Task, train: datasets.Dataset) -> list[str]:
+    """The label set of the training split, blanks left out (see `sorted_labels`)."""
+    return sorted_labels(task, [v for v in label_values(task, train) if not _is_blank(v)])
+
+
+def infer_labels(task: Task, train: datasets.Dataset) -> list[str]:
+    """The label set of the training split (see `sorted_labels`); a classification task needs two labels."""
+    labels = training_labels(task, train)
     if task.kind == "classification" and len(labels) < 2:
         raise DataError(
             f"task {task.name!r}: the training data has a single label {labels} in column {task.label_column!r}. "
             f"Fix: check the column, or give `labels` explicitly."
         )
-    task.set_labels(labels)
+    return labels
+
+
+def ensure_labels(task: Task, train: datasets.Dataset | None, evaluation: Iterable[datasets.Dataset] = ()) -> None:
+    """Fill `task.labels` from the training data when the task does not list them; labels found only in the
+    `evaluation` splits are appended after them (see `add_evaluation_labels`)."""
+    if task.kind not in LABEL_KINDS or task.labels is not None:
+        return
+    if train is None:
+        raise DataError(f"task {task.name!r}: no label list and no training data to infer it from. Fix: set `labels`.")
+    task.set_labels(infer_labels(task, train))
+    add_evaluation_labels(task, evaluation)
+
+
+def add_evaluation_labels(task: Task, evaluation: Iterable[datasets.Dataset]) -> None:
+    """Append the labels that occur only in evaluation data to a label list inferred from the training data,
+    with one warning naming them. As in the transformers examples the label list is the training split's; a
+    label it lacks is no reason to stop a run: the head gets an output for it that no training row teaches,
+    so its rows count as errors. Call this only before the task's head is built (its size is the label count)."""
+    index = {label: i for i, label in enumerate(task.labels or [])}
+    new = set()
+    for data in evaluation:
+        if task.label_column in data.column_names:
+            new.update(v for v in label_values(task, data) if not _is_blank(v) and _label_id(index, v) is None)
+    if not new:
+        return
+    added = sorted_labels(task, new)
+    task.set_labels(list(task.labels) + added)
+    warnings.warn(
+        f"task {task.name!r}: label(s) {added} occur in the evaluation data but never in the training split; they "
+        f"are added to the label set after the training labels, the model cannot learn them, and their rows are "
+        f"scored as errors. Fix: give `labels` to fix the label set, or check the data.", UserWarning, stacklevel=2)
+
+
+def _label_id(index: dict[str, int], value: Any) -> int | None:
+    """The id of a raw label value, or None when the label set lacks it."""
+    key = str(value)
+    if key in index:
+        return index[key]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(index):
+        return value  # integer class ids of a dataset whose `labels` are names (e.g. GLUE's 0/1)
+    return None
 
 
 def label_to_id(task: Task, split: str):
@@ -52,17 +113,62 @@ def label_to_id(task: Task, split: str):
     index = {label: i for i, label in enumerate(task.labels or [])}
 
     def convert(value: Any, row: int) -> int:
-        key = str(value)
-        if key in index:
-            return index[key]
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(index) and key not in index:
-            return value  # integer class ids of a dataset whose `labels` are names (e.g. GLUE's 0/1)
+        label_id = _label_id(index, value)
+        if label_id is not None:
+            return label_id
         raise DataError(
             f"task {task.name!r}: label {value!r} in the {split} split (row {row}, column {task.label_column!r}) "
             f"is not in the task's label set {task.labels}. Fix: add it to `labels`, or clean the {split} data."
         )
 
     return convert
+
+
+# ------------------------------------------------------------------------------------ blank labels
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def unlabeled_rows(task: Task, data: datasets.Dataset) -> list[int]:
+    """Indices of the rows whose label is blank (null, empty or whitespace); for token tasks, rows with a
+    blank tag (or no tag list). Reads the label column only."""
+    values = data.with_format("arrow")[task.label_column]
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if task.kind == "token_classification" and _is_list(values.type):
+        rows = pc.filter(pc.list_parent_indices(values), _blank_mask(pc.list_flatten(values))).to_pylist()
+        rows += pc.indices_nonzero(pc.is_null(values)).to_pylist()
+        return sorted(set(rows))
+    return pc.indices_nonzero(_blank_mask(values)).to_pylist()
+
+
+def _blank_mask(values: pa.Array) -> pa.Array:
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(values), ""), True)
+    return pc.is_null(values)
+
+
+def handle_unlabeled(task: Task, data: datasets.Dataset, split: str, origin: str | None = None) -> datasets.Dataset:
+    """Refuse rows with a blank label (they would become a class "" or a null target), naming them; with the
+    task's `drop_unlabeled`, drop them with a warning instead. Splits without the label column pass."""
+    if task.kind == "masked_lm" or task.label_column not in data.column_names:
+        return data
+    rows = unlabeled_rows(task, data)
+    if not rows:
+        return data
+    where = origin or f"the {split} data"
+    shown = ", ".join(str(r) for r in rows[:10]) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+    what = "a blank tag" if task.kind == "token_classification" else "a blank label"
+    if not task.drop_unlabeled:
+        raise DataError(
+            f"task {task.name!r}: {len(rows)} row(s) of {where} have {what} in column {task.label_column!r} "
+            f"(rows {shown}, counting the first data row as 0). Fix: fill in their labels, or set "
+            f"`drop_unlabeled: true` in the task to drop such rows."
+        )
+    warnings.warn(f"task {task.name!r}: dropped {len(rows)} row(s) of {where} with {what} in column "
+                  f"{task.label_column!r} (rows {shown}; `drop_unlabeled` is set).", UserWarning, stacklevel=2)
+    blank = set(rows)
+    return data.select([i for i in range(len(data)) if i not in blank])
 
 
 def encode_task(task: Task, data: datasets.Dataset, tokenizer: Any, max_length: int, split: str) -> datasets.Dataset:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from conllu.exceptions import ParseException
@@ -35,6 +36,8 @@ from datasets.exceptions import DatasetsError
 
 from ..errors import DataError
 from ..tasks import Task
+from .preprocess import (LABEL_KINDS, add_evaluation_labels, handle_unlabeled, label_values, sorted_labels,
+                         training_labels)
 
 SPLITS = ("train", "validation", "test")
 TOKENS_COLUMN = "tokens"
@@ -91,8 +94,13 @@ def load_task_split(task: Task, split: str) -> datasets.Dataset | None:
     For token-classification tasks the words are always returned in a column named `tokens`: from a
     table source (Hub, CSV, JSON, Parquet) they are read from `text_column`, where the default
     `"text"` means `tokens`, and renamed to `tokens` when needed. The split's rows are checked (the
-    text and label columns exist, token tasks have one tag per word), then cut to the first
-    `max_train_samples` (train) or `max_eval_samples` (validation, test) rows.
+    text and label columns exist, no label is blank, token tasks have one tag per word), then cut to the first
+    `max_train_samples` (train) or `max_eval_samples` (validation, test) rows (`sample_seed`: that many rows at
+    random instead). Rows with a blank label are refused, or dropped with a warning under `drop_unlabeled`.
+
+    Reading the training split of a classification or token task without `labels` also sets `task.labels`, as
+    the transformers examples do: the sorted labels of the whole split (before `max_train_samples`), then any
+    label that only the validation or test data hold, with a warning (the model cannot learn those).
 
     Args:
         task: the task whose data to read.
@@ -103,8 +111,9 @@ def load_task_split(task: Task, split: str) -> datasets.Dataset | None:
         (no file, and no such split in `dataset_name`).
 
     Raises:
-        DataError: the source is missing, unreadable or malformed, is empty, lacks a needed column, or
-            (token tasks) an example has not one tag per word. The message names the task, the field
+        DataError: the source is missing, unreadable or malformed, is empty, lacks a needed column, has rows
+            with a blank label, the selected training rows hold a single class, or (token tasks) an example has
+            not one tag per word. The message names the task, the field
             or file, and the fix.
     """
     if split not in SPLITS:
@@ -116,9 +125,35 @@ def load_task_split(task: Task, split: str) -> datasets.Dataset | None:
     _check_not_empty(task, split, dataset, origin)
     _check_columns(task, split, dataset, origin)
     dataset = _class_ids_to_names(task, dataset)
-    dataset = _keep_first_rows(task, split, dataset)
-    _check_token_lengths(task, dataset, origin)
-    return dataset
+    dataset = handle_unlabeled(task, dataset, split, origin)
+    _check_not_empty(task, split, dataset, origin)  # every row may have been dropped as unlabeled
+    if split == "train" and task.kind in LABEL_KINDS and task.labels is None:
+        _read_label_set(task, dataset)
+    sample = _select_rows(task, split, dataset)
+    if split == "train":
+        _check_sample_has_classes(task, dataset, sample, origin)
+    _check_token_lengths(task, sample, origin)
+    return sample
+
+
+def _read_label_set(task: Task, train: datasets.Dataset) -> None:
+    """The label list of a task without `labels`, as the transformers examples build it: from the whole training
+    split, before `max_train_samples` selects rows (a slice may lack a rare label that evaluation data has).
+    Labels that only the validation or test data hold are appended after them (`add_evaluation_labels`)."""
+    labels = training_labels(task, train)
+    if task.kind == "classification" and len(labels) < 2:
+        return  # no task can learn one class: left to `ensure_labels`, which names that problem
+    task.set_labels(labels)
+    evaluation = [_evaluation_labels(task, split) for split in ("validation", "test")]
+    add_evaluation_labels(task, [data for data in evaluation if data is not None])
+
+
+def _evaluation_labels(task: Task, split: str) -> datasets.Dataset | None:
+    """The label column of an evaluation split, as `load_task_split` reads it, or None when it has none."""
+    source = _read_source(task, split)
+    if source is None or task.label_column not in source[0].column_names:
+        return None
+    return _class_ids_to_names(task, source[0].select_columns([task.label_column]))
 
 
 def _class_ids_to_names(task: Task, dataset: datasets.Dataset) -> datasets.Dataset:
@@ -523,11 +558,42 @@ def _check_columns(task: Task, split: str, dataset: datasets.Dataset, origin: st
             )
 
 
-def _keep_first_rows(task: Task, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
+def _select_rows(task: Task, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
+    """The first `max_train_samples` / `max_eval_samples` rows (the transformers examples' convention), or with
+    `sample_seed` that many rows drawn at random (kept in file order)."""
     limit = getattr(task, _SPLIT_FIELDS[split][2])
     if limit is None or limit >= len(dataset):
         return dataset
-    return dataset.select(range(limit))
+    if task.sample_seed is None:
+        return dataset.select(range(limit))
+    rows = np.random.default_rng(task.sample_seed).choice(len(dataset), size=limit, replace=False)
+    return dataset.select(np.sort(rows).tolist())
+
+
+def _check_sample_has_classes(task: Task, train: datasets.Dataset, sample: datasets.Dataset, origin: str) -> None:
+    """A classification task cannot learn from selected training rows that hold a single class (the first rows
+    of a file sorted by label): say so, and name the fix."""
+    if task.kind != "classification" or len(sample) == len(train):
+        return
+    chosen = label_values(task, sample)
+    if len(chosen) > 1:
+        return
+    labels = sorted_labels(task, label_values(task, train))
+    if len(labels) < 2:
+        return  # the whole split has one class: `infer_labels` names that problem
+    limit = task.max_train_samples
+    if task.sample_seed is None:
+        which = f"the first {limit} training rows"
+        fix = (f"set `sample_seed` (e.g. 42) in the task to draw {limit} random rows instead of the first ones, "
+               f"or raise `max_train_samples`")
+    else:
+        which = f"the {limit} training rows drawn with `sample_seed` {task.sample_seed}"
+        fix = "raise `max_train_samples`, or try another `sample_seed`"
+    raise DataError(
+        f"task {task.name!r}: {which} of {origin} (`max_train_samples` {limit}) all have the label {chosen[0]!r}, "
+        f"while the whole split has the labels {labels}; the file is probably sorted by label, and the model would "
+        f"learn a single class. Fix: {fix}."
+    )
 
 
 def _check_token_lengths(task: Task, dataset: datasets.Dataset, origin: str) -> None:
