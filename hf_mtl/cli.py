@@ -34,7 +34,27 @@ CHECKPOINT_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpo
 
 # ---------------------------------------------------------------------------------------------------- train
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-h", "--help", action=_RecipeHelp, nargs=0,
+                        help="Show this help and every recipe field of hf_mtl, then exit.")
     parser.add_argument("recipe", help="Path of a JSON recipe (MultiTaskTrainingArguments fields).")
+
+
+class _RecipeHelp(argparse.Action):
+    """`hf-mtl train --help`: the usage, then hf_mtl's own recipe fields with their help.
+
+    The fields come from `MultiTaskTrainingArguments`, which imports transformers: they are read only when this help
+    is asked for, so `hf-mtl --help` and the other commands' help stay fast.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        from .training_args import RECIPE_FIELDS_NOTE, recipe_fields_help
+
+        lines = [parser.format_help(), "recipe fields of hf_mtl (JSON keys of a recipe, or --field value):"]
+        for name, text in recipe_fields_help():
+            lines.append(f"  {name}\n      {text}")
+        lines += ["", RECIPE_FIELDS_NOTE]
+        print("\n".join(lines))
+        parser.exit()
 
 
 def _train(args: argparse.Namespace, extra: list[str]) -> int:
@@ -362,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hf-mtl", description="Multi-task learning with adapters on the Hugging Face stack.")
     sub = parser.add_subparsers(dest="command_name", required=True)
     for command in COMMANDS:
-        child = sub.add_parser(command.name, help=command.help, description=command.description or command.help)
+        child = sub.add_parser(command.name, help=command.help, description=command.description or command.help,
+                               conflict_handler="resolve")  # `train` has a help of its own (`_RecipeHelp`)
         command.arguments(child)
         child.set_defaults(command=command)
     return parser

@@ -218,3 +218,14 @@ def test_eval_data_files_reach_run_evaluation(tmp_path, monkeypatch, capsys):
     assert "names task 'a' twice" in capsys.readouterr().err
     assert main(["eval", store, "--tasks", "b", "--data", f"a={a}"]) == 2
     assert "is not among --tasks" in capsys.readouterr().err
+
+
+def test_train_help_lists_the_recipe_fields(capsys):
+    """The unknown-field error points to `hf-mtl train --help`: it lists hf_mtl's own fields with their help."""
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for field in ("adapter_method", "sampling_strategy", "loss_weighting", "max_seq_length", "freeze_backbone"):
+        assert f"\n  {field}\n" in out, field
+    assert "transformers.TrainingArguments" in out and "(default: " in out
