@@ -104,3 +104,22 @@ def test_build_adapter_method_accepts_any_spelling() -> None:
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
     assert build_adapter_method("PALs", config).name == "pals"
     assert normalize_name(" Round-Robin ") == "round_robin"
+
+
+def test_schedulers_share_the_option_and_state_checks_of_every_strategy() -> None:
+    from hf_mtl.optim.schedulers import build_scheduler
+    from hf_mtl.optim.strategy import Strategy
+
+    assert issubclass(TaskScheduler, Strategy)
+    with pytest.raises(TaskConfigError, match=r"Invalid option\(s\) \['alpha'\] for sampling_strategy 'temperature' "
+                                              r"\(field `sampling_options`\): its options are: temperature\."):
+        build_scheduler("temperature", ["a", "b"], [3, 4], alpha=1)
+    with pytest.raises(TaskConfigError, match=r"sampling_strategy 'annealed' requires the option\(s\) \['num_epochs'\] "
+                                              r"\(field `sampling_options`\)"):
+        build_scheduler("annealed", ["a", "b"], [3, 4])
+    uniform = build_scheduler("uniform", ["a", "b"], [3, 4], seed=1)
+    assert uniform.state_dict() == {"name": "uniform", "seed": 1, "options": {}}  # the checkpoint's keys
+    with pytest.raises(TaskConfigError, match="field 'name'.*'uniform'.*'round_robin'"):
+        build_scheduler("round_robin", ["a", "b"], [3, 4], seed=1).load_state_dict(uniform.state_dict())
+    with pytest.raises(TaskConfigError, match="field 'seed'"):
+        build_scheduler("uniform", ["a", "b"], [3, 4], seed=2).load_state_dict(uniform.state_dict())
