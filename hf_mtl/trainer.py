@@ -27,7 +27,7 @@ from transformers.trainer_utils import EvalPrediction, get_last_checkpoint
 
 from .data.collators import MultiTaskCollator
 from .data.dataset import MultiTaskDataset, TaskDataset, prepare_datasets
-from .data.samplers import SAMPLING_STRATEGIES, MultiTaskBatchSampler, TaskScheduler, build_scheduler
+from .data.samplers import MultiTaskBatchSampler
 from .errors import DataError, TaskConfigError
 from .io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
@@ -37,6 +37,7 @@ from .modeling.store import CONFIG_NAME, load_trainable_state
 from .optim.feedback import SchedulerFeedback, build_held_out
 from .optim.mixed import forward_per_task, rows_by_task, task_batches
 from .optim.plan import OptimizationPlan
+from .optim.schedulers import SAMPLING_STRATEGIES, TaskScheduler, build_scheduler
 from .optim.schedulers.uncertainty import select_uncertain_rows
 from .optim.weighting import Progress
 from .tasks import Task, check_unique_names, dependency_order

@@ -106,18 +106,18 @@ class MultiTaskTrainingArguments(TrainingArguments):
         self._validate_multitask()
 
     def _validate_multitask(self) -> None:
-        from .adapters import ADAPTER_METHODS, load_builtin_methods
-        from .data.samplers import SAMPLING_STRATEGIES
+        from .adapters import ADAPTER_METHODS
         from .optim.plan import check_optimization_fields
+        from .optim.schedulers import SAMPLING_STRATEGIES
+        from .optim.surgery import GRADIENT_SURGERIES
+        from .optim.weighting import LOSS_WEIGHTINGS
 
-        load_builtin_methods()
-        if self.sampling_strategy not in SAMPLING_STRATEGIES:
-            raise TaskConfigError(
-                f"Unknown sampling_strategy {self.sampling_strategy!r}. Fix: use one of {sorted(SAMPLING_STRATEGIES)}."
-            )
+        # One normalization for every name ("Round-Robin" -> "round_robin"); the rest of the run sees the registry's key.
+        self.sampling_strategy = SAMPLING_STRATEGIES.resolve(self.sampling_strategy)
+        self.loss_weighting = LOSS_WEIGHTINGS.resolve(self.loss_weighting)
+        self.gradient_surgery = GRADIENT_SURGERIES.resolve(self.gradient_surgery)
         check_optimization_fields(self.loss_weighting, self.gradient_surgery, self.sampling_strategy)
-        if self.adapter_method not in ADAPTER_METHODS:
-            raise TaskConfigError(f"Unknown adapter_method {self.adapter_method!r}. Fix: use one of {sorted(ADAPTER_METHODS)}.")
+        self.adapter_method = ADAPTER_METHODS.resolve(self.adapter_method)
         if self.sampling_temperature <= 0:
             raise TaskConfigError(f"sampling_temperature must be > 0, got {self.sampling_temperature}.")
         if self.max_seq_length < 8:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from hf_mtl import Task, TaskConfigError
-from hf_mtl.data.samplers import MultiTaskBatchSampler, build_scheduler
+from hf_mtl.data.samplers import MultiTaskBatchSampler
+from hf_mtl.optim.schedulers import build_scheduler
 from hf_mtl.optim.schedulers.uncertainty import select_rows, uncertainty_scores
 
 NAMES = ["a", "b", "c"]

@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_mtl.data.samplers import (
-    SAMPLING_STRATEGIES,
-    MultiTaskBatchSampler,
-    TaskScheduler,
-    build_scheduler,
-    register_scheduler,
-)
+from hf_mtl.data.samplers import MultiTaskBatchSampler
+from hf_mtl.optim.schedulers import SAMPLING_STRATEGIES, TaskScheduler, build_scheduler, register_scheduler
 from hf_mtl.errors import DataError, TaskConfigError
 
 NAMES = ["a", "b", "c"]
@@ -247,7 +242,7 @@ class CountingScheduler(TaskScheduler):
 def counting_registered():
     register_scheduler(CountingScheduler)
     yield
-    SAMPLING_STRATEGIES.pop(CountingScheduler.name)
+    SAMPLING_STRATEGIES.unregister(CountingScheduler.name)
 
 
 def prefetching(iterator, depth):

@@ -1,26 +1,25 @@
-"""Adapter methods: one folder per method, all behind one registry (`ADAPTER_METHODS`)."""
+"""Adapter methods: one folder per method, all behind one registry (`ADAPTER_METHODS`).
+
+`ADAPTER_METHODS` lists every method by name (`METHOD_MODULES`, in `base.py`) and imports a method's
+module the first time its name is looked up.
+"""
 
 from __future__ import annotations
 
-import importlib
-
-from .base import ADAPTER_METHODS, AdapterMethod, Routing, build_adapter_method, register_method
-
-# Modules that register a method when imported; a method's folder adds itself here.
-BUILTIN_METHOD_MODULES: list[str] = [
-    "hf_mtl.adapters.pals",
-    "hf_mtl.adapters.hyperformer",
-    "hf_mtl.adapters.ca_mtl",
-    "hf_mtl.adapters.bottleneck",
-    "hf_mtl.adapters.madx",
-    "hf_mtl.adapters.lora",
-    "hf_mtl.adapters.prefix_tuning",
-]
+from .base import ADAPTER_METHODS, METHOD_MODULES, AdapterMethod, Routing, build_adapter_method, register_method
 
 
 def load_builtin_methods() -> None:
-    for module in BUILTIN_METHOD_MODULES:
-        importlib.import_module(module)
+    """Import every built-in method's module (to inspect all the classes at once, e.g. in tests)."""
+    ADAPTER_METHODS.load_all()
 
 
-__all__ = ["ADAPTER_METHODS", "AdapterMethod", "Routing", "build_adapter_method", "register_method"]
+__all__ = [
+    "ADAPTER_METHODS",
+    "METHOD_MODULES",
+    "AdapterMethod",
+    "Routing",
+    "build_adapter_method",
+    "load_builtin_methods",
+    "register_method",
+]

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import TaskConfigError
+from ..registry import Registry
 from ..tasks import Task
 
 
@@ -178,21 +179,37 @@ class AdapterMethod(nn.Module):
         return 0
 
 
-ADAPTER_METHODS: dict[str, type[AdapterMethod]] = {"none": AdapterMethod}
+# Every adapter method, by name -> the module that registers it; a method's module is imported the first
+# time its name is looked up, so validating a recipe does not import PEFT or every method's code.
+METHOD_MODULES: dict[str, str] = {
+    "none": "hf_mtl.adapters.base",
+    "bottleneck": "hf_mtl.adapters.bottleneck",
+    "ca_mtl": "hf_mtl.adapters.ca_mtl",
+    "hyperformer": "hf_mtl.adapters.hyperformer",
+    "hyperformer++": "hf_mtl.adapters.hyperformer",
+    "lora": "hf_mtl.adapters.lora",
+    "madx": "hf_mtl.adapters.madx",
+    "pals": "hf_mtl.adapters.pals",
+    "prefix_tuning": "hf_mtl.adapters.prefix_tuning",
+}
+ADAPTER_METHODS: Registry[type[AdapterMethod]] = Registry("adapter_method", base=AdapterMethod, modules=METHOD_MODULES)
+ADAPTER_METHODS.register(AdapterMethod)
 
 
 def register_method(cls: type[AdapterMethod]) -> type[AdapterMethod]:
-    """Class decorator: make `cls` selectable by `adapter_method: cls.name`."""
-    ADAPTER_METHODS[cls.name] = cls
-    return cls
+    """Class decorator: make `cls` selectable by `adapter_method: cls.name` (list it in `METHOD_MODULES` too)."""
+    return ADAPTER_METHODS.register(cls)
 
 
 def build_adapter_method(name: str, backbone_config: Any, config: dict[str, Any] | None = None) -> AdapterMethod:
-    from . import load_builtin_methods
+    """Build the adapter method registered under `name` (case and '-' vs '_' do not matter).
 
-    load_builtin_methods()
-    if name not in ADAPTER_METHODS:
-        raise TaskConfigError(
-            f"Unknown adapter_method {name!r}. Fix: use one of {sorted(ADAPTER_METHODS)}."
-        )
-    return ADAPTER_METHODS[name](backbone_config, config)
+    Args:
+        name: a name of `ADAPTER_METHODS`.
+        backbone_config: the backbone's `PretrainedConfig`.
+        config: the method's options (`adapter_config`).
+
+    Returns:
+        The method, not yet attached.
+    """
+    return ADAPTER_METHODS.get(name)(backbone_config, config)

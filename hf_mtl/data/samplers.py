@@ -1,7 +1,8 @@
-"""Task schedulers and the rank-aware multi-task batch sampler.
+"""The rank-aware multi-task batch sampler.
 
-A *scheduler* decides which task each optimizer micro-step trains; the *batch sampler* turns that
-decision into the indices of one single-task batch per rank (DESIGN.md, "Data path"):
+A *scheduler* (`hf_mtl.optim.schedulers`) decides which task each optimizer micro-step trains; the
+*batch sampler* turns that decision into the indices of one single-task batch per rank (DESIGN.md,
+"Data path"):
 
 ```
 scheduler.task_for_step(epoch, step) --> task t (the same on every rank: shared seed, no RNG state)
@@ -21,538 +22,20 @@ whose state moved on since those steps were drawn.
 
 from __future__ import annotations
 
-import bisect
-import math
-import warnings
-from typing import Any, ClassVar, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..errors import DataError, TaskConfigError
+from ..errors import TaskConfigError
+from ..optim.schedulers.base import TaskScheduler, check_int, check_tasks
 
-__all__ = [
-    "SAMPLING_STRATEGIES",
-    "AnnealedScheduler",
-    "IIDScheduler",
-    "MultiTaskBatchSampler",
-    "ProportionalScheduler",
-    "RoundRobinScheduler",
-    "SequentialScheduler",
-    "TaskScheduler",
-    "TemperatureScheduler",
-    "UniformScheduler",
-    "build_scheduler",
-    "register_scheduler",
-]
+__all__ = ["MultiTaskBatchSampler"]
 
-SAMPLING_STRATEGIES: dict[str, type["TaskScheduler"]] = {}
-
-_REQUIRED = object()  # marks an option without a default
 # Appended to the entropy of the sampler's example streams. numpy's SeedSequence pads entropy with
 # zeros, so [seed, epoch] == [seed, epoch, 0, 0]: without this tag the stream of task 0, cycle 0
 # would reuse the proportional scheduler's shuffle seed (and task t's the i.i.d. draw of step t).
 _STREAM_DOMAIN = 0x5354524D  # "STRM"
-
-
-# ----------------------------------------------------------------------------------------------
-# validation helpers
-
-
-def _check_tasks(task_names: Any, sizes: Any) -> tuple[list[str], list[int]]:
-    """Check the task list and the dataset sizes that go with it; return them as plain lists."""
-    if isinstance(task_names, str) or not isinstance(task_names, (list, tuple)) or not task_names:
-        raise TaskConfigError(f"Invalid task_names {task_names!r}: give a non-empty list of task names.")
-    names = list(task_names)
-    if any(not isinstance(n, str) or not n for n in names):
-        raise TaskConfigError(f"Invalid task_names {names!r}: every task name must be a non-empty string.")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise TaskConfigError(f"Invalid task_names: {duplicates} appear more than once. Fix: list each task once.")
-    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__") or len(sizes) != len(names):
-        raise TaskConfigError(
-            f"Invalid sizes {sizes!r}: give one dataset size per task ({len(names)} tasks: {names})."
-        )
-    out = []
-    for name, size in zip(names, sizes):
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-            raise TaskConfigError(f"Invalid sizes entry for task {name!r}: {size!r} is not an integer.")
-        if size < 1:
-            raise DataError(
-                f"Task {name!r} has no training examples (sizes entry {int(size)}): a scheduler cannot draw "
-                f"batches from it. Fix: give the task training data or remove it from the run."
-            )
-        out.append(int(size))
-    return names, out
-
-
-def _check_int(value: Any, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise TaskConfigError(f"Invalid {field} {value!r}: it must be an integer >= {minimum}.")
-    return int(value)
-
-
-def _allocate_steps(sizes: list[int], steps: int, global_batch_size: int) -> list[int]:
-    """Split `steps` steps among tasks in proportion to their sizes, exactly.
-
-    With the default epoch length (S = Σ_t ceil(|D_t| / B)) task t gets ceil(|D_t| / B) steps, so the
-    epoch covers each dataset once. Otherwise it gets floor(S·p_t) or one more, by largest remainder
-    (Hamilton's method) with p_t = |D_t| / Σ|D|; ties go to the earlier task. Integer arithmetic only.
-
-    Args:
-        sizes: examples per task.
-        steps: steps in the epoch (S).
-        global_batch_size: examples per step over all ranks (B).
-
-    Returns:
-        Steps per task, summing to `steps`.
-    """
-    per_task = [-(-n // global_batch_size) for n in sizes]
-    if sum(per_task) == steps:
-        return per_task
-    total = sum(sizes)
-    counts = [steps * n // total for n in sizes]
-    remainders = [steps * n % total for n in sizes]
-    order = sorted(range(len(sizes)), key=lambda t: -remainders[t])  # stable: ties keep task order
-    for t in order[: steps - sum(counts)]:
-        counts[t] += 1
-    return counts
-
-
-def _draw_task(probabilities: np.ndarray, entropy: list[int]) -> int:
-    """One uniform u from `default_rng(entropy)`; the task is the first t with u < Σ_{s<=t} p_s.
-
-    Tasks with p_t = 0 have an empty bin and are never drawn, the trailing ones included (the cdf is
-    set to 1 from the last task with p_t > 0 on, so rounding cannot leave u above it).
-    """
-    cdf = np.cumsum(probabilities)
-    cdf[int(np.flatnonzero(probabilities > 0)[-1]):] = 1.0
-    return bisect.bisect_right(cdf.tolist(), np.random.default_rng(entropy).random())
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    # Powers |D|^(1/T) overflow for small T; log-space keeps them exact up to normalization.
-    z = np.exp(logits - logits.max())
-    return z / z.sum()
-
-
-# ----------------------------------------------------------------------------------------------
-# schedulers
-
-
-class TaskScheduler:
-    """Chooses which task each optimizer micro-step trains.
-
-    Subclasses set `name` (the string a recipe uses), `option_defaults` (option name -> default, or
-    `_REQUIRED`), and implement `probabilities` and `task_for_step`. Draws are a pure function of
-    (scheduler state, seed, epoch, step): stochastic schedulers draw with a fresh
-    `np.random.default_rng([seed, epoch, step])`, so no RNG state needs saving and every rank draws
-    the same task. Dynamic schedulers keep what they learn from `update` in `state_dict`.
-
-    Args:
-        task_names: the tasks, in the order of the concatenated dataset.
-        sizes: number of training examples of each task (|D_t|).
-        seed: non-negative seed shared by all ranks.
-        options: strategy options (see each subclass); unknown or invalid ones raise `TaskConfigError`.
-
-    Epochs are 0-based, as in `Sampler.set_epoch` and the Trainer.
-    """
-
-    name: ClassVar[str]
-    option_defaults: ClassVar[dict[str, Any]] = {}
-    # Trainer-facing flags (hf_mtl.optim.schedulers holds the strategies that set them):
-    draws_all_tasks: ClassVar[bool] = False  # every step holds a batch of every task; task_for_step is unused
-    selects_rows: ClassVar[bool] = False  # the trainer keeps the most uncertain batch_size rows of that pool
-    dynamic: ClassVar[bool] = False  # learns from `update`; its probabilities are logged as prob_<task>
-
-    def __init__(self, task_names: list[str], sizes: list[int], *, seed: int = 0, **options: Any) -> None:
-        self.task_names, self.sizes = _check_tasks(task_names, sizes)
-        self.seed = _check_int(seed, "seed", 0)
-        self.options = self._check_options(options)
-
-    # -- options
-
-    def _check_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Fill defaults, reject unknown or missing options, then let the subclass validate values."""
-        unknown = sorted(set(options) - set(self.option_defaults))
-        if unknown:
-            valid = ", ".join(sorted(self.option_defaults)) or "none"
-            raise TaskConfigError(
-                f"Invalid option(s) {unknown} for sampling strategy {self.name!r}: its options are: {valid}."
-            )
-        # None means "not given", so a recipe may carry every field of every strategy.
-        merged = {k: options[k] if options.get(k) is not None else d for k, d in self.option_defaults.items()}
-        missing = sorted(k for k, v in merged.items() if v is _REQUIRED)
-        if missing:
-            raise TaskConfigError(f"Sampling strategy {self.name!r} requires the option(s) {missing}; none given.")
-        return self.validate_options(merged)
-
-    def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Check option values and convert them to JSON types; override in subclasses with options.
-
-        Args:
-            options: every option, defaults filled in.
-
-        Returns:
-            The options to keep in `self.options` (and in `state_dict`).
-        """
-        return options
-
-    # -- the schedule
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.task_names)
-
-    def probabilities(self, epoch: int) -> np.ndarray:
-        """Per-step task probabilities in `epoch` (for logging and tests).
-
-        Args:
-            epoch: 0-based epoch.
-
-        Returns:
-            Array of shape (num_tasks,) summing to 1, in `task_names` order.
-        """
-        raise NotImplementedError
-
-    def task_for_step(self, epoch: int, step: int, steps_per_epoch: int, global_batch_size: int) -> int:
-        """The task trained at `step` of `epoch`; deterministic given state, seed, epoch and step.
-
-        Args:
-            epoch: 0-based epoch.
-            step: 0-based step within the epoch, `< steps_per_epoch`.
-            steps_per_epoch: number of steps in the epoch (S).
-            global_batch_size: examples per step over all ranks (B).
-
-        Returns:
-            Index of the task in `task_names`.
-        """
-        raise NotImplementedError
-
-    def update(self, feedback: dict) -> None:
-        """Learn from the trainer (losses, rewards, ...); a no-op for static schedulers.
-
-        Args:
-            feedback: whatever the dynamic scheduler documents (e.g. `{"task": ..., "loss": ...}`).
-        """
-
-    def eval_feedback(self) -> tuple[int, int, list[str]] | None:
-        """What held-out feedback the scheduler wants from the trainer, or None (the default).
-
-        Returns:
-            (every K optimizer steps, rows per task of the held-out slice, the tasks to evaluate): the
-            trainer then passes `{"eval_losses": {task: loss}}` to `update` every K steps (and once before
-            the first step).
-        """
-        return None
-
-    # -- checkpointing
-
-    def state_dict(self) -> dict:
-        """JSON-serializable state. Static schedulers keep only their configuration, for validation.
-
-        Returns:
-            `{"name", "seed", "options"}`; dynamic schedulers add their learned state.
-        """
-        return {"name": self.name, "seed": self.seed, "options": dict(self.options)}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore from `state_dict()`. A different strategy or seed is an error; different options
-        only warn (e.g. a resumed run that trains more epochs), the run's options win.
-
-        Args:
-            state: what `state_dict()` returned, possibly through JSON.
-        """
-        if not isinstance(state, dict) or "name" not in state:
-            raise TaskConfigError(f"Invalid scheduler state {state!r}: expected the dict of `state_dict()`.")
-        if state["name"] != self.name:
-            raise TaskConfigError(
-                f"Scheduler state mismatch in field 'name': the checkpoint was trained with sampling strategy "
-                f"{state['name']!r}, this run uses {self.name!r}. Fix: resume with the checkpoint's strategy."
-            )
-        if state.get("seed", self.seed) != self.seed:
-            raise TaskConfigError(
-                f"Scheduler state mismatch in field 'seed': checkpoint {state['seed']}, this run {self.seed}. "
-                f"Fix: resume with the checkpoint's seed, or the task sequence would change."
-            )
-        saved = state.get("options", {})
-        if saved != self.options:
-            warnings.warn(
-                f"Sampling strategy {self.name!r}: options {saved} in the checkpoint differ from this run's "
-                f"{self.options}; the resumed run continues with this run's options.",
-                stacklevel=2,
-            )
-
-    def __repr__(self) -> str:
-        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
-        return f"{type(self).__name__}(tasks={self.task_names}, seed={self.seed}{opts})"
-
-
-def register_scheduler(cls: type[TaskScheduler]) -> type[TaskScheduler]:
-    """Class decorator adding a scheduler to `SAMPLING_STRATEGIES` under `cls.name`.
-
-    Args:
-        cls: a `TaskScheduler` subclass that defines `name`.
-
-    Returns:
-        `cls`, unchanged.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, TaskScheduler)):
-        raise TypeError(f"register_scheduler expects a TaskScheduler subclass, got {cls!r}.")
-    name = cls.__dict__.get("name")
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__name__} must define a class attribute `name` (the strategy's string).")
-    if name in SAMPLING_STRATEGIES and SAMPLING_STRATEGIES[name] is not cls:
-        raise TypeError(f"Sampling strategy {name!r} is already registered by {SAMPLING_STRATEGIES[name].__name__}.")
-    SAMPLING_STRATEGIES[name] = cls
-    return cls
-
-
-def build_scheduler(
-    name: str, task_names: list[str], sizes: list[int], *, seed: int = 0, **options: Any
-) -> TaskScheduler:
-    """Build the scheduler registered under `name`.
-
-    Args:
-        name: a key of `SAMPLING_STRATEGIES` (case and '-' vs '_' do not matter).
-        task_names: the tasks, in dataset order.
-        sizes: examples per task.
-        seed: non-negative seed shared by all ranks.
-        options: the strategy's options.
-
-    Returns:
-        The scheduler.
-    """
-    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
-    if key not in SAMPLING_STRATEGIES:
-        raise TaskConfigError(
-            f"Unknown sampling strategy {name!r}. Valid strategies: {', '.join(sorted(SAMPLING_STRATEGIES))}."
-        )
-    return SAMPLING_STRATEGIES[key](task_names, sizes, seed=seed, **options)
-
-
-class IIDScheduler(TaskScheduler):
-    """Base of the schedulers that draw each step's task independently from `probabilities(epoch)`.
-
-    The draw uses `np.random.default_rng([seed, epoch, step])`: one uniform u, task = the first t with
-    u < Σ_{s<=t} p_s (`_draw_task`).
-    """
-
-    def task_for_step(self, epoch: int, step: int, steps_per_epoch: int, global_batch_size: int) -> int:
-        return _draw_task(self.probabilities(epoch), [self.seed, epoch, step])
-
-
-@register_scheduler
-class ProportionalScheduler(TaskScheduler):
-    """Examples-proportional sampling, implemented exactly (MT-DNN; Liu et al., 2019).
-
-    p_t = |D_t| / Σ_s |D_s|. Rather than drawing i.i.d., each epoch of S steps holds an exact multiset:
-    ceil(|D_t| / B) steps of task t with the default S (one epoch covers each dataset once), otherwise
-    S·p_t rounded by largest remainder; the multiset is shuffled with `default_rng([seed, epoch])`.
-    """
-
-    name = "proportional"
-
-    def __init__(self, task_names: list[str], sizes: list[int], *, seed: int = 0, **options: Any) -> None:
-        super().__init__(task_names, sizes, seed=seed, **options)
-        self._plan_key: tuple[int, int, int] | None = None
-        self._plan: np.ndarray = np.empty(0, dtype=np.int64)
-
-    def probabilities(self, epoch: int) -> np.ndarray:
-        sizes = np.asarray(self.sizes, dtype=np.float64)
-        return sizes / sizes.sum()
-
-    def task_for_step(self, epoch: int, step: int, steps_per_epoch: int, global_batch_size: int) -> int:
-        key = (epoch, steps_per_epoch, global_batch_size)
-        if key != self._plan_key:  # one epoch's plan is cached: it is S ints
-            counts = _allocate_steps(self.sizes, steps_per_epoch, global_batch_size)
-            plan = np.repeat(np.arange(self.num_tasks), counts)
-            np.random.default_rng([self.seed, epoch]).shuffle(plan)
-            self._plan_key, self._plan = key, plan
-        return int(self._plan[step])
-
-
-@register_scheduler
-class TemperatureScheduler(IIDScheduler):
-    """Temperature-scaled sampling (Arivazhagan et al., 2019; T5, Raffel et al., 2020).
-
-    p_t ∝ |D_t|^(1/T): T = 1 is proportional, T -> ∞ uniform. Option `temperature` (T > 0, default 2.0).
-    """
-
-    name = "temperature"
-    option_defaults = {"temperature": 2.0}
-
-    def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        t = options["temperature"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise TaskConfigError(
-                f"Invalid temperature {t!r} for sampling strategy 'temperature': it must be a finite number > 0 "
-                f"(1 = proportional, larger = closer to uniform)."
-            )
-        return {"temperature": float(t)}
-
-    def probabilities(self, epoch: int) -> np.ndarray:
-        return _softmax(np.log(np.asarray(self.sizes, dtype=np.float64)) / self.options["temperature"])
-
-
-@register_scheduler
-class AnnealedScheduler(IIDScheduler):
-    """Annealed sampling (Stickland & Murray, 2019, "BERT and PALs", ICML).
-
-    p_t ∝ |D_t|^α(e), α(e) = 1 − 0.8·(e − 1)/(E − 1), with e the 1-based epoch (`epoch + 1`) and E the
-    option `num_epochs` (required, >= 1; E = 1 gives α = 1): proportional at first, closer to
-    uniform later. Past epoch E, α stays at its final value 0.2.
-    """
-
-    name = "annealed"
-    option_defaults = {"num_epochs": _REQUIRED}
-
-    def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        e = options["num_epochs"]
-        if isinstance(e, float) and e.is_integer():
-            e = int(e)
-        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 1:
-            raise TaskConfigError(
-                f"Invalid num_epochs {e!r} for sampling strategy 'annealed': it must be an integer >= 1 "
-                f"(the number of training epochs E that α anneals over)."
-            )
-        return {"num_epochs": int(e)}
-
-    def alpha(self, epoch: int) -> float:
-        """α for the 0-based `epoch`: 1 − 0.8·(e − 1)/(E − 1), e = min(epoch + 1, E)."""
-        total = self.options["num_epochs"]
-        if total == 1:
-            return 1.0
-        return 1.0 - 0.8 * (min(epoch + 1, total) - 1) / (total - 1)
-
-    def probabilities(self, epoch: int) -> np.ndarray:
-        return _softmax(self.alpha(epoch) * np.log(np.asarray(self.sizes, dtype=np.float64)))
-
-
-@register_scheduler
-class UniformScheduler(IIDScheduler):
-    """Uniform sampling: p_t = 1/M, i.i.d. per step."""
-
-    name = "uniform"
-
-    def probabilities(self, epoch: int) -> np.ndarray:
-        return np.full(self.num_tasks, 1.0 / self.num_tasks)
-
-
-@register_scheduler
-class RoundRobinScheduler(TaskScheduler):
-    """Round-robin: task = step mod M, in `task_names` order; probabilities are uniform."""
-
-    name = "round_robin"
-
-    def probabilities(self, epoch: int) -> np.ndarray:
-        return np.full(self.num_tasks, 1.0 / self.num_tasks)
-
-    def task_for_step(self, epoch: int, step: int, steps_per_epoch: int, global_batch_size: int) -> int:
-        return step % self.num_tasks
-
-
-@register_scheduler
-class SequentialScheduler(TaskScheduler):
-    """Sequential (curriculum) training within each epoch: one consecutive block of steps per task.
-
-    Tasks come in the order of option `task_order` (every task name once; default `task_names`).
-    Block t lasts ceil(|D_t| / B) steps with the default epoch length, otherwise S·|D_t|/Σ|D| steps
-    rounded by largest remainder. `probabilities` gives each task's share of the epoch.
-
-    Curriculum option `stages` (instead of `task_order`): a list of `{"step": s, "tasks": [...] or "all"}`
-    that switches the set of tasks in training at given steps, counted over the whole run (epoch·S +
-    step, in batches: optimizer steps × gradient_accumulation_steps), e.g. low-level tasks first, then
-    all (Søgaard & Goldberg, 2016; Hashimoto et al., 2017). The first stage starts at step 0; within a
-    stage each step draws a task i.i.d. with p_t ∝ |D_t| over the stage's tasks (`default_rng([seed,
-    epoch, step])`). `probabilities` are those of the stage of the last drawn step (stage 0 before).
-    """
-
-    name = "sequential"
-    option_defaults = {"task_order": None, "stages": None}
-
-    def __init__(self, task_names: list[str], sizes: list[int], *, seed: int = 0, **options: Any) -> None:
-        super().__init__(task_names, sizes, seed=seed, **options)
-        self._order = [self.task_names.index(n) for n in self.options["task_order"]]
-        self._ends_key: tuple[int, int] | None = None
-        self._ends = np.empty(0, dtype=np.int64)
-        self._stage = 0  # stage of the last drawn step (for `probabilities`)
-
-    def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        if options["stages"] is not None:
-            if options["task_order"] is not None:
-                raise TaskConfigError(
-                    "Sampling strategy 'sequential': give either `task_order` (one block per task and epoch) or "
-                    "`stages` (task sets switched at given steps), not both."
-                )
-            return {"task_order": list(self.task_names), "stages": self._check_stages(options["stages"])}
-        order = options["task_order"]
-        if order is None:
-            return {"task_order": list(self.task_names), "stages": None}
-        if isinstance(order, str) or not isinstance(order, (list, tuple)):
-            raise TaskConfigError(f"Invalid task_order {order!r}: give a list of task names, e.g. {self.task_names}.")
-        unknown = [n for n in order if n not in self.task_names]
-        if unknown:
-            raise TaskConfigError(f"Invalid task_order: unknown task(s) {unknown}. Known tasks: {self.task_names}.")
-        repeated = sorted({n for n in order if list(order).count(n) > 1})
-        missing = [n for n in self.task_names if n not in order]
-        if repeated or missing:
-            raise TaskConfigError(
-                f"Invalid task_order {list(order)}: list every task exactly once"
-                + (f"; repeated: {repeated}" if repeated else "")
-                + (f"; missing: {missing}" if missing else "")
-                + "."
-            )
-        return {"task_order": list(order), "stages": None}
-
-    def _check_stages(self, stages: Any) -> list[dict[str, Any]]:
-        example = '[{"step": 0, "tasks": ["upos"]}, {"step": 500, "tasks": "all"}]'
-        if isinstance(stages, (str, dict)) or not isinstance(stages, (list, tuple)) or not stages:
-            raise TaskConfigError(f"Invalid stages {stages!r} for sampling strategy 'sequential': give a list like {example}.")
-        out, previous = [], -1
-        for k, stage in enumerate(stages):
-            if not isinstance(stage, dict) or set(stage) != {"step", "tasks"}:
-                raise TaskConfigError(f"Invalid stages[{k}] {stage!r}: each stage is {{\"step\": s, \"tasks\": [...] or \"all\"}}.")
-            step, names = stage["step"], stage["tasks"]
-            if isinstance(step, bool) or not isinstance(step, int) or step <= previous or (k == 0 and step != 0):
-                raise TaskConfigError(
-                    f"Invalid stages[{k}].step {step!r}: the first stage starts at step 0 and steps increase strictly."
-                )
-            names = list(self.task_names) if names == "all" else names
-            if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
-                raise TaskConfigError(f"Invalid stages[{k}].tasks {names!r}: give a non-empty list of task names or \"all\".")
-            unknown = [n for n in names if n not in self.task_names]
-            if unknown:
-                raise TaskConfigError(f"Invalid stages[{k}].tasks: unknown task(s) {unknown}. Known tasks: {self.task_names}.")
-            out.append({"step": step, "tasks": [n for n in self.task_names if n in names]})
-            previous = step
-        return out
-
-    def _stage_probabilities(self, stage: int) -> np.ndarray:
-        active = [n in self.options["stages"][stage]["tasks"] for n in self.task_names]
-        sizes = np.where(active, np.asarray(self.sizes, dtype=np.float64), 0.0)
-        return sizes / sizes.sum()
-
-    def probabilities(self, epoch: int) -> np.ndarray:
-        if self.options["stages"] is not None:
-            return self._stage_probabilities(self._stage)
-        sizes = np.asarray(self.sizes, dtype=np.float64)
-        return sizes / sizes.sum()
-
-    def task_for_step(self, epoch: int, step: int, steps_per_epoch: int, global_batch_size: int) -> int:
-        if self.options["stages"] is not None:
-            starts = [stage["step"] for stage in self.options["stages"]]
-            self._stage = bisect.bisect_right(starts, epoch * steps_per_epoch + step) - 1
-            return _draw_task(self._stage_probabilities(self._stage), [self.seed, epoch, step])
-        if (steps_per_epoch, global_batch_size) != self._ends_key:
-            counts = _allocate_steps([self.sizes[t] for t in self._order], steps_per_epoch, global_batch_size)
-            self._ends_key, self._ends = (steps_per_epoch, global_batch_size), np.cumsum(counts)
-        block = int(np.searchsorted(self._ends, step, side="right"))
-        return self._order[min(block, len(self._order) - 1)]
-
-
-# ----------------------------------------------------------------------------------------------
-# batch sampler
 
 
 class _TaskStream:
@@ -621,14 +104,14 @@ class MultiTaskBatchSampler(torch.utils.data.Sampler[list[int]]):
         steps_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
-        self.task_names, self.sizes = _check_tasks(task_names, sizes)
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
-        self.num_replicas = _check_int(num_replicas, "num_replicas", 1)
-        self.rank = _check_int(rank, "rank", 0)
+        self.task_names, self.sizes = check_tasks(task_names, sizes)
+        self.batch_size = check_int(batch_size, "batch_size", 1)
+        self.num_replicas = check_int(num_replicas, "num_replicas", 1)
+        self.rank = check_int(rank, "rank", 0)
         if self.rank >= self.num_replicas:
             raise TaskConfigError(f"Invalid rank {rank}: it must be < num_replicas ({num_replicas}).")
-        self.seed = _check_int(seed, "seed", 0)
-        self.steps_per_epoch = None if steps_per_epoch is None else _check_int(steps_per_epoch, "steps_per_epoch", 1)
+        self.seed = check_int(seed, "seed", 0)
+        self.steps_per_epoch = None if steps_per_epoch is None else check_int(steps_per_epoch, "steps_per_epoch", 1)
         self.scheduler = self._check_scheduler(scheduler)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int).tolist()
         self.epoch = 0
@@ -673,7 +156,7 @@ class MultiTaskBatchSampler(torch.utils.data.Sampler[list[int]]):
         Going back to the epoch the sampler was in just before keeps that epoch's recorded history, so
         a resume whose dataloader had prefetched past the end of the epoch still replays it exactly.
         """
-        epoch = _check_int(epoch, "epoch", 0)
+        epoch = check_int(epoch, "epoch", 0)
         if epoch == self.epoch:
             return
         restored = self._previous[1] if self._previous and self._previous[0] == epoch else []
@@ -790,7 +273,7 @@ class MultiTaskBatchSampler(torch.utils.data.Sampler[list[int]]):
                 f"Sampler state mismatch in field 'steps_per_epoch': checkpoint {state['steps_per_epoch']}, "
                 f"this run {len(self)}. Fix: resume with the checkpoint's steps_per_epoch."
             )
-        _check_int(state["epoch"], "epoch (in the sampler state)", 0)
+        check_int(state["epoch"], "epoch (in the sampler state)", 0)
         histories = [state["history"]] + ([state["previous"]["history"]] if state.get("previous") else [])
         for h in histories:
             if len(h) > len(self) or any(not 0 <= int(t) < len(self.task_names) for t in h):
@@ -798,8 +281,3 @@ class MultiTaskBatchSampler(torch.utils.data.Sampler[list[int]]):
                     f"Invalid sampler state: field 'history' {h[:10]}... is not a task sequence of at most "
                     f"{len(self)} steps over {len(self.task_names)} tasks."
                 )
-
-
-# The dynamic and all-task strategies live in hf_mtl.optim.schedulers (one file each); importing them
-# here registers them wherever SAMPLING_STRATEGIES is used.
-from ..optim import schedulers as _optim_schedulers  # noqa: E402,F401

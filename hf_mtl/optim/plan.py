@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 from ..errors import TaskConfigError
+from ..registry import normalize_name
 from ..tasks import Task
 from .distributed import world_size
-from .surgery import GRADIENT_SURGERIES, build_gradient_surgery
+from .surgery import GRADIENT_SURGERIES, NO_SURGERY, build_gradient_surgery
 from .task_gradients import StepStats, TaskGradients, all_reduce_grads, loss_coefficients
 from .weighting import LOSS_WEIGHTINGS, LossWeighting, Progress, build_loss_weighting
 
-NO_SURGERY = "none"
 
 
 def check_optimization_fields(loss_weighting: str, gradient_surgery: str, sampling_strategy: str) -> None:
@@ -37,14 +37,10 @@ def check_optimization_fields(loss_weighting: str, gradient_surgery: str, sampli
         loss_weighting, gradient_surgery, sampling_strategy: the recipe's fields.
     """
     weighting = LOSS_WEIGHTINGS.get(loss_weighting)
-    if gradient_surgery != NO_SURGERY and gradient_surgery not in GRADIENT_SURGERIES:
-        raise TaskConfigError(
-            f"Unknown gradient_surgery {gradient_surgery!r}. Fix: use one of {[NO_SURGERY, *GRADIENT_SURGERIES.names()]}."
-        )
-    needs = [f"gradient_surgery={gradient_surgery!r}"] if gradient_surgery != NO_SURGERY else []
+    needs = [f"gradient_surgery={gradient_surgery!r}"] if GRADIENT_SURGERIES.resolve(gradient_surgery) != NO_SURGERY else []
     if weighting.needs_all_tasks:
         needs.append(f"loss_weighting={loss_weighting!r}")
-    if needs and sampling_strategy != "all_tasks":
+    if needs and normalize_name(sampling_strategy) != "all_tasks":
         raise TaskConfigError(
             f"{' and '.join(needs)} compare(s) the tasks within an optimizer step, which needs a batch of every task "
             f"in every step; sampling_strategy={sampling_strategy!r} does not put every task in every step. "

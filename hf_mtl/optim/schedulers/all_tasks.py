@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...data.samplers import TaskScheduler, register_scheduler
+from .base import TaskScheduler, register_scheduler
 
 
 @register_scheduler

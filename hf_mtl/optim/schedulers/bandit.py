@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ...data.samplers import IIDScheduler, _softmax, register_scheduler
 from ...errors import TaskConfigError
+from .base import IIDScheduler, register_scheduler, softmax
 
 
 @register_scheduler
@@ -66,7 +66,7 @@ class BanditScheduler(IIDScheduler):
         return {**options, "tau": float(tau), "decay": float(decay), "primary_task": primary}
 
     def probabilities(self, epoch: int) -> np.ndarray:
-        return _softmax(self.q / self.options["tau"])
+        return softmax(self.q / self.options["tau"])
 
     def eval_feedback(self) -> tuple[int, int, list[str]]:
         tasks = list(self.task_names) if self.options["reward"] == "average" else [self.options["primary_task"]]

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...data.samplers import TaskScheduler, register_scheduler
 from ...tasks import Task
 from ..distributed import all_reduce_
 from ..mixed import forward_per_task, rows_by_task, single_task_batch, take_rows
+from .base import TaskScheduler, register_scheduler
 
 IGNORE_INDEX = -100
 SHARE_RATE = 0.1

@@ -18,9 +18,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..strategy import Registry, Strategy
+from ...registry import Registry
+from ..strategy import Strategy
 
-GRADIENT_SURGERIES: Registry["GradientSurgery"] = Registry("gradient_surgery")
+NO_SURGERY = "none"  # the recipe value that turns surgery off
 GRANULARITIES = ("all", "parameter")
 
 
@@ -34,6 +35,7 @@ class GradientSurgery(Strategy, abc.ABC):
     """
 
     kind: ClassVar[str] = "gradient_surgery"
+    options_field: ClassVar[str] = "gradient_surgery_options"
     option_defaults: ClassVar[dict[str, Any]] = {"granularity": "all"}
 
     def __init__(self, num_tasks: int, seed: int = 0, **options: Any):
@@ -83,6 +85,10 @@ class GradientSurgery(Strategy, abc.ABC):
         """The other tasks j ≠ i in the random order used for task i at `step`."""
         others = np.array([j for j in range(self.num_tasks) if j != i])
         return np.random.default_rng([self.seed, step, i]).permutation(others).tolist()
+
+
+GRADIENT_SURGERIES: Registry[type[GradientSurgery]] = Registry("gradient_surgery", base=GradientSurgery,
+                                                             off=NO_SURGERY)
 
 
 def register_surgery(cls: type[GradientSurgery]) -> type[GradientSurgery]:

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from ...errors import TaskConfigError
+from ...registry import Registry
 from ...tasks import Task
-from ..strategy import Registry, Strategy
-
-LOSS_WEIGHTINGS: Registry["LossWeighting"] = Registry("loss_weighting")
+from ..strategy import Strategy
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,7 @@ class LossWeighting(Strategy, abc.ABC):
     """
 
     kind: ClassVar[str] = "loss_weighting"
+    options_field: ClassVar[str] = "loss_weighting_options"
     linear: ClassVar[bool] = True
     needs_all_tasks: ClassVar[bool] = False
     uses_step_losses: ClassVar[bool] = False
@@ -114,10 +114,13 @@ class LossWeighting(Strategy, abc.ABC):
         unknown = [n for n in names if n not in self.tasks]
         if unknown:
             raise TaskConfigError(
-                f"Invalid {self.kind}_options.{option} for {self.kind} {self.name!r}: unknown task(s) {unknown}. "
+                f"Invalid {self.options_field}.{option} for {self.kind} {self.name!r}: unknown task(s) {unknown}. "
                 f"Known tasks: {self.task_names}."
             )
         return list(names)
+
+
+LOSS_WEIGHTINGS: Registry[type[LossWeighting]] = Registry("loss_weighting", base=LossWeighting)
 
 
 def register_weighting(cls: type[LossWeighting]) -> type[LossWeighting]:
