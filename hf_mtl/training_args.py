@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +102,13 @@ class MultiTaskTrainingArguments(TrainingArguments):
         self.remove_unused_columns = False  # batches carry a `task` field the Trainer must keep
         if not self.label_names:
             self.label_names = ["labels"]
+        if not self.use_cpu and _cpu_processes_of_one_run():
+            # accelerate joins processes into one gloo group only when told they are CPU processes; otherwise each
+            # one trains alone (world_size 1), and several models overwrite one output_dir
+            self.use_cpu = True
         super().__post_init__()
+        if self.device.type == "cpu":
+            self.dataloader_pin_memory = False  # pinned memory only speeds copies to an accelerator; torch warns without one
         self._validate_multitask()
 
     def _validate_multitask(self) -> None:
@@ -134,3 +141,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
         options = {"temperature": self.sampling_temperature, "num_epochs": max(1, int(round(self.num_train_epochs)))}
         options.update(self.sampling_options or {})
         return options
+
+
+def _cpu_processes_of_one_run() -> bool:
+    """A launcher started several processes (`WORLD_SIZE` > 1, as `accelerate launch --multi_gpu` and torchrun set)
+    on a host with no accelerator that has a distributed backend: they can train one model only as CPU processes."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    from accelerate.utils import get_distributed_backend, get_torch_accelerator_backend
+
+    device_type, _ = get_torch_accelerator_backend()
+    return get_distributed_backend(device_type) is None
