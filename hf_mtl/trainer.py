@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import (PREFIX_CHECKPOINT_DIR, EvalPrediction, enable_full_determinism, rotate_checkpoints,
-                                        set_seed)
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR, EvalPrediction, enable_full_determinism, rotate_checkpoints, set_seed,
+)
 
 from .data.collators import MultiTaskCollator
 from .data.dataset import MultiTaskDataset, TaskDataset, prepare_datasets
 from .data.samplers import SAMPLING_STRATEGIES, MultiTaskBatchSampler, TaskScheduler, build_scheduler
-from .errors import DataError, HfMtlError, TaskConfigError
+from .errors import DataError, TaskConfigError
 from .io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
 from .modeling.cpu_memory import keep_freed_memory
@@ -468,11 +469,11 @@ def check_world_size(args: MultiTaskTrainingArguments) -> None:
     own (`world_size` 1): they would train separate models into one `output_dir`."""
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched > 1 and args.world_size == 1:
-        raise HfMtlError(
+        raise TaskConfigError(
             f"{launched} processes were launched together (WORLD_SIZE={launched}) but this one set up world_size 1 "
             f"(parallel mode {args.parallel_mode.value}): they would train {launched} separate models into "
-            f"{args.output_dir}. Fix: launch with `accelerate launch --multi_gpu --num_processes {launched} -m hf_mtl.cli "
-            f"train RECIPE.json` (on a host without GPUs the processes join over gloo), or run a single process."
+            f"{args.output_dir}. Fix: launch with `accelerate launch --multi_gpu --num_processes {launched} "
+            f"-m hf_mtl.cli train RECIPE.json` (on a host without GPUs they join over gloo), or run one process."
         )
 
 
@@ -495,9 +496,9 @@ def _is_complete(path: Path) -> bool:
 def _newest_complete(output_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:
     """The newest complete `checkpoint-N` of `output_dir` (None if there is none) and the newer incomplete ones."""
     root = Path(output_dir)
-    found = [(step, path) for path in (root.iterdir() if root.is_dir() else []) if (step := _checkpoint_step(path)) is not None]
+    steps = {path: _checkpoint_step(path) for path in (root.iterdir() if root.is_dir() else [])}
     skipped = []
-    for _, path in sorted(found, reverse=True):
+    for path in sorted((p for p, step in steps.items() if step is not None), key=steps.get, reverse=True):
         if _is_complete(path):
             return path, skipped
         skipped.append(path)

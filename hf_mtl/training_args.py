@@ -17,7 +17,9 @@ from .tasks import Task, tasks_from_config
 class MultiTaskTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the multi-task fields. Recipes in `training_args/` are these fields as JSON.
 
-    Validation happens in `__post_init__`, so a bad recipe fails before any data or model is loaded.
+    Validation happens in `__post_init__`, so a bad recipe fails before any data or model is loaded. Processes
+    launched together on a host without GPUs (`accelerate launch --multi_gpu --num_processes N`, `WORLD_SIZE` > 1)
+    are set up as the CPU processes of one run (`use_cpu`, gloo), and pinned memory is off on the CPU.
     """
 
     model_name_or_path: str | None = field(
@@ -108,7 +110,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
             self.use_cpu = True
         super().__post_init__()
         if self.device.type == "cpu":
-            self.dataloader_pin_memory = False  # pinned memory only speeds copies to an accelerator; torch warns without one
+            # pinned memory only speeds copies to an accelerator; without one torch warns on every dataloader
+            self.dataloader_pin_memory = False
         self._validate_multitask()
 
     def _validate_multitask(self) -> None:

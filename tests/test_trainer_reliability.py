@@ -195,3 +195,18 @@ def test_processes_that_each_think_they_are_alone_are_refused(tmp_path: Path, mo
         check_world_size(args)
     monkeypatch.setenv("WORLD_SIZE", "1")
     check_world_size(args)
+
+
+def test_cli_refuses_a_launch_of_lone_processes(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`hf-mtl train` in a process of a 2-process launch whose arguments end up alone: one error line, before any
+    data or model is loaded (here the CPU processes are kept from joining, as a launcher might)."""
+    import hf_mtl.training_args as training_args_module
+    from hf_mtl.cli import main
+
+    recipe = write_tiny_recipe(tmp_path)
+    monkeypatch.setattr(training_args_module, "_cpu_processes_of_one_run", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 2 processes were launched together") and "Fix: " in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
