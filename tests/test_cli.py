@@ -153,7 +153,8 @@ def test_two_process_launch_on_the_cpu_trains_one_model(tmp_path: Path) -> None:
 
     recipe = write_tiny_recipe(tmp_path, save_strategy="steps", save_steps=4, eval_strategy="no")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    # `accelerate launch ...` exactly, through this interpreter (accelerate_cli is what the `accelerate` script runs)
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
            "-m", "hf_mtl.cli", "train", str(recipe)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -204,6 +204,7 @@ def test_cli_refuses_a_launch_of_lone_processes(tmp_path: Path, monkeypatch, cap
     from hf_mtl.cli import main
 
     recipe = write_tiny_recipe(tmp_path)
+    capsys.readouterr()
     monkeypatch.setattr(training_args_module, "_cpu_processes_of_one_run", lambda: False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", str(recipe)]) == 2
