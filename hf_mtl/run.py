@@ -166,14 +166,18 @@ def build_model(args: MultiTaskTrainingArguments, tasks: list) -> Any:
 def run_training(args: MultiTaskTrainingArguments) -> dict[str, Any]:
     """Train the recipe's tasks, save the store into `output_dir`, evaluate, write the result files."""
     from .data.dataset import load_raw_splits
-    from .trainer import MultiTaskTrainer, check_output_dir
+    from .trainer import MultiTaskTrainer, check_output_dir, check_world_size, seed_everything, warn_unevaluated
 
+    check_world_size(args)  # before any data or model is loaded
     resume = args.resume_from_checkpoint
     if not resume:
-        check_output_dir(args)  # before any data or model is loaded
+        check_output_dir(args)
     tasks = args.task_objects()
     train_raw = load_raw_splits(tasks, "train")
     eval_raw = load_raw_splits(tasks, "validation")
+    if not eval_raw:  # the trainer names the tasks a partial evaluation leaves out
+        warn_unevaluated([task.name for task in tasks])
+    seed_everything(args)  # the same seed gives the same backbone, adapters and heads
     model = build_model(args, tasks)
     trainer = MultiTaskTrainer(model=model, args=args, tasks=tasks, train_dataset=train_raw, eval_dataset=eval_raw or None)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -200,7 +204,7 @@ def run_evaluation(store: str, split: str = "validation", tasks: Sequence[str] |
     from .data.dataset import load_raw_splits
     from .errors import DataError
     from .modeling import MultiTaskModel
-    from .trainer import MultiTaskTrainer
+    from .trainer import MultiTaskTrainer, warn_unevaluated
 
     model = MultiTaskModel.from_pretrained(store, tasks=tasks)
     task_list = list(model.tasks.values())
@@ -211,6 +215,8 @@ def run_evaluation(store: str, split: str = "validation", tasks: Sequence[str] |
     raw = load_raw_splits(task_list, split)
     if not raw:
         raise DataError(f"No task of {store} has {split} data (set `{split}_file` or `dataset_name` in the task).")
+    warn_unevaluated([t.name for t in task_list if t.name not in raw], split)
+    task_list = [t for t in task_list if t.name in raw]
     with tempfile.TemporaryDirectory() as tmp:
         args = MultiTaskTrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size,
                                           max_seq_length=max_seq_length, report_to=[])

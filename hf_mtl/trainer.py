@@ -5,16 +5,21 @@ Overridden: the train dataloader (task sampler), `compute_loss` (per-task losses
 strategies; see `hf_mtl.optim.plan`), `create_optimizer` (a learned loss weighting's parameters),
 `log` (per-task train losses, `weight_<task>`, `prob_<task>`), `evaluate` (one pass per task,
 `eval_<task>_<metric>` + `eval_average`), `_save` / `_load_from_checkpoint` / `_load_best_model` (the
-store layout, safetensors only), and the checkpoint's RNG-state hook, which also saves the sampler's and
-the optimization strategies' states so a resumed run continues exactly.
+store layout, safetensors only), the checkpoint's RNG-state hook, which also saves the sampler's and
+the optimization strategies' states so a resumed run continues exactly, and `_save_checkpoint`, which marks
+a checkpoint complete once every file of it is written (`resume_from_checkpoint=True` takes the newest
+complete one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import EvalPrediction, get_last_checkpoint
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR, EvalPrediction, enable_full_determinism, rotate_checkpoints, set_seed,
+)
 
 from .data.collators import MultiTaskCollator
 from .data.dataset import MultiTaskDataset, TaskDataset, prepare_datasets
@@ -44,8 +51,12 @@ from .tasks import Task, check_unique_names, dependency_order
 from .training_args import MultiTaskTrainingArguments
 
 MTL_STATE_NAME = "hf_mtl_state.json"
+# Written last into a checkpoint, once every rank's files are there: a folder without it was cut off mid-save.
+CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
 DISCRIMINATOR_NAME = "task_discriminator.safetensors"  # checkpoints of adversarial runs (training-only weights)
 _IGNORE_OUTPUT_KEYS = ["task_losses", "task_logits", "task_rows"]
+
+logger = logging.getLogger(__name__)
 
 
 class MultiTaskTrainer(Trainer):
@@ -72,12 +83,18 @@ class MultiTaskTrainer(Trainer):
         data_collator: Any = None,
         **kwargs: Any,
     ):
+        check_world_size(args)
+        # Heads made here (labels read from the data) draw from the run's seed, as the Trainer's own setup does;
+        # what the caller built before (backbone, adapters) is seeded by calling `transformers.set_seed` first.
+        seed_everything(args)
         self.tasks = self._resolve_tasks(model, args, tasks)
         tokenizer = processing_class if processing_class is not None else model.tokenizer
         train = prepare_datasets(list(self.tasks.values()), train_dataset or {}, tokenizer, args.max_seq_length, "train",
                                  label_data=eval_dataset)  # labels only the evaluation data hold join inferred label sets
         self._attach_tasks(model)
         evals = prepare_datasets(list(self.tasks.values()), eval_dataset or {}, tokenizer, args.max_seq_length, "validation")
+        if evals:
+            warn_unevaluated([name for name in self.tasks if name not in evals])
         collator = data_collator or MultiTaskCollator(tokenizer, self.tasks, args.pad_to_multiple_of)
         self.optim_plan = self._build_optimization(args, model, train)
         super().__init__(
@@ -88,6 +105,7 @@ class MultiTaskTrainer(Trainer):
         )
         if args.cpu_keep_freed_memory and args.device.type == "cpu":
             keep_freed_memory()
+        self.state.epoch = None  # not trained yet: an evaluation now (`hf-mtl eval` of a store) has no epoch
         self.model_accepts_loss_kwargs = False  # the model returns a per-batch mean; the Trainer scales it for GA
         self.task_sampler: MultiTaskBatchSampler | None = None
         self._resume_checkpoint: str | None = None
@@ -159,8 +177,7 @@ class MultiTaskTrainer(Trainer):
         loader = DataLoader(
             data, batch_sampler=sampler, collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
-            # pinned memory only helps copies to an accelerator (torch warns when there is none)
-            pin_memory=self.args.dataloader_pin_memory and self.args.device.type != "cpu",
+            pin_memory=self.args.dataloader_pin_memory,  # off on the CPU (MultiTaskTrainingArguments)
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
         )
         prepared = self.accelerator.prepare(loader)
@@ -368,13 +385,35 @@ class MultiTaskTrainer(Trainer):
     # ------------------------------------------------------------------ train / save / load
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise DataError(f"No checkpoint to resume from in {self.args.output_dir}.")
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, remove_skipped=self.args.should_save)
+            self.accelerator.wait_for_everyone()  # the skipped folders are gone before any rank saves again
+        elif resume_from_checkpoint:
+            check_checkpoint_complete(str(resume_from_checkpoint))
         if not resume_from_checkpoint:
             check_output_dir(self.args)
         self._resume_checkpoint = resume_from_checkpoint or None
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, marked complete (`CHECKPOINT_COMPLETE_NAME`) once every rank wrote its part;
+        older checkpoints are rotated out (`save_total_limit`) only after that, so a run killed while saving
+        always leaves a complete checkpoint to resume from."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):
+            shutil.rmtree(folder)  # what a run killed while writing this step left (partial files, *.tmp)
+        self.accelerator.wait_for_everyone()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's files (rng_state_<rank>.pth) are written
+        if self.args.should_save:
+            atomic_write_json(os.path.join(folder, CHECKPOINT_COMPLETE_NAME),
+                              {"global_step": self.state.global_step, "world_size": self.args.world_size})
+            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
+                               use_mtime=True)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -416,3 +455,89 @@ def check_output_dir(args: MultiTaskTrainingArguments) -> None:
             f"output_dir {out} already holds a run ({', '.join(sorted(markers)[:3])}). Fix: choose another output_dir, "
             f"set overwrite_output_dir=true, or resume with resume_from_checkpoint."
         )
+
+
+def seed_everything(args: MultiTaskTrainingArguments) -> None:
+    """Seed Python, NumPy and torch from `args.seed` as the Trainer does (`enable_full_determinism` when
+    `full_determinism` is set): call it before building anything random (backbone, adapters, heads)."""
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
+
+
+def check_world_size(args: MultiTaskTrainingArguments) -> None:
+    """Refuse processes that a launcher started together (`WORLD_SIZE` > 1) but that each set up a run of their
+    own (`world_size` 1): they would train separate models into one `output_dir`."""
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and args.world_size == 1:
+        raise TaskConfigError(
+            f"{launched} processes were launched together (WORLD_SIZE={launched}) but this one set up world_size 1 "
+            f"(parallel mode {args.parallel_mode.value}): they would train {launched} separate models into "
+            f"{args.output_dir}. Fix: launch with `accelerate launch --multi_gpu --num_processes {launched} "
+            f"-m hf_mtl.cli train RECIPE.json` (on a host without GPUs they join over gloo), or run one process."
+        )
+
+
+def warn_unevaluated(names: Sequence[str], split: str = "validation") -> None:
+    """Say once per task that a task without `split` data is left out of the evaluation."""
+    for name in names:
+        logger.warning("task %r has no %s data: it is not evaluated. Fix: set `%s_file` (or `dataset_name` and "
+                       "`%s_split`) in the task.", name, split, split, split)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
+    return int(match.group(1)) if match and path.is_dir() else None
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / CHECKPOINT_COMPLETE_NAME).is_file()
+
+
+def _newest_complete(output_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:
+    """The newest complete `checkpoint-N` of `output_dir` (None if there is none) and the newer incomplete ones."""
+    root = Path(output_dir)
+    steps = {path: _checkpoint_step(path) for path in (root.iterdir() if root.is_dir() else [])}
+    skipped = []
+    for path in sorted((p for p, step in steps.items() if step is not None), key=steps.get, reverse=True):
+        if _is_complete(path):
+            return path, skipped
+        skipped.append(path)
+    return None, skipped
+
+
+def last_complete_checkpoint(output_dir: str, remove_skipped: bool = False) -> str:
+    """The newest `checkpoint-N` of `output_dir` that was written to the end. Newer ones that were cut off
+    mid-save are skipped with a warning each and, with `remove_skipped` (the saving process), deleted: the
+    resumed run writes those steps again.
+
+    Raises:
+        DataError: `output_dir` holds no complete checkpoint.
+    """
+    newest, skipped = _newest_complete(output_dir)
+    if newest is None:
+        detail = f" ({', '.join(p.name for p in skipped)}: cut off mid-save)" if skipped else ""
+        raise DataError(f"No complete checkpoint to resume from in {output_dir}{detail}. Fix: start the run again "
+                        f"without resume_from_checkpoint (with overwrite_output_dir=true).")
+    for path in skipped:
+        logger.warning("resuming from %s: skipped %s, which is incomplete (no %s, which is written last: the run "
+                       "stopped while saving it)%s.", newest.name, path.name, CHECKPOINT_COMPLETE_NAME,
+                       "; removed it" if remove_skipped else "")
+        if remove_skipped:
+            shutil.rmtree(path, ignore_errors=True)
+    return str(newest)
+
+
+def check_checkpoint_complete(path: str) -> None:
+    """Refuse to resume from a checkpoint that was cut off mid-save, naming the newest complete one."""
+    if not os.path.isdir(path):
+        raise DataError(f"resume_from_checkpoint: {path} does not exist. Fix: give a checkpoint-N folder of the run, "
+                        f"or true for the newest complete one.")
+    if _is_complete(Path(path)):
+        return
+    newest, _ = _newest_complete(Path(path).parent)
+    fix = (f"resume from {newest}, or with resume_from_checkpoint=true" if newest is not None
+           else "start the run again without resume_from_checkpoint")
+    raise DataError(f"{path} is incomplete: it has no {CHECKPOINT_COMPLETE_NAME} (written last), so the run stopped "
+                    f"while saving it. Fix: {fix}.")

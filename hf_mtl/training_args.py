@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,9 @@ from .tasks import Task, tasks_from_config
 class MultiTaskTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the multi-task fields. Recipes in `training_args/` are these fields as JSON.
 
-    Validation happens in `__post_init__`, so a bad recipe fails before any data or model is loaded.
+    Validation happens in `__post_init__`, so a bad recipe fails before any data or model is loaded. Processes
+    launched together on a host without GPUs (`accelerate launch --multi_gpu --num_processes N`, `WORLD_SIZE` > 1)
+    are set up as the CPU processes of one run (`use_cpu`, gloo), and pinned memory is off on the CPU.
     """
 
     model_name_or_path: str | None = field(
@@ -102,7 +105,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
         self.remove_unused_columns = False  # batches carry a `task` field the Trainer must keep
         if not self.label_names:
             self.label_names = ["labels"]
+        if not self.use_cpu and _cpu_processes_of_one_run():
+            # accelerate joins processes into one gloo group only when told they are CPU processes; otherwise each
+            # one trains alone (world_size 1), and several models overwrite one output_dir
+            self.use_cpu = True
         super().__post_init__()
+        if self.device.type == "cpu":
+            # pinned memory only speeds copies to an accelerator; without one torch warns on every dataloader
+            self.dataloader_pin_memory = False
         self._validate_multitask()
 
     def _validate_multitask(self) -> None:
@@ -161,3 +171,14 @@ RECIPE_FIELDS_NOTE = ("Every field of transformers.TrainingArguments (learning_r
 def _default_text(item: dataclasses.Field) -> str:
     value = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
     return json.dumps(value)
+
+
+def _cpu_processes_of_one_run() -> bool:
+    """A launcher started several processes (`WORLD_SIZE` > 1, as `accelerate launch --multi_gpu` and torchrun set)
+    on a host with no accelerator that has a distributed backend: they can train one model only as CPU processes."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    from accelerate.utils import get_distributed_backend, get_torch_accelerator_backend
+
+    device_type, _ = get_torch_accelerator_backend()
+    return get_distributed_backend(device_type) is None

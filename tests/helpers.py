@@ -82,3 +82,34 @@ def assert_mixed_equals_single(model, inputs: dict, rows: list[str]) -> None:
             got = mixed.task_logits[name]
             got = got[:, : single.shape[1]] if single.dim() == 3 else got
             torch.testing.assert_close(got, single, rtol=1e-5, atol=1e-5)
+
+
+TINY_ROWS = [("good film", "pos"), ("bad film", "neg"), ("great movie", "pos"), ("terrible food", "neg"),
+             ("nice plot", "pos"), ("awful story", "neg")]
+
+
+def write_tiny_recipe(root: Path, validation: bool = True, **fields) -> Path:
+    """A recipe over a tiny BERT saved in `root/backbone` (weights from seed 0) and a one-task JSON-lines data
+    set: `hf-mtl train` and `run_training` run it in about a second, with no download."""
+    import torch
+    from transformers import AutoModel
+
+    root.mkdir(parents=True, exist_ok=True)
+    tok = tiny_tokenizer()
+    with torch.random.fork_rng():  # the caller's random state stays as it was
+        torch.manual_seed(0)
+        AutoModel.from_config(tiny_bert_config(tok.vocab_size)).save_pretrained(root / "backbone")
+    tok.save_pretrained(root / "backbone")
+    lines = "".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in TINY_ROWS * 3)
+    task = {"name": "sent", "train_file": str(root / "train.jsonl")}
+    (root / "train.jsonl").write_text(lines)
+    if validation:
+        (root / "validation.jsonl").write_text(lines)
+        task["validation_file"] = str(root / "validation.jsonl")
+    recipe = {"output_dir": str(root / "out"), "model_name_or_path": str(root / "backbone"), "tasks": [task],
+              "max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "save_strategy": "no",
+              "eval_strategy": "no", "report_to": "none", "seed": 3, "disable_tqdm": True, "logging_steps": 1}
+    recipe.update(fields)
+    path = root / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    return path

@@ -138,3 +138,31 @@ def test_transformers_own_argument_checks_become_one_line_errors():
         pytest.skip("bf16 is supported here: transformers accepts the field")
     with pytest.raises(TaskConfigError, match=r"quickstart\.json: .*bf16.* Fix: change that field"):
         load_recipe(REPO / "training_args" / "quickstart.json", ["--bf16", "true"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU-host launch: this host has a GPU")
+def test_two_process_launch_on_the_cpu_trains_one_model(tmp_path: Path) -> None:
+    """The README's command, `accelerate launch --multi_gpu --num_processes 2 -m hf_mtl.cli train RECIPE`, on a host
+    without GPUs: the two processes join one gloo group and train one model (they used to run two separate
+    trainings into one output_dir, each with world_size 1)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import write_tiny_recipe
+
+    recipe = write_tiny_recipe(tmp_path, save_strategy="steps", save_steps=4, eval_strategy="no")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    # `accelerate launch ...` exactly, through this interpreter (accelerate_cli is what the `accelerate` script runs)
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
+           "-m", "hf_mtl.cli", "train", str(recipe)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in proc.stderr
+    # each rank saved its own random state as a rank of a 2-process run (a lone process writes rng_state.pth)
+    checkpoint = tmp_path / "out" / "checkpoint-4"
+    assert sorted(p.name for p in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    # one model, one evaluation: rank 0 alone logs and prints
+    assert proc.stdout.count("'eval_average'") == 1 and proc.stdout.count('"output_dir"') == 1, proc.stdout
+    metrics = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert "eval_average" in metrics

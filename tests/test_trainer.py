@@ -47,7 +47,8 @@ class TaskRecorder(TrainerCallback):
         self.tasks.append(self.trainer.task_sampler.last_task)
 
 
-def make_trainer(out: Path, max_steps: int, **overrides) -> tuple[MultiTaskTrainer, TaskRecorder]:
+def make_trainer(out: Path, max_steps: int, eval_dataset: dict | None = None,
+                 **overrides) -> tuple[MultiTaskTrainer, TaskRecorder]:
     torch.manual_seed(0)
     tok = tiny_tokenizer()
     model = MultiTaskModel.from_config(tiny_bert_config(tok.vocab_size), toy_tasks(), tokenizer=tok, freeze_backbone=False)
@@ -58,7 +59,8 @@ def make_trainer(out: Path, max_steps: int, **overrides) -> tuple[MultiTaskTrain
     args = MultiTaskTrainingArguments(**fields)
     data = toy_data()
     recorder = TaskRecorder()
-    trainer = MultiTaskTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, callbacks=[recorder])
+    trainer = MultiTaskTrainer(model=model, args=args, train_dataset=data, eval_dataset=eval_dataset or data,
+                               callbacks=[recorder])
     recorder.trainer = trainer
     return trainer, recorder
 
