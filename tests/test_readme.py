@@ -162,3 +162,15 @@ def test_python_block_prints_metrics_and_a_prediction_twice(tiny_model: str, use
     saved = {p.name for p in (user_dir / "outputs" / "two_tasks").iterdir()}
     assert {"sentiment", "ner"} <= saved and "backbone" not in saved
     assert not any(name.startswith("checkpoint-") for name in saved)
+
+
+def test_quickstart_trains_adapters_on_a_frozen_backbone() -> None:
+    """The main job shows what the project is for: several tasks, a frozen backbone with an adapter per
+    task, a progress bar, per-task metrics at the end; the longer recipe keeps checkpoints to resume from."""
+    quick = json.loads((REPO_ROOT / "training_args" / "quickstart.json").read_text(encoding="utf-8"))
+    full = json.loads((REPO_ROOT / "training_args" / "quickstart_full.json").read_text(encoding="utf-8"))
+    for recipe in (quick, full):
+        assert len(recipe["tasks"]) >= 3 and recipe["freeze_backbone"] is True
+        assert recipe["adapter_method"] not in ("none", None) and not recipe.get("disable_tqdm", False)
+    assert quick["save_strategy"] == "no" and full["save_strategy"] != "no"
+    assert full["num_train_epochs"] > quick["num_train_epochs"]
