@@ -8,6 +8,8 @@ Three documented swaps keep CI fast and offline, and nothing else changes:
   config; the recipes' all-MiniLM-L6-v2 run takes minutes), and so does `examples/train_two_tasks.py`
   (`--max-steps 2 --model TINY`); the commands that read the results (`hf-mtl predict/eval outputs/...`,
   the other examples) then run unchanged on what those wrote;
+- the Hub commands run against a local Hub-compatible server (tests/hub_server.py) as user `alice`, in
+  place of the README's `your-name`;
 - the Python block runs with its model name replaced by the tiny model's folder and `num_train_epochs=3` by
   `max_steps=2`.
 """
@@ -30,6 +32,11 @@ from hf_mtl.cli import main as hf_mtl_main
 from hf_mtl.modeling.backbone import build_backbone
 
 from helpers import tiny_bert_config, tiny_tokenizer, words_of
+
+try:  # tests/ as a package, or tests/ on sys.path (rootdir conftest)
+    from tests.hub_server import ALICE_TOKEN, hub  # noqa: F401
+except ImportError:
+    from hub_server import ALICE_TOKEN, hub  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
@@ -116,12 +123,13 @@ def test_the_test_command_is_what_ci_runs() -> None:
     assert shlex.split(readme[-1]) == ["python", "-m", "pytest", "-q", "-m", "not slow"]
 
 
-def test_every_documented_command_runs(tiny_model: str, user_dir: Path) -> None:
+def test_every_documented_command_runs(tiny_model: str, user_dir: Path, hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", ALICE_TOKEN)
     tiny_train = ["--model_name_or_path", tiny_model]
     steps = {"training_args/quickstart.json": 2, "training_args/quickstart_full.json": 2}
     ran = []
     for command in documented_commands():
-        argv = shlex.split(command)
+        argv = shlex.split(command.replace("your-name/", "alice/"))
         if argv[0] == "pip" or argv[:3] == ["python", "-m", "pytest"]:
             continue  # installs, and the test command (test_the_test_command_is_what_ci_runs)
         if argv[0] == "hf-mtl" and argv[1] == "train":
@@ -130,6 +138,9 @@ def test_every_documented_command_runs(tiny_model: str, user_dir: Path) -> None:
             out = run_cli(argv[1:] + ["--max_steps", str(steps[argv[2]])] + tiny_train)
             summary = out[out.rindex("\n{\n"):]  # the summary hf-mtl prints last (the Trainer's logs come before)
             assert "eval_average" in json.loads(summary)
+        elif argv[:2] == ["hf-mtl", "pull"]:  # prints the folder it pulled into
+            pulled = Path(run_cli(argv[1:]).strip())
+            assert (pulled / "mtl_config.json").is_file() and (pulled / "ner" / "head.safetensors").is_file()
         elif argv[0] == "hf-mtl":
             out = run_cli(argv[1:])
             lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")] if argv[1] == "predict" \
@@ -145,6 +156,8 @@ def test_every_documented_command_runs(tiny_model: str, user_dir: Path) -> None:
         ran.append(argv[:3])
     assert ["hf-mtl", "train", "training_args/quickstart.json"] in ran
     assert any(argv[:2] == ["hf-mtl", "predict"] for argv in ran) and ["hf-mtl", "eval", "outputs/quickstart"] in ran
+    assert ["hf-mtl", "push", "outputs/quickstart"] in ran and ["hf-mtl", "pull", "alice/quickstart-adapters"] in ran
+    assert hub.read_file("alice/quickstart-adapters", "ner/head.safetensors")
     # the resumed run continued from the interrupted one's checkpoint instead of starting over
     state = json.loads((user_dir / "outputs/quickstart_full/checkpoint-3/trainer_state.json").read_text())
     assert state["global_step"] == 3
