@@ -187,3 +187,14 @@ def test_quickstart_trains_adapters_on_a_frozen_backbone() -> None:
         assert recipe["adapter_method"] not in ("none", None) and not recipe.get("disable_tqdm", False)
     assert quick["save_strategy"] == "no" and full["save_strategy"] != "no"
     assert full["num_train_epochs"] > quick["num_train_epochs"]
+
+
+def test_results_folder_holds_what_results_md_cites() -> None:
+    """benchmarks/results keeps only the latest runs, each cited by benchmarks/RESULTS.md; the README's
+    links to results exist."""
+    results = REPO_ROOT / "benchmarks" / "results"
+    cited = (REPO_ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    assert [p.name for p in sorted(results.iterdir()) if f"`{p.name}" not in cited] == []
+    linked = re.findall(r"\((benchmarks/[^)\s]+)\)|`(benchmarks/results/[^`\s]+)`", README)
+    paths = [a or b for a, b in linked]
+    assert "benchmarks/RESULTS.md" in paths and [p for p in paths if not (REPO_ROOT / p).exists()] == []
