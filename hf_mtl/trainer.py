@@ -384,6 +384,7 @@ class MultiTaskTrainer(Trainer):
 
     # ------------------------------------------------------------------ train / save / load
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        resume_from_checkpoint = _resume_flag(resume_from_checkpoint)
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir, remove_skipped=self.args.should_save)
             self.accelerator.wait_for_everyone()  # the skipped folders are gone before any rank saves again
@@ -505,6 +506,15 @@ def _newest_complete(output_dir: str | os.PathLike) -> tuple[Path | None, list[P
             return path, skipped
         skipped.append(path)
     return None, skipped
+
+
+def _resume_flag(value: str | bool | None) -> str | bool | None:
+    """`resume_from_checkpoint` as the Trainer takes it. TrainingArguments types it as a string, so a command-line
+    `--resume_from_checkpoint true` arrives as "true": that means the newest complete checkpoint, as a JSON `true`
+    does (a folder of that name, if one exists, is still a path)."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false") and not os.path.isdir(value):
+        return value.strip().lower() == "true"
+    return value
 
 
 def last_complete_checkpoint(output_dir: str, remove_skipped: bool = False) -> str:
