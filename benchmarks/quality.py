@@ -450,11 +450,13 @@ def _claimed(claim: Path) -> bool:
     return True
 
 
-def default_store_dir(output: Path, explicit: bool) -> Path:
+def default_store_dir(output: Path) -> Path:
     """Where the units save their trained stores without `--store-dir` (full fine-tuning saves the whole backbone):
-    inside an `--output` folder the caller chose (`<output>/stores`), so a run in a temporary folder writes nothing
-    into the checkout; for the default output folder (committed results), under the git-ignored `outputs/`."""
-    return output / "stores" if explicit else ROOT / "outputs" / f"{output.name}_stores"
+    for an output folder in the checkout (the committed results), under its git-ignored `outputs/`; for one
+    elsewhere (a temporary folder), inside it (`<output>/stores`), so such a run writes nothing into the checkout."""
+    if output.resolve().is_relative_to(ROOT):
+        return ROOT / "outputs" / f"{output.name}_stores"
+    return output / "stores"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -485,8 +487,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "'{\"tasks\": {\"rte\": {\"loss_weight\": 2}}}'; use another --output, the run names do not change")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (through Accelerate) when a GPU is present")
     parser.add_argument("--write-recipes", default=None, metavar="DIR", help="only write every unit's recipe into DIR")
-    parser.add_argument("--store-dir", default=None, help="where each unit saves its trained store (default: <output>/stores with --output, else "
-                             "outputs/<output name>_stores)")
+    parser.add_argument("--store-dir", default=None, help="where each unit saves its trained store (default: outputs/<output name>_stores for an "
+                             "output folder in the checkout, else <output>/stores)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the JSON, table and plot from finished units")
     parser.add_argument("--unit", nargs=2, metavar=("RECIPE", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -534,7 +536,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     output = Path(args.output or RESULTS / ("quality_quick" if args.quick else "quality"))
     unit_dir, recipe_dir = output / "units", output / "recipes"
-    store_dir = Path(args.store_dir) if args.store_dir else default_store_dir(output, explicit=bool(args.output))
+    store_dir = Path(args.store_dir) if args.store_dir else default_store_dir(output)
     for d in (unit_dir, recipe_dir, store_dir):
         d.mkdir(parents=True, exist_ok=True)
     meta = {"model": args.model, "data": data_dir or "Hugging Face Hub", "quick": args.quick, "seed": args.seed,

@@ -212,3 +212,12 @@ def test_report_only_keeps_the_settings_the_units_ran_with(tmp_path):
     report = json_module.loads((tmp_path / "quality.json").read_text())
     assert report["scale"]["steps_per_task"] == 500 and report["meta"]["adapter_lr"] == 0.003
     assert "500 optimizer steps per task" in (tmp_path / "quality.md").read_text()
+
+
+def test_stores_go_inside_an_output_folder_outside_the_checkout(tmp_path):
+    """Without --store-dir, a run writing its results outside the checkout keeps its stores there too; results in
+    the checkout keep theirs under its git-ignored outputs/ (the committed results folders hold no stores)."""
+    quality = _load("quality")
+    assert quality.default_store_dir(tmp_path / "q") == tmp_path / "q" / "stores"
+    in_checkout = quality.RESULTS / "quality_100"
+    assert quality.default_store_dir(in_checkout) == quality.ROOT / "outputs" / "quality_100_stores"
