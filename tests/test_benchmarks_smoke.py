@@ -24,8 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checkout_paths() -> set[Path]:
-    """Every file and folder under the checkout, but git's own and Python's caches."""
-    skip = {".git", "__pycache__", ".pytest_cache"}
+    """Every file and folder under the checkout, but git's own and the caches of Python, pytest and ruff."""
+    skip = {".git", "__pycache__", ".pytest_cache", ".ruff_cache"}
     found = set()
     for folder, dirs, files in os.walk(REPO_ROOT):
         dirs[:] = [d for d in dirs if d not in skip]
