@@ -29,7 +29,8 @@ setup(
         "conllu>=5.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "matplotlib", "psutil"],  # the benchmark smoke tests run the plots
+        # the benchmark smoke tests run the plots; CI runs ruff (pyproject.toml; pinned: new minors add rules)
+        "test": ["pytest>=8", "pytest-timeout", "matplotlib", "psutil", "ruff>=0.17,<0.18"],
         "bench": ["matplotlib", "psutil"],
     },
     entry_points={"console_scripts": ["hf-mtl=hf_mtl.cli:main"]},

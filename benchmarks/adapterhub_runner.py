@@ -1,8 +1,8 @@
 """The AdapterHub half of `adapters_speed.py`: runs inside its own venv (adapters 1.3 pins transformers 4.57).
 
-This file imports neither hf_mtl nor transformers at module level, so `adapters_speed.py` imports its
-shared pieces from here (the batch, the timed training step, the peak-memory probe): both processes
-time exactly the same step on exactly the same tensors.
+This file imports neither hf_mtl, nor transformers at module level, nor the rest of the `benchmarks` package (it
+runs as a file in AdapterHub's venv), so the package imports its shared pieces from here (the batch, the timed
+training step, the peak-memory probe): both processes time exactly the same step on exactly the same tensors.
 
 Two modes, both started by `adapters_speed.py`:
 
@@ -27,10 +27,12 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
 
 PROTOCOL = "@@JSON "
 NUM_TASKS = 4

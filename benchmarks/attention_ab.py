@@ -14,19 +14,25 @@ interleave every (mode, keys) pair, order reversed every other round; the table 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/attention_ab.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_mtl.adapters.attention import _DroppedAttention  # noqa: E402
-from hf_mtl.modeling import cpu_memory  # noqa: E402
-from hf_mtl.modeling.fast_dropout import _LEVELS, drop_mask, fast_threshold  # noqa: E402
+from benchmarks import RESULTS
+from benchmarks.report import write_json
+from benchmarks.stats import paired_median
+from hf_mtl.adapters.attention import _DroppedAttention
+from hf_mtl.modeling import cpu_memory
+from hf_mtl.modeling.fast_dropout import _LEVELS, drop_mask, fast_threshold
+
 
 P_DROP = 0.1
 
@@ -51,7 +57,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="keep: the malloc thresholds MultiTaskTrainer sets on the CPU (hf_mtl.modeling.cpu_memory)")
-    parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "attention_ab" / "attention_ab.json"))
+    parser.add_argument("--output", default=str(RESULTS / "attention_ab" / "attention_ab.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.malloc == "keep":
@@ -83,21 +89,19 @@ def main() -> None:
     base = args.keys[0]
     print(f"attention forward + backward, B {args.batch} x h {args.heads} x Lq {args.queries} x d {args.head_size}, "
           f"dropout {P_DROP}, {args.threads} threads, malloc {args.malloc}, {args.rounds} rounds (medians, ms)")
-    print("| keys | composite | fused | fused / composite | composite / composite at {0} | fused / fused at {0} |".format(base))
+    print(f"| keys | composite | fused | fused / composite | composite / composite at {base} | fused / fused at {base} |")
     print("|---|---|---|---|---|---|")
     rows = []
     for keys in args.keys:
         row = {"keys": keys, "composite_ms": 1e3 * med[("composite", keys)], "fused_ms": 1e3 * med[("fused", keys)],
-               "fused_over_composite": statistics.median(f / c for f, c in zip(times[("fused", keys)], times[("composite", keys)])),
+               "fused_over_composite": paired_median(times[("fused", keys)], times[("composite", keys)]),
                "composite_vs_base": med[("composite", keys)] / med[("composite", base)],
                "fused_vs_base": med[("fused", keys)] / med[("fused", base)]}
         rows.append(row)
         print(f"| {keys} | {row['composite_ms']:.1f} | {row['fused_ms']:.1f} | {row['fused_over_composite']:.3f} | "
               f"{row['composite_vs_base']:.3f} | {row['fused_vs_base']:.3f} |")
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": {"platform": platform.platform(), "torch": torch.__version__},
-                               "rows": rows, "times_s": {f"{m}/{k}": t for (m, k), t in times.items()}}, indent=2))
+    write_json(Path(args.output), {"args": vars(args), "machine": {"platform": platform.platform(), "torch": torch.__version__},
+                                   "rows": rows, "times_s": {f"{m}/{k}": t for (m, k), t in times.items()}})
 
 
 if __name__ == "__main__":

@@ -13,12 +13,19 @@ import statistics
 import sys
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/fast_dropout_ab.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters_speed import FLOOR, MODEL, LazyBenches, build_local, make_inputs, time_aba  # noqa: E402
+from benchmarks import MODEL
+from benchmarks.adapterhub_runner import make_inputs
+from benchmarks.configs import FLOOR, build_local
+from benchmarks.runner import LazyBenches, add_shape_args, time_aba
+from benchmarks.stats import quartiles
+from hf_mtl.modeling.backbone import load_backbone_config
 
-from hf_mtl.modeling.backbone import load_backbone_config  # noqa: E402
 
 METHODS = [FLOOR, "hf_mtl/full_ft", "hf_mtl/bottleneck/pfeiffer", "hf_mtl/bottleneck/houlsby", "hf_mtl/lora",
            "hf_mtl/prefix_tuning", "hf_mtl/madx", "hf_mtl/pals", "hf_mtl/ca_mtl", "hf_mtl/hyperformer",
@@ -27,10 +34,7 @@ METHODS = [FLOOR, "hf_mtl/full_ft", "hf_mtl/bottleneck/pfeiffer", "hf_mtl/bottle
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=128)
+    add_shape_args(parser, rounds=10)
     parser.add_argument("--only", nargs="*", help="methods whose name contains one of these strings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -44,9 +48,9 @@ def main() -> None:
         fast = LazyBenches(build_local(MODEL, inputs, {name}, fast_dropout=True), 1)[name]
         stock = LazyBenches(build_local(MODEL, inputs, {name}, fast_dropout=False), 1)[name]
         ratios, fast_times, stock_times = time_aba(fast, stock, args.rounds)
-        q = statistics.quantiles(ratios, n=4)
+        low, high = quartiles(ratios)
         print(f"| {name} | {statistics.median(stock_times):.3f} | {statistics.median(fast_times):.3f} | "
-              f"{statistics.median(ratios):.3f} | {q[0]:.3f}-{q[2]:.3f} |", flush=True)
+              f"{statistics.median(ratios):.3f} | {low:.3f}-{high:.3f} |", flush=True)
         del fast, stock
 
 

@@ -27,22 +27,27 @@ import time
 import warnings
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/inference.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import torch  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import AutoModel  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModel
+from transformers.utils import logging as hf_logging
 
-from hf_mtl import Task  # noqa: E402
-from hf_mtl.io_utils import load_tensors  # noqa: E402
-from hf_mtl.modeling import MultiTaskModel  # noqa: E402
-from hf_mtl.modeling.backbone import resolve_model_path  # noqa: E402
+from benchmarks import MODEL, RESULTS, ROOT
+from benchmarks.report import pyplot
+from benchmarks.stats import paired_median
+from hf_mtl import Task
+from hf_mtl.io_utils import load_tensors
+from hf_mtl.modeling import MultiTaskModel
+from hf_mtl.modeling.backbone import resolve_model_path
 
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+
 BATCH, SEQ, N_TASKS = 32, 128, 4
 
 
@@ -139,9 +144,8 @@ def mixed_batches(rounds: int) -> dict[str, dict[str, list[float]]]:
 # ---------------------------------------------------------------------------------------------------- 3. pulling
 def pulling(tmp: Path) -> dict[str, object]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from hub_server import ALICE_TOKEN, HubServer
-
     from hf_mtl.hub import pull, push
+    from hub_server import ALICE_TOKEN, HubServer
 
     model = perturbed(MultiTaskModel.from_backbone(MODEL, tasks(8), adapter_method="bottleneck"))
     model.save_pretrained(str(tmp / "store8"))
@@ -159,10 +163,6 @@ def pulling(tmp: Path) -> dict[str, object]:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-def paired_ratio(a: list[float], b: list[float]) -> float:
-    return statistics.median(x / y for x, y in zip(a, b))
-
-
 def report(switch: dict, mixed: dict, pulled: dict, rounds: int) -> dict:
     print(f"machine load average (1, 5, 15 min): {os.getloadavg()}")
     print(f"\n1. Switching task (MiniLM, {N_TASKS} tasks; medians over {rounds} rounds)")
@@ -180,7 +180,7 @@ def report(switch: dict, mixed: dict, pulled: dict, rounds: int) -> dict:
             cells = []
             for clock in ("wall", "cpu"):
                 values, single = clocks[clock][name], clocks[clock]["single-task forward (32 rows)"]
-                ratios[clock][f"{method}: {name}"] = paired_ratio(values, single)
+                ratios[clock][f"{method}: {name}"] = paired_median(values, single)
                 cells.append(f"{statistics.median(values):8.3f} {ratios[clock][f'{method}: {name}']:9.3f}")
             print(f"{method:11s} {name:40s} {' '.join(cells)}")
 
@@ -203,11 +203,7 @@ def report(switch: dict, mixed: dict, pulled: dict, rounds: int) -> dict:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(19, 5))
     switch = dict(summary["switch_ms"], **{"AdapterHub set_active_adapters\n(quoted)": 0.68})
     axes[0].barh(list(switch), list(switch.values()), color="tab:blue")

@@ -13,13 +13,19 @@ import statistics
 import sys
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/lora_fast_ab.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 from peft import LoraConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters_speed import MODEL, LazyBenches, build_local, make_inputs, time_aba  # noqa: E402
-
-from hf_mtl.modeling.backbone import load_backbone_config  # noqa: E402
+from benchmarks import MODEL
+from benchmarks.adapterhub_runner import make_inputs
+from benchmarks.configs import build_local
+from benchmarks.runner import LazyBenches, add_shape_args, time_aba
+from benchmarks.stats import describe
+from hf_mtl.modeling.backbone import load_backbone_config
 
 
 @contextlib.contextmanager
@@ -35,10 +41,7 @@ def peft_own_layers():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=128)
+    add_shape_args(parser, rounds=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     inputs = make_inputs(args.batch, args.seq, load_backbone_config(MODEL).vocab_size)
@@ -46,10 +49,8 @@ def main() -> None:
     with peft_own_layers():
         peft_layers = LazyBenches(build_local(MODEL, inputs, {"hf_mtl/lora"}), 1)["hf_mtl/lora"]
     ratios, _, times = time_aba(fast, peft_layers, args.rounds)
-    q = statistics.quantiles(ratios, n=4)
     print(f"{args.rounds} rounds, batch {args.batch} x {args.seq}, {args.threads} threads; PEFT-layer step median "
-          f"{statistics.median(times):.3f} s; FastLoraLinear / PEFT's lora.Linear: median {statistics.median(ratios):.3f} "
-          f"(quartiles {q[0]:.3f}-{q[2]:.3f})")
+          f"{statistics.median(times):.3f} s; FastLoraLinear / PEFT's lora.Linear: {describe(ratios)}")
 
 
 if __name__ == "__main__":

@@ -23,19 +23,23 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/madx_transfer.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import datasets
 import torch
 
+from benchmarks import DATA
 from hf_mtl import Task
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.trainer import MultiTaskTrainer
 from hf_mtl.training_args import MultiTaskTrainingArguments
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def read_sst(path: Path, start: int = 0, count: int | None = None) -> datasets.Dataset:

@@ -27,23 +27,28 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+
+if __package__ in (None, ""):  # `python benchmarks/optim.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
+from benchmarks import DATA, MODEL, RESULTS
+from benchmarks.report import pyplot
+from benchmarks.stats import quartiles
 from hf_mtl import Task
 from hf_mtl.data.dataset import load_raw_splits
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.trainer import MultiTaskTrainer
 from hf_mtl.training_args import MultiTaskTrainingArguments
 
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-DATA = HERE.parent.parent / "shared" / "data"
+
 SEED = 42
 PRIMARY = {"sst2": "accuracy", "stsb": "pearson", "rte": "accuracy", "upos": "accuracy"}
 UPOS = ["ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT", "SCONJ",
@@ -120,9 +125,9 @@ def run_speed(tasks: list[Task], data: dict, rounds: int, batch: int, seq: int) 
     out = {"rounds": rounds, "batch_per_task": batch, "tasks": len(tasks), "seq": seq, "configs": {}}
     for name, values in times.items():
         ratios = sorted(t / b for t, b in zip(values, base))
-        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        q1, q3 = quartiles(ratios)
         out["configs"][name] = {"median_s": statistics.median(values), "ratio_median": statistics.median(ratios),
-                                "ratio_q1": q[0], "ratio_q3": q[2], "times": values}
+                                "ratio_q1": q1, "ratio_q3": q3, "times": values}
     return out
 
 
@@ -213,11 +218,7 @@ def quality_table(quality: dict[str, Any], steps: int, batch: int) -> str:
 
 
 def plot(result: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if "speed" in result:
         speed = result["speed"]["configs"]
         fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -12,24 +12,34 @@ the rounds, as ../shared/STACK.md advises (single timings swing ±10-30% with ot
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/overhead.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import datasets
 import torch
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
+from benchmarks import MODEL, RESULTS
+from benchmarks.report import pyplot, write_json
+from benchmarks.stats import paired_median
 from hf_mtl import Task
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import load_tokenizer, resolve_model_path
 from hf_mtl.trainer import MultiTaskTrainer
 from hf_mtl.training_args import MultiTaskTrainingArguments
-
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class StepTimer(TrainerCallback):
@@ -105,8 +115,8 @@ def main() -> None:
             medians[name].append(statistics.median(times))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n}: {m[-1]:.3f}s" for n, m in medians.items()), flush=True)
     names = list(configs)
-    ratio_1 = [b / a for a, b in zip(medians[names[0]], medians[names[1]])]
-    ratio_4 = [c / b for b, c in zip(medians[names[1]], medians[names[2]])]
+    ratio_1 = paired_median(medians[names[1]], medians[names[0]])
+    ratio_4 = paired_median(medians[names[2]], medians[names[1]])
     rows = [(n, statistics.median(m)) for n, m in medians.items()]
     print(f"\nall-MiniLM-L6-v2 full fine-tuning, batch {args.batch} x {args.seq} tokens, {args.threads} threads, "
           f"{args.rounds} interleaved rounds (median step time per round, then median over rounds)\n")
@@ -114,21 +124,16 @@ def main() -> None:
     for name, value in rows:
         print(f"| {name} | {value:.3f} |")
     print("\n| ratio (paired median) | value | goal |\n|---|---|---|")
-    print(f"| MultiTaskTrainer 1 task / plain Trainer | {statistics.median(ratio_1):.3f} | <= 1.03 |")
-    print(f"| MultiTaskTrainer 4 tasks / 1 task | {statistics.median(ratio_4):.3f} | <= 1.05 |")
-    RESULTS.mkdir(exist_ok=True)
-    result = {"step_time_s": dict(rows), "ratio_mtl1_vs_plain": statistics.median(ratio_1),
-              "ratio_mtl4_vs_mtl1": statistics.median(ratio_4), "per_round": medians, "args": vars(args)}
-    (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2))
+    print(f"| MultiTaskTrainer 1 task / plain Trainer | {ratio_1:.3f} | <= 1.03 |")
+    print(f"| MultiTaskTrainer 4 tasks / 1 task | {ratio_4:.3f} | <= 1.05 |")
+    result = {"step_time_s": dict(rows), "ratio_mtl1_vs_plain": ratio_1,
+              "ratio_mtl4_vs_mtl1": ratio_4, "per_round": medians, "args": vars(args)}
+    write_json(RESULTS / "overhead.json", result)
     _plot(medians, RESULTS / "overhead.png")
 
 
 def _plot(medians: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, values in medians.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=name)

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
+
+
+if __package__ in (None, ""):  # `python benchmarks/per_row_methods_speed.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from benchmarks import MODEL
+from benchmarks.configs import make_floor
+from benchmarks.stats import paired_median
 from hf_mtl import Task
 from hf_mtl.modeling import MultiTaskModel
 
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
 METHODS = ["pals", "hyperformer", "hyperformer++", "ca_mtl"]
 TASKS = [Task(f"t{i}", kind="classification", labels=["a", "b"]) for i in range(4)]
 
@@ -28,7 +37,7 @@ TASKS = [Task(f"t{i}", kind="classification", labels=["a", "b"]) for i in range(
 def build(method: str) -> MultiTaskModel:
     model = MultiTaskModel.from_backbone(MODEL, TASKS, adapter_method=method)
     if method == "none":  # the floor: make the backward run through the frozen layers
-        model.backbone.embeddings.register_forward_hook(lambda m, a, out: out.requires_grad_(True))
+        make_floor(model)
     return model.train()
 
 
@@ -74,8 +83,8 @@ def main() -> None:
     print(f"{'method':15s} {'single s':>9s} {'x floor':>8s} {'mixed s':>8s} {'mixed/single':>12s}")
     for name in args.methods:
         single, mix = times[f"{name}/single"], times[f"{name}/mixed"]
-        vs_floor = statistics.median(s / f for s, f in zip(single, floor))
-        vs_single = statistics.median(m / s for m, s in zip(mix, single))
+        vs_floor = paired_median(single, floor)
+        vs_single = paired_median(mix, single)
         print(f"{name:15s} {statistics.median(single):9.3f} {vs_floor:8.3f} {statistics.median(mix):8.3f} {vs_single:12.3f}")
 
 

@@ -11,38 +11,39 @@ If hf_mtl's floor runs faster in the second process than in the main one, the ma
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/process_control.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters_speed import (MODEL, LazyBenches, build_local, ensure_venv, make_inputs, resolve_model_path,  # noqa: E402
-                            start_adapterhub, start_local)
-
-from hf_mtl.modeling.backbone import load_backbone_config  # noqa: E402
+from benchmarks import MODEL
+from benchmarks.adapterhub_runner import make_inputs
+from benchmarks.configs import FLOOR, build_local
+from benchmarks.runner import LazyBenches, add_shape_args, ensure_venv, runner_namespace, start_adapterhub, start_local
+from benchmarks.stats import describe
+from hf_mtl.modeling.backbone import load_backbone_config, resolve_model_path
 
 
 def floor_bench(args: argparse.Namespace):
     inputs = make_inputs(args.batch, args.seq, load_backbone_config(MODEL).vocab_size)
-    return LazyBenches(build_local(MODEL, inputs, {"hf_mtl/floor"}), 1)["hf_mtl/floor"]
+    return LazyBenches(build_local(MODEL, inputs, {FLOOR}), 1)[FLOOR]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=24)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
+    add_shape_args(parser, rounds=24)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     main_floor = floor_bench(args)
-    runner_args = argparse.Namespace(**vars(args), warmup=1, model=MODEL, device="cpu", bf16=False)
+    runner_args = runner_namespace(args)
     adapterhub = start_adapterhub(ensure_venv(), resolve_model_path(MODEL), runner_args)
-    second = start_local(["hf_mtl/floor"], runner_args)  # adapters_speed.py's runner of hf_mtl's configurations
+    second = start_local([FLOOR], runner_args)  # adapters_speed.py's runner of hf_mtl's configurations
     ratios: dict[str, list[float]] = {"hf_mtl floor, second process / main process": [],
                                       "AdapterHub floor / hf_mtl floor, main process": [],
                                       "AdapterHub floor / hf_mtl floor, second process": []}
@@ -51,7 +52,7 @@ def main() -> None:
             t0 = time.perf_counter()
             main_floor.run(1)
             first = time.perf_counter() - t0
-            other = second.run(["hf_mtl/floor"], 1)["hf_mtl/floor"][0]
+            other = second.run([FLOOR], 1)[FLOOR][0]
             theirs = adapterhub.run(["adapterhub/floor"], 1)["adapterhub/floor"][0]
             t0 = time.perf_counter()
             main_floor.run(1)
@@ -63,8 +64,7 @@ def main() -> None:
         second.close()
     print(f"{args.rounds} rounds, batch {args.batch} x {args.seq}, {args.threads} threads")
     for name, values in ratios.items():
-        q = statistics.quantiles(values, n=4)
-        print(f"{name}: median {statistics.median(values):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f})")
+        print(f"{name}: {describe(values)}")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,15 @@ import statistics
 import sys
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/process_placebo.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters_speed import MODEL, start_local  # noqa: E402
-
-FLOOR = "hf_mtl/floor"
+from benchmarks.configs import FLOOR
+from benchmarks.runner import runner_namespace, start_local
+from benchmarks.stats import describe
 
 
 def main() -> None:
@@ -37,7 +40,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runner_args = argparse.Namespace(**vars(args), warmup=1, model=MODEL, device="cpu", bf16=False)
+    runner_args = runner_namespace(args)
     print(f"{args.config}: {args.pairs} pairs of processes x {args.rounds} rounds, batch {args.batch} x {args.seq}, "
           f"{args.threads} threads", flush=True)
     medians = []
@@ -55,10 +58,8 @@ def main() -> None:
         finally:
             a.close()
             b.close()
-        q = statistics.quantiles(ratios, n=4)
         medians.append(statistics.median(ratios))
-        print(f"pair {pair + 1} ({'A' if pair % 2 == 0 else 'B'} started first): B / A median {medians[-1]:.3f} "
-              f"(quartiles {q[0]:.3f}-{q[2]:.3f})", flush=True)
+        print(f"pair {pair + 1} ({'A' if pair % 2 == 0 else 'B'} started first): B / A {describe(ratios)}", flush=True)
     print(f"medians over pairs: {', '.join(f'{m:.3f}' for m in medians)}; spread {max(medians) - min(medians):.3f}")
 
 

@@ -15,13 +15,19 @@ import json
 import sys
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/profile_step.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters_speed import MODEL, LazyBenches, Placement, build_local, make_inputs  # noqa: E402
+from benchmarks import MODEL
+from benchmarks.adapterhub_runner import make_inputs
+from benchmarks.configs import Placement, build_local
+from benchmarks.runner import LazyBenches
+from hf_mtl.modeling.backbone import load_backbone_config
 
-from hf_mtl.modeling.backbone import load_backbone_config  # noqa: E402
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaEventSynchronize")
 

