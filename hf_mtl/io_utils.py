@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,3 +125,92 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- folders
+# `.<name>.saving-<pid>-<random>`: a folder being written (or, after the swap, the replaced one being removed)
+_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.saving-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def staging_folder(target: Path) -> Path:
+    """A new empty folder next to `target` to write a replacement of `target` into (see `swap_in`).
+
+    Staging folders of saves whose process is gone (killed) are removed first. The folder gets the
+    mode of `target` (or of a normal `mkdir`), not `mkdtemp`'s 0700.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-{os.getpid()}-", dir=target.parent))
+    os.chmod(staging, target.stat().st_mode & 0o7777 if target.is_dir() else normal_mode(directory=True))
+    return staging
+
+
+def is_staging_name(name: str) -> bool:
+    return _STAGING_RE.match(name) is not None
+
+
+def remove_stale_staging(target: Path) -> None:
+    """Remove the staging folders of `target` left by saves whose process no longer runs."""
+    for entry in target.parent.iterdir():
+        match = _STAGING_RE.match(entry.name)
+        if match and match["name"] == target.name and not _process_alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def swap_in(staging: Path, target: Path) -> Path | None:
+    """Put the complete folder `staging` in the place of `target` and return where the old `target` went.
+
+    On Linux, `renameat2(RENAME_EXCHANGE)` swaps both names in one step: at every moment `target` is
+    either the old folder or the new one. Elsewhere (or on a filesystem without it) the old folder is
+    renamed aside, then the new one into place: two renames, with a moment between them when `target`
+    is missing. Returns None when there was no old `target`.
+    """
+    if not target.exists():
+        os.rename(staging, target)
+        return None
+    if _exchange(staging, target):
+        return staging
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-{os.getpid()}-", dir=target.parent))
+    os.rmdir(aside)
+    os.rename(target, aside)
+    os.rename(staging, target)
+    return aside
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux's renameat2(RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def link_or_copy(src: str, dst: str) -> str:
+    """Hard-link `src` to `dst` (no data copied), or copy it where links are unsupported; keep an existing `dst`."""
+    if os.path.lexists(dst):
+        return dst
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst

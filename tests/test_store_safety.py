@@ -16,7 +16,7 @@ import torch
 from transformers import BertModel
 
 from hf_mtl import HfMtlError, StoreError, Task, TaskConfigError
-from hf_mtl.io_utils import atomic_write_json, read_json
+from hf_mtl.io_utils import atomic_write_json, read_json, sha256_file
 from hf_mtl.metrics import compute_task_metrics
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone, load_backbone_config
@@ -47,6 +47,13 @@ def _edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(data))
 
 
+def _edit_store_file(root: Path, rel: str, edit) -> None:
+    """Change a store file and its manifest entry alike, as a crafted (pushed, pulled) store would."""
+    _edit_json(root / rel, edit)
+    entry = {"size": (root / rel).stat().st_size, "sha256": sha256_file(root / rel)}
+    _edit_json(root / CONFIG_NAME, lambda d: {**d, "files": {**d["files"], rel: entry}})
+
+
 # ---------------------------------------------------------------- 19.1 metric names are data, never code
 def test_unknown_metric_name_is_refused_at_task_validation() -> None:
     with pytest.raises(TaskConfigError, match=r"task 'a'.*'someone/evil'.*`metrics`.*accuracy"):
@@ -55,7 +62,7 @@ def test_unknown_metric_name_is_refused_at_task_validation() -> None:
 
 def test_store_with_unknown_metric_never_imports_evaluate(tmp_path: Path, monkeypatch) -> None:
     root = _store(tmp_path)
-    _edit_json(root / "sent" / "task.json", lambda d: {**d, "metrics": ["accuracy", "someone/evil"]})
+    _edit_store_file(root, "sent/task.json", lambda d: {**d, "metrics": ["accuracy", "someone/evil"]})
     monkeypatch.setitem(sys.modules, "evaluate", None)  # any import of evaluate fails loudly
     with pytest.raises(HfMtlError, match="someone/evil"):
         MultiTaskModel.from_pretrained(str(root))
@@ -95,8 +102,7 @@ def test_store_backbone_with_auto_map_is_refused(tmp_path: Path) -> None:
     root = _store(tmp_path, trained_backbone=True)
     marker = tmp_path / "ran.txt"
     (root / "backbone" / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
-    _edit_json(root / "backbone" / "config.json", lambda d: {**d, "model_type": "evil_type", "auto_map": {"AutoConfig": "evil.C"}})
-    _edit_json(root / CONFIG_NAME, lambda d: {**d, "files": {k: v for k, v in d["files"].items() if k != "backbone/config.json"}})
+    _edit_store_file(root, "backbone/config.json", lambda d: {**d, "model_type": "evil_type", "auto_map": {"AutoConfig": "evil.C"}})
     with pytest.raises(StoreError, match="trust_remote_code"):
         MultiTaskModel.from_pretrained(str(root))
     assert not marker.exists()
@@ -205,8 +211,7 @@ def test_load_checks_hashes_on_request(tmp_path: Path) -> None:
 @pytest.mark.parametrize("labels", [5, "ab", {"a": 0, "b": 1}])
 def test_task_json_labels_must_be_a_list(tmp_path: Path, labels) -> None:
     root = _store(tmp_path)
-    _edit_json(root / "sent" / "task.json", lambda d: {**d, "labels": labels})
-    _edit_json(root / CONFIG_NAME, lambda d: {**d, "files": {k: v for k, v in d["files"].items() if k != "sent/task.json"}})
+    _edit_store_file(root, "sent/task.json", lambda d: {**d, "labels": labels})
     with pytest.raises(TaskConfigError, match=r"task 'sent'.*`labels`.*list"):
         MultiTaskModel.from_pretrained(str(root))
 
@@ -217,8 +222,7 @@ def test_task_json_array_and_bad_language(tmp_path: Path) -> None:
     with pytest.raises(TaskConfigError, match=r"`language`"):
         Task("a", labels=["x", "y"], language="../x")
     root = _store(tmp_path)
-    (root / "sent" / "task.json").write_text("[]")
-    _edit_json(root / CONFIG_NAME, lambda d: {**d, "files": {k: v for k, v in d["files"].items() if k != "sent/task.json"}})
+    _edit_store_file(root, "sent/task.json", lambda d: [])
     with pytest.raises(HfMtlError, match=r"sent/task\.json.*JSON object"):
         MultiTaskModel.from_pretrained(str(root))
 
@@ -241,8 +245,7 @@ def test_adapter_config_that_is_not_an_object(tmp_path: Path) -> None:
                                        base_model="tiny", adapter_method="bottleneck")
     root = tmp_path / "store"
     model.save_pretrained(str(root))
-    (root / "sent" / "adapter_config.json").write_text("[]")
-    _edit_json(root / CONFIG_NAME, lambda d: {**d, "files": {k: v for k, v in d["files"].items() if "adapter_config" not in k}})
+    _edit_store_file(root, "sent/adapter_config.json", lambda d: [])
     with pytest.raises(StoreError, match=r"adapter_config\.json.*JSON object"):
         from hf_mtl.modeling.store import _load_weights
         _load_weights(model, root, ["sent"])
