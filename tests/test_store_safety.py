@@ -262,12 +262,15 @@ def test_nan_scores_are_written_as_null(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- 20.9 modes and data paths
 def test_store_files_get_the_modes_of_a_normal_write(tmp_path: Path) -> None:
+    from hf_mtl.export import export_task
+
     previous = os.umask(0o022)
     try:
         root = _store(tmp_path, trained_backbone=True)
+        exported = Path(export_task(root, "sent", tmp_path / "exported"))
     finally:
         os.umask(previous)
-    for path in [root, *root.rglob("*")]:
+    for path in [root, *root.rglob("*"), exported, *exported.rglob("*")]:
         expected = 0o755 if path.is_dir() else 0o644
         assert path.stat().st_mode & 0o777 == expected, path
 
