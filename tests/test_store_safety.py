@@ -184,6 +184,24 @@ def test_killed_save_leaves_the_old_or_the_new_store(tmp_path: Path, point: str)
     assert _same(_weights(MultiTaskModel.from_pretrained(str(root))), new_w)
 
 
+def test_save_in_place_where_the_folder_cannot_be_swapped(tmp_path: Path, monkeypatch, caplog) -> None:
+    from hf_mtl.modeling import store
+
+    root = _store(tmp_path)
+    (root / "train_results.json").write_text("{}")
+
+    def refuse(target: Path) -> Path:
+        raise PermissionError(13, "Permission denied", str(target.parent))
+
+    monkeypatch.setattr(store, "staging_folder", refuse)
+    new = _model(trained_backbone=True, seed=1)
+    with caplog.at_level(logging.WARNING):
+        new.save_pretrained(str(root))
+    assert "in place" in caplog.text
+    assert _same(_weights(MultiTaskModel.from_pretrained(str(root))), _weights(new))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"] and (root / "train_results.json").is_file()
+
+
 def test_load_refuses_files_that_differ_from_the_manifest(tmp_path: Path) -> None:
     root = _store(tmp_path, trained_backbone=True)
     (root / "backbone" / "config.json").write_text("")

@@ -18,6 +18,8 @@ safetensors and JSON are read: nothing is unpickled, and no code named by a stor
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -48,6 +50,8 @@ DATA_FILE_FIELDS = ("train_file", "validation_file", "test_file")
 # pickle-based formats: loading one can run arbitrary code, so a store that lists one is refused
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
+logger = logging.getLogger(__name__)
+
 
 
 def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks: Sequence[str] | None = None,
@@ -58,7 +62,9 @@ def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks
     tasks, other languages, and whatever else the folder holds: checkpoints, results) hard-linked in,
     then swapped in place of the old folder in one rename (see `hf_mtl.io_utils.swap_in`). A save killed
     at any moment leaves the old store or the new one, never a mix; its leftover folder is removed by
-    the next save.
+    the next save. Where the folder cannot be renamed (its parent is read-only, or it is a mount point)
+    the store is written in place instead, the manifest last, with a warning: a load then refuses files
+    that do not match the manifest.
 
     Tasks already in the folder that are not saved now stay (their manifest entries are kept), so
     saving one task into an existing store does not touch the others.
@@ -67,14 +73,23 @@ def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks
     names = list(tasks) if tasks is not None else [n for n in model.tasks if n in model.heads]
     model._check_tasks(names)
     previous = _read_existing_config(target)
-    staging = staging_folder(target)
+    try:
+        staging = staging_folder(target)
+    except OSError as err:  # the parent folder is not writable (e.g. the store is a mounted volume)
+        return _save_in_place(model, target, names, previous, extra_config, err)
     try:
         config = _write_store(model, staging, target, names, previous, extra_config)
         _save_step("before_manifest")
         atomic_write_json(staging / CONFIG_NAME, config)  # last: a folder with a config is complete
         _save_step("before_swap")
         cwd = os.getcwd()
-        replaced = swap_in(staging, target)
+        try:
+            replaced = swap_in(staging, target)
+        except OSError as err:
+            if err.errno not in (errno.EXDEV, errno.EBUSY, errno.EACCES, errno.EPERM):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            return _save_in_place(model, target, names, previous, extra_config, err)  # a mount point cannot be renamed
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -85,14 +100,23 @@ def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks
         shutil.rmtree(replaced, ignore_errors=True)
 
 
+def _save_in_place(model: "MultiTaskModel", target: Path, names: list[str], previous: dict[str, Any],
+                   extra_config: dict[str, Any] | None, reason: OSError) -> None:
+    """Fallback when the folder cannot be swapped: every file atomically, the manifest last. Not atomic as a
+    whole: a save killed midway leaves files that the manifest check of the next load refuses."""
+    logger.warning("%s cannot be replaced as a whole (%s); writing the store in place, the manifest last.", target, reason)
+    config = _write_store(model, target, None, names, previous, extra_config)
+    atomic_write_json(target / CONFIG_NAME, config)
+
+
 def _save_step(point: str) -> None:
     """A named point of a save (`after_tasks`, `before_manifest`, `before_swap`, `after_swap`); tests replace
     this to kill a save there."""
 
 
-def _write_store(model: "MultiTaskModel", staging: Path, target: Path, names: list[str], previous: dict[str, Any],
+def _write_store(model: "MultiTaskModel", staging: Path, target: Path | None, names: list[str], previous: dict[str, Any],
                  extra_config: dict[str, Any] | None) -> dict[str, Any]:
-    """Write the saved parts into `staging`, carry over the rest of `target`, and return the new config."""
+    """Write the saved parts into `staging`, carry over the rest of `target` (if any), and return the new config."""
     written: list[str] = []
     for name in names:
         written += _save_task(model, staging, name)
@@ -124,11 +148,11 @@ def _write_store(model: "MultiTaskModel", staging: Path, target: Path, names: li
     }
 
 
-def _carry_over(target: Path, staging: Path, rewritten: set[str]) -> None:
+def _carry_over(target: Path | None, staging: Path, rewritten: set[str]) -> None:
     """Hard-link into `staging` everything of the old `target` that this save does not rewrite: other tasks'
     folders, language adapters saved before, and files that are not part of the store (checkpoints, results).
     Files already written to `staging` win."""
-    if not target.is_dir():
+    if target is None or not target.is_dir():
         return
     for entry in target.iterdir():
         if entry.name == CONFIG_NAME or entry.name in rewritten or is_staging_name(entry.name):
