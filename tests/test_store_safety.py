@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_bert_config, tiny_tokenizer
 from transformers import BertModel
 
 from hf_mtl import HfMtlError, StoreError, Task, TaskConfigError
@@ -22,6 +21,8 @@ from hf_mtl.metrics import compute_task_metrics
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone, load_backbone_config
 from hf_mtl.modeling.store import CONFIG_NAME
+
+from helpers import tiny_bert_config, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
