@@ -36,6 +36,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from .errors import StoreError, TaskConfigError
+from .io_utils import normal_mode
 from .modeling import MultiTaskModel
 from .tasks import Task
 
@@ -157,6 +158,13 @@ def to_transformers(model: MultiTaskModel, task: Task) -> torch.nn.Module:
     return hf_model
 
 
+def _normal_modes(folder: Path) -> None:
+    """The modes a normal write gives (mkdtemp makes the folder 0700, transformers its weights 0600)."""
+    os.chmod(folder, normal_mode(directory=True))
+    for path in folder.rglob("*"):
+        os.chmod(path, normal_mode(directory=path.is_dir()))
+
+
 def _save_checked(hf_model: torch.nn.Module, tokenizer: Any, probe: dict[str, torch.Tensor], expected: torch.Tensor,
                   out: Path, task: Task) -> None:
     """Save into a staging folder, load it back with AutoModelFor..., compare, then move it into place."""
@@ -166,8 +174,9 @@ def _save_checked(hf_model: torch.nn.Module, tokenizer: Any, probe: dict[str, to
         hf_model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        _normal_modes(staging)
         auto = AutoModelForTokenClassification if task.kind == "token_classification" else AutoModelForSequenceClassification
-        loaded = auto.from_pretrained(staging).eval()
+        loaded = auto.from_pretrained(staging, use_safetensors=True, trust_remote_code=False).eval()
         accepted = inspect.signature(loaded.forward).parameters
         with torch.no_grad():
             got = loaded(**{k: v.cpu() for k, v in probe.items() if k in accepted}).logits

@@ -70,8 +70,9 @@ def exact_pattern(relative: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", relative)
 
 
-def verify_files(root: Path, entries: dict[str, dict[str, Any]], source: str, remove: bool = True) -> None:
-    """Check every file of `entries` under `root`: present, same size and sha256, safetensors parse.
+def verify_files(root: Path, entries: dict[str, dict[str, Any]], source: str, remove: bool = True,
+                 hashes: bool = True) -> None:
+    """Check every file of `entries` under `root`: present, same size (and sha256), safetensors parse.
 
     With `remove`, a file that fails is deleted (with its cache blob when it is a symlink into the HF
     cache), so a later pull fetches it again.
@@ -81,32 +82,36 @@ def verify_files(root: Path, entries: dict[str, dict[str, Any]], source: str, re
         entries: manifest entries to check.
         source: where the files came from, for messages (a repo id and revision, or a folder).
         remove: delete a bad file (downloads), or leave it (a user's own store).
+        hashes: also compare sha256 (reads every byte); False checks sizes only (a local load).
 
     Raises:
         StoreError: naming the first bad file and what is wrong with it.
     """
     for rel, entry in sorted(entries.items()):
         path = root / rel
-        problem = _problem(path, entry)
+        problem = _problem(path, entry, hashes)
         if problem is None:
             continue
         if not remove:
-            raise StoreError(f"{rel} in {source} {problem} (the manifest of mtl_config.json lists size={entry.get('size')}).")
+            raise StoreError(
+                f"{rel} in {source} {problem} (the manifest of mtl_config.json lists size={entry.get('size')!r}): the "
+                f"folder was changed after it was saved. Fix: save the store again, or restore the file."
+            )
         _remove(path)
         raise StoreError(
             f"{rel} from {source} {problem}; the file was removed. mtl_config.json's manifest lists "
-            f"size={entry.get('size')} sha256={str(entry.get('sha256'))[:12]}... for it. Fix: pull again; if it "
+            f"size={entry.get('size')!r} sha256={str(entry.get('sha256'))[:12]}... for it. Fix: pull again; if it "
             f"fails again, the repo is corrupt: push the task again from its output folder."
         )
 
 
-def _problem(path: Path, entry: dict[str, Any]) -> str | None:
+def _problem(path: Path, entry: dict[str, Any], hashes: bool = True) -> str | None:
     if not path.is_file():
         return "is missing"
     size = path.stat().st_size
     if size != entry.get("size"):
-        return f"has {size} bytes instead of {entry.get('size')}"
-    if sha256_file(path) != entry.get("sha256"):
+        return f"has {size} bytes instead of {entry.get('size')!r}"
+    if hashes and sha256_file(path) != entry.get("sha256"):
         return "does not match its sha256 in the manifest"
     if path.suffix == ".safetensors":
         try:

@@ -1,20 +1,22 @@
-"""Per-task metrics that work offline.
+"""Per-task metrics, computed here with numpy, scipy, scikit-learn and seqeval.
 
-`evaluate.load("accuracy")` fetches its script from the Hub, which is not reachable everywhere, so the
-built-in metrics are computed here with numpy, scipy, scikit-learn and seqeval. Any other metric name
-is an `evaluate` id (or a local path to an evaluate module) and is loaded with `evaluate.load`.
+A metric *name* (in a recipe, a `task.json`, a pulled store) is data: it must be one of the built-in
+metrics below, and is never resolved to code (no `evaluate.load`, which downloads and imports a
+script). A custom metric is a Python callable the user passes in code, `Task(..., metrics=["accuracy",
+my_metric])`: `my_metric(predictions, references, task)` returns a float (reported as `my_metric`) or a
+dict of floats (reported as `my_metric_<key>`). A callable is never saved: `task.json` keeps only the
+names of built-in metrics.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
 
 from .errors import TaskConfigError
-from .tasks import Task
+from .tasks import Task, metric_name
 
 IGNORE_INDEX = -100
 
@@ -102,10 +104,10 @@ def compute_task_metrics(task: Task, logits: Any, label_ids: Any) -> dict[str, f
             results.update(_entity_scores(task, logits, label_ids))
             continue
         preds, refs = _flatten(task, logits, label_ids)
-        if name in BUILTIN_METRICS:
-            results[name] = BUILTIN_METRICS[name](preds, refs, task)
+        if callable(name):
+            results.update(_custom_metric(task, name, preds, refs))
         else:
-            results.update(_evaluate_metric(task, name, preds, refs))
+            results[name] = BUILTIN_METRICS[name](preds, refs, task)
     return results
 
 
@@ -135,27 +137,18 @@ def _entity_scores(task: Task, logits: np.ndarray, label_ids: np.ndarray) -> dic
     }
 
 
-@lru_cache(maxsize=None)
-def _load_evaluate_module(name: str) -> Any:
-    import evaluate
-
-    return evaluate.load(name)
-
-
-def _evaluate_metric(task: Task, name: str, preds: np.ndarray, refs: np.ndarray) -> dict[str, float]:
-    try:
-        module = _load_evaluate_module(name)
-    except Exception as err:  # evaluate raises many types (FileNotFoundError, ConnectionError, ...)
-        raise TaskConfigError(
-            f"task {task.name!r}: metric {name!r} is not built in ({', '.join(known_metric_names())}) and "
-            f"`evaluate.load({name!r})` failed: {err}. Fix: use a built-in metric, or a local path to an evaluate "
-            f"module when the Hub is not reachable."
-        ) from err
-    out = module.compute(predictions=preds.tolist(), references=refs.tolist())
-    values = {k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.floating, np.integer))}
-    if len(values) == 1:
-        return {name: next(iter(values.values()))}
-    return {f"{name}_{k}": v for k, v in values.items()}
+def _custom_metric(task: Task, metric: Callable[..., Any], preds: np.ndarray, refs: np.ndarray) -> dict[str, float]:
+    """Run a user's metric callable: a float, or a dict of floats prefixed with the callable's name."""
+    name = metric_name(metric)
+    out = metric(preds, refs, task)
+    if isinstance(out, dict):
+        return {f"{name}_{key}": float(value) for key, value in out.items()}
+    if isinstance(out, (int, float, np.floating, np.integer)) and not isinstance(out, bool):
+        return {name: float(out)}
+    raise TaskConfigError(
+        f"task {task.name!r}: the metric callable {name!r} returned {type(out).__name__}. Fix: return a float or a "
+        f"dict of floats."
+    )
 
 
 def validate_metric_names(task: Task) -> None:

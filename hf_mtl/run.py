@@ -193,16 +193,19 @@ def run_training(args: MultiTaskTrainingArguments) -> dict[str, Any]:
 
 
 def run_evaluation(store: str, split: str = "validation", tasks: Sequence[str] | None = None,
-                   batch_size: int = 32, max_seq_length: int = 128, max_samples: int | None = None) -> dict[str, float]:
+                   batch_size: int = 32, max_seq_length: int = 128, max_samples: int | None = None,
+                   data_files: dict[str, str] | None = None) -> dict[str, float]:
     """Evaluate a saved store on its tasks' `validation` or `test` data (sources saved in `task.json`).
 
     `max_samples`: None keeps each task's saved `max_eval_samples`; 0 evaluates every row; N > 0 the first N.
+    `data_files`: `{task: path}` read instead of the task's saved `<split>_file` (relative paths are relative
+    to the current folder; the saved ones are absolute).
     """
     import dataclasses
     import tempfile
 
     from .data.dataset import load_raw_splits
-    from .errors import DataError
+    from .errors import DataError, UnknownTaskError
     from .modeling import MultiTaskModel
     from .trainer import MultiTaskTrainer, warn_unevaluated
 
@@ -212,6 +215,12 @@ def run_evaluation(store: str, split: str = "validation", tasks: Sequence[str] |
         if max_samples < 0:
             raise DataError(f"max_samples={max_samples}: use 0 for every row or a positive row count.")
         task_list = [dataclasses.replace(t, max_eval_samples=max_samples or None) for t in task_list]
+    unknown = sorted(set(data_files or {}) - {t.name for t in task_list})
+    if unknown:
+        raise UnknownTaskError(f"data_files names task(s) {unknown} that {store} does not hold (loaded: "
+                               f"{[t.name for t in task_list]}). Fix: use the store's task names.")
+    task_list = [dataclasses.replace(t, **{f"{split}_file": data_files[t.name]}) if t.name in (data_files or {}) else t
+                 for t in task_list]
     raw = load_raw_splits(task_list, split)
     if not raw:
         raise DataError(f"No task of {store} has {split} data (set `{split}_file` or `dataset_name` in the task).")

@@ -12,7 +12,7 @@ import json
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .errors import TaskConfigError
 from .field_types import type_error_message, value_matches
@@ -80,9 +80,11 @@ class Task:
         text_pair_column: optional second text column for sentence-pair tasks.
         label_column: column holding the label (for CoNLL-U files: `upos`, `xpos` or `deprel`).
         labels: the label list; inferred from the training split when not given, then saved.
-        metrics: metric names; built-ins are `accuracy`, `f1`, `macro_f1`, `matthews_correlation`,
-            `pearson`, `spearmanr`, `mse`, `seqeval` (entity F1 for IOB tags), `perplexity`. Any other
-            name is loaded with `evaluate.load`. The first metric is the task's primary metric.
+        metrics: built-in metric names: `accuracy`, `f1`, `macro_f1`, `matthews_correlation`, `pearson`,
+            `spearmanr`, `mse`, `seqeval`/`entity_f1` (entity F1 for IOB tags), `perplexity`; any other name is
+            an error (a name is never resolved to code). In Python code a custom metric is a callable
+            `fn(predictions, references, task) -> float | dict[str, float]` in this list (see
+            `hf_mtl.metrics`); it is not saved in `task.json`. The first metric is the task's primary metric.
         loss_weight: static weight of the task's loss.
         language: language code of the task's data (MAD-X language adapters, zero-shot transfer).
         pooling: `cls` or `mean` pooling for sequence-level heads.
@@ -122,7 +124,7 @@ class Task:
     text_pair_column: str | None = None
     label_column: str = "label"
     labels: list[str] | None = None
-    metrics: list[str] | None = None
+    metrics: list[str | Callable[..., Any]] | None = None
     loss_weight: float = 1.0
     language: str | None = None
     pooling: str = "cls"
@@ -162,6 +164,11 @@ class Task:
         if self.kind == "regression" and self.labels is not None:
             raise TaskConfigError(f"{where}: a regression task has no `labels` list. Fix: remove `labels`.")
         if self.labels is not None:
+            if not isinstance(self.labels, (list, tuple)):
+                raise TaskConfigError(
+                    f"{where}: `labels` must be a list of label names, got {type(self.labels).__name__} "
+                    f"{self.labels!r}. Fix: write it as a JSON list, e.g. [\"negative\", \"positive\"]."
+                )
             self.labels = [str(label) for label in self.labels]
             if len(set(self.labels)) != len(self.labels):
                 raise TaskConfigError(f"{where}: `labels` has duplicates: {self.labels}.")
@@ -173,6 +180,8 @@ class Task:
                 self.metrics = ["seqeval", "accuracy"]
         if not self.metrics:
             raise TaskConfigError(f"{where}: `metrics` is empty. Fix: name at least one metric or leave it unset.")
+        self._check_metrics(where)
+        self._check_language(where)
         for field_name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, field_name)
             if value is not None and value <= 0:
@@ -195,6 +204,32 @@ class Task:
             value = getattr(self, item.name)
             if item.name != "name" and not value_matches(value, hints[item.name]):  # the name has its own check
                 raise TaskConfigError(type_error_message(where, item.name, value, hints[item.name]))
+
+    def _check_metrics(self, where: str) -> None:
+        """Metric names must be built in: a name from a recipe or a store is data, never code."""
+        from .metrics import known_metric_names  # metrics.py imports this module
+
+        if not isinstance(self.metrics, (list, tuple)):
+            raise TaskConfigError(f"{where}: `metrics` must be a list of metric names, got {self.metrics!r}.")
+        known = known_metric_names()
+        for metric in self.metrics:
+            if callable(metric):
+                if not metric_name(metric).isidentifier():
+                    raise TaskConfigError(f"{where}: the metric callable {metric!r} has no usable name. Fix: define "
+                                          f"it with `def` (its __name__ names the score).")
+            elif metric not in known:
+                raise TaskConfigError(
+                    f"{where}: unknown metric {metric!r} in `metrics`. Metric names are never loaded as code. "
+                    f"Fix: use built-in metrics ({', '.join(known)}), or pass a Python callable in code."
+                )
+        self.metrics = list(self.metrics)
+
+    def _check_language(self, where: str) -> None:
+        if self.language is None:
+            return
+        if not isinstance(self.language, str):
+            raise TaskConfigError(f"{where}: `language` must be a language code such as \"en\", got {self.language!r}.")
+        validate_task_name(self.language, what=f"`language` of {where}")  # it becomes a folder (languages/<code>)
 
     def _check_input_from_tasks(self, where: str) -> None:
         lower = self.input_from_tasks
@@ -240,17 +275,24 @@ class Task:
 
     @property
     def primary_metric(self) -> str:
-        return self.metrics[0]
+        return metric_name(self.metrics[0])
 
     # ------------------------------------------------------------------ (de)serialization
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The task as plain JSON data; metric callables are left out (code is never saved as a name)."""
+        data = dataclasses.asdict(self)
+        names = [m for m in self.metrics if not callable(m)]
+        data["metrics"] = names or None  # only callables: the kind's defaults when the task is read back
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Task":
         """Build a task from a recipe entry or a saved `task.json`, rejecting unknown fields."""
         if not isinstance(data, dict):
-            raise TaskConfigError(f"A task must be a JSON object with at least a `name`, got {data!r}.")
+            raise TaskConfigError(
+                f"A task must be a JSON object with at least a `name`, got {type(data).__name__} {data!r}. Fix: write "
+                f"it as {{\"name\": ..., \"kind\": ...}}."
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -265,6 +307,11 @@ class Task:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def metric_name(metric: str | Callable[..., Any]) -> str:
+    """The name a metric's scores are reported under: the built-in name, or a callable's `__name__`."""
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", repr(metric))
 
 
 def _looks_like_iob(labels: list[str] | None) -> bool:

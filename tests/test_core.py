@@ -146,11 +146,15 @@ def test_corrupt_and_foreign_files(tmp_path: Path) -> None:
     model, _ = _model(_tasks(), freeze_backbone=False)
     model.save_pretrained(str(tmp_path))
     (tmp_path / "ner" / "head.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(StoreError, match="ner.*not a valid safetensors file"):
+    # a file changed after the save no longer matches the manifest (issue 19.5: loads verify it)
+    with pytest.raises(StoreError, match="ner/head.safetensors.*22 bytes instead of"):
         MultiTaskModel.from_pretrained(str(tmp_path), tasks=["ner"])
     task = json.loads((tmp_path / "sent" / "task.json").read_text())
     task["labels"] = ["a", "b", "c"]
     (tmp_path / "sent" / "task.json").write_text(json.dumps(task))
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())  # a crafted store: its manifest matches the edit
+    config["files"]["sent/task.json"]["size"] = (tmp_path / "sent" / "task.json").stat().st_size
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(StoreError, match="head of task 'sent'.*shape mismatch"):
         MultiTaskModel.from_pretrained(str(tmp_path), tasks=["sent"])
     config = json.loads((tmp_path / CONFIG_NAME).read_text())

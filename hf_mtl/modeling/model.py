@@ -121,10 +121,16 @@ class MultiTaskModel(nn.Module):
         *,
         revision: str | None = None,
         backbone_dropout: float | None = None,
+        trust_remote_code: bool = False,
         **kwargs: Any,
     ) -> "MultiTaskModel":
-        """Load a pretrained backbone (a Hub id or a folder) and its tokenizer, then add the tasks."""
-        hub_kwargs = {"revision": revision} if revision else {}
+        """Load a pretrained backbone (a Hub id or a folder) and its tokenizer, then add the tasks.
+
+        Weights are read from safetensors only; `trust_remote_code=True` lets transformers run custom code
+        named by the model's config (off by default: such a model is refused with an error naming it).
+        """
+        hub_kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+        hub_kwargs["trust_remote_code"] = trust_remote_code
         config = load_backbone_config(name_or_path, backbone_dropout, **hub_kwargs)
         backbone = build_backbone(config, name_or_path, **hub_kwargs)
         tokenizer = kwargs.pop("tokenizer", None) or load_tokenizer(name_or_path, **hub_kwargs)

@@ -11,13 +11,17 @@ languages/<lang>/adapter_config.json        } language adapters: one folder per 
 languages/<lang>/adapter_model.safetensors  } `adapter.adapter_languages()` (MAD-X, LoRA language adapters)
 backbone/                        the backbone (save_pretrained), only when it was trained
 ```
-Every file is written atomically; `mtl_config.json` is written last, so a folder with a config is
-complete. Only safetensors and JSON are read: nothing is unpickled.
+A save is atomic as a whole (`save_model`): the folder is the old store or the new one. A load checks
+every file it reads against the manifest (sizes always, sha256 with `verify_hashes=True`). Only
+safetensors and JSON are read: nothing is unpickled, and no code named by a store is run.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -25,7 +29,8 @@ import torch
 
 from .. import __version__
 from ..errors import StoreError, UnknownTaskError
-from ..io_utils import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
+from ..io_utils import (atomic_write_json, is_staging_name, link_or_copy, load_tensors, normal_mode, read_json,
+                        save_tensors, sha256_file, staging_folder, swap_in)
 from ..tasks import Task, validate_task_name
 from .backbone import build_backbone, load_backbone_config, load_tokenizer
 
@@ -41,30 +46,91 @@ BACKBONE_DIR = "backbone"
 SHARED_DIR = "shared"
 LANGUAGES_DIR = "languages"
 LIBRARY = "hf_mtl"
+DATA_FILE_FIELDS = ("train_file", "validation_file", "test_file")
+# pickle-based formats: loading one can run arbitrary code, so a store that lists one is refused
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+logger = logging.getLogger(__name__)
+
 
 
 def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks: Sequence[str] | None = None,
                extra_config: dict[str, Any] | None = None) -> None:
-    """Write `tasks` (default: all with a head) of `model` into `save_directory`.
+    """Write `tasks` (default: all with a head) of `model` into `save_directory`, atomically as a whole.
+
+    The new store is written into a sibling folder, with the files of the old folder it keeps (other
+    tasks, other languages, and whatever else the folder holds: checkpoints, results) hard-linked in,
+    then swapped in place of the old folder in one rename (see `hf_mtl.io_utils.swap_in`). A save killed
+    at any moment leaves the old store or the new one, never a mix; its leftover folder is removed by
+    the next save. Where the folder cannot be renamed (its parent is read-only, or it is a mount point)
+    the store is written in place instead, the manifest last, with a warning: a load then refuses files
+    that do not match the manifest.
 
     Tasks already in the folder that are not saved now stay (their manifest entries are kept), so
     saving one task into an existing store does not touch the others.
     """
-    root = Path(save_directory)
-    root.mkdir(parents=True, exist_ok=True)
+    target = Path(save_directory).resolve()  # a symlinked store: replace the folder it points to
     names = list(tasks) if tasks is not None else [n for n in model.tasks if n in model.heads]
     model._check_tasks(names)
-    previous = _read_existing_config(root)
+    previous = _read_existing_config(target)
+    try:
+        staging = staging_folder(target)
+    except OSError as err:  # the parent folder is not writable (e.g. the store is a mounted volume)
+        return _save_in_place(model, target, names, previous, extra_config, err)
+    try:
+        config = _write_store(model, staging, target, names, previous, extra_config)
+        _save_step("before_manifest")
+        atomic_write_json(staging / CONFIG_NAME, config)  # last: a folder with a config is complete
+        _save_step("before_swap")
+        cwd = os.getcwd()
+        try:
+            replaced = swap_in(staging, target)
+        except OSError as err:
+            if err.errno not in (errno.EXDEV, errno.EBUSY, errno.EACCES, errno.EPERM):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            return _save_in_place(model, target, names, previous, extra_config, err)  # a mount point cannot be renamed
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if cwd == str(target) or cwd.startswith(str(target) + os.sep):
+        os.chdir(cwd)  # the process's working folder was the old store: move to the same path in the new one
+    _save_step("after_swap")
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _save_in_place(model: "MultiTaskModel", target: Path, names: list[str], previous: dict[str, Any],
+                   extra_config: dict[str, Any] | None, reason: OSError) -> None:
+    """Fallback when the folder cannot be swapped: every file atomically, the manifest last. Not atomic as a
+    whole: a save killed midway leaves files that the manifest check of the next load refuses."""
+    logger.warning("%s cannot be replaced as a whole (%s); writing the store in place, the manifest last.", target, reason)
+    config = _write_store(model, target, None, names, previous, extra_config)
+    atomic_write_json(target / CONFIG_NAME, config)
+
+
+def _save_step(point: str) -> None:
+    """A named point of a save (`after_tasks`, `before_manifest`, `before_swap`, `after_swap`); tests replace
+    this to kill a save there."""
+
+
+def _write_store(model: "MultiTaskModel", staging: Path, target: Path | None, names: list[str], previous: dict[str, Any],
+                 extra_config: dict[str, Any] | None) -> dict[str, Any]:
+    """Write the saved parts into `staging`, carry over the rest of `target` (if any), and return the new config."""
     written: list[str] = []
     for name in names:
-        written += _save_task(model, root, name)
-    written += _save_shared(model, root)
-    written += _save_languages(model, root)
-    written += _save_backbone(model, root)
-    kept = {k: v for k, v in previous.get("files", {}).items() if _owner(k) not in set(names) | {SHARED_DIR, BACKBONE_DIR}}
-    files = {**kept, **{rel: _file_entry(root / rel) for rel in written}}
+        written += _save_task(model, staging, name)
+    _save_step("after_tasks")
+    written += _save_shared(model, staging)
+    written += _save_languages(model, staging)
+    written += _save_backbone(model, staging)
+    rewritten = set(names) | {SHARED_DIR, BACKBONE_DIR}
+    _carry_over(target, staging, rewritten)
+    kept = {k: v for k, v in previous.get("files", {}).items()
+            if _owner(k) not in rewritten and (staging / k).is_file()}
+    files = {**kept, **{rel: _file_entry(staging / rel) for rel in written}}
     all_tasks = list(dict.fromkeys([*previous.get("tasks", []), *names]))
-    config = {
+    return {
         "library": LIBRARY,
         "library_version": __version__,
         "base_model": model.base_model,
@@ -80,13 +146,32 @@ def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks
         "files": dict(sorted(files.items())),
         **(extra_config or {}),
     }
-    atomic_write_json(root / CONFIG_NAME, config)
+
+
+def _carry_over(target: Path | None, staging: Path, rewritten: set[str]) -> None:
+    """Hard-link into `staging` everything of the old `target` that this save does not rewrite: other tasks'
+    folders, language adapters saved before, and files that are not part of the store (checkpoints, results).
+    Files already written to `staging` win."""
+    if target is None or not target.is_dir():
+        return
+    for entry in target.iterdir():
+        if entry.name == CONFIG_NAME or entry.name in rewritten or is_staging_name(entry.name):
+            continue
+        dest = staging / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, dest, symlinks=True, copy_function=link_or_copy, dirs_exist_ok=True,
+                            ignore=lambda _folder, names: [n for n in names if is_staging_name(n)])
+        elif not os.path.lexists(dest):
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry), dest)
+            else:
+                link_or_copy(str(entry), str(dest))
 
 
 def _save_task(model: "MultiTaskModel", root: Path, name: str) -> list[str]:
     task = model.tasks[name]
     folder = root / name
-    atomic_write_json(folder / TASK_NAME, task.to_dict())
+    atomic_write_json(folder / TASK_NAME, _with_absolute_data_paths(task.to_dict()))
     save_tensors(folder / HEAD_NAME, model.heads[name].state_dict(), metadata={"task": name, "library": LIBRARY})
     written = [f"{name}/{TASK_NAME}", f"{name}/{HEAD_NAME}"]
     adapter_state = model.adapter.task_state_dict(name)
@@ -96,6 +181,16 @@ def _save_task(model: "MultiTaskModel", root: Path, name: str) -> list[str]:
         atomic_write_json(folder / ADAPTER_CONFIG, _with_base(model, model.adapter.task_config(name)))
         written += [f"{name}/{ADAPTER_WEIGHTS}", f"{name}/{ADAPTER_CONFIG}"]
     return written
+
+
+def _with_absolute_data_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """Data files as absolute paths: a relative path means "relative to the folder training ran in", which
+    `eval` from another folder could not find. URLs and absolute paths are kept as they are."""
+    for field_name in DATA_FILE_FIELDS:
+        value = data.get(field_name)
+        if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
+            data[field_name] = os.path.abspath(os.path.expanduser(value))
+    return data
 
 
 def _save_shared(model: "MultiTaskModel", root: Path) -> list[str]:
@@ -147,7 +242,10 @@ def _save_backbone(model: "MultiTaskModel", root: Path) -> list[str]:
     model.backbone.save_pretrained(str(folder), state_dict={k: v.detach() for k, v in own.items()})
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(folder))
-    return [str(p.relative_to(root)) for p in sorted(folder.rglob("*")) if p.is_file()]
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    for path in files:
+        os.chmod(path, normal_mode())  # transformers writes its weights through a 0600 temporary file
+    return [str(p.relative_to(root)) for p in files]
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -159,22 +257,52 @@ def _owner(relative: str) -> str:
 
 
 def _read_existing_config(root: Path) -> dict[str, Any]:
-    path = root / CONFIG_NAME
-    return read_json(path, "existing store") if path.is_file() else {}
+    """The config of the store being replaced ({} for a new folder)."""
+    return read_store_config(root) if (root / CONFIG_NAME).is_file() else {}
 
 
 # ---------------------------------------------------------------------------------------------------- loading
 def read_store_config(root: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate `mtl_config.json`: task names and file paths must stay inside the store."""
+    """Read and validate `mtl_config.json`: task names and file paths must stay inside the store, the
+    manifest must be `{path: {"size": int, "sha256": str}}`, and no listed file may be a pickle."""
     root = Path(root)
-    config = read_json(root / CONFIG_NAME, f"store {root}")
+    path = root / CONFIG_NAME
+    config = read_json(path, f"store {root}")
     if not isinstance(config, dict) or config.get("library") != LIBRARY:
-        raise StoreError(f"{root / CONFIG_NAME} was not written by {LIBRARY} (library={config.get('library')!r}).")
-    for name in config.get("tasks", []):
-        validate_task_name(name, what=f"task name in {root / CONFIG_NAME}")
-    for rel in config.get("files", {}):
-        check_relative_path(rel, root / CONFIG_NAME)
+        found = config.get("library") if isinstance(config, dict) else type(config).__name__
+        raise StoreError(f"{path} was not written by {LIBRARY} (library={found!r}).")
+    tasks = config.get("tasks", [])
+    if not isinstance(tasks, list):
+        raise StoreError(f"{path}: `tasks` must be a list of task names, got {tasks!r}. Fix: save the store again.")
+    for name in tasks:
+        validate_task_name(name, what=f"task name in {path}")
+    files = config.get("files", {})
+    if not isinstance(files, dict):
+        raise StoreError(f"{path}: `files` must be a JSON object {{path: {{\"size\": ..., \"sha256\": ...}}}}, got "
+                         f"{type(files).__name__}. Fix: save the store again.")
+    for rel, entry in files.items():
+        check_relative_path(rel, path)
+        _check_not_pickle(rel, path)
+        _check_manifest_entry(rel, entry, path)
     return config
+
+
+def _check_not_pickle(rel: str, source: Path) -> None:
+    if rel.lower().endswith(PICKLE_SUFFIXES):
+        raise StoreError(
+            f"{source} lists {rel!r}, a pickle file: hf_mtl never reads pickles (loading one can run code). "
+            f"Fix: store the weights as safetensors (save the store again with hf_mtl)."
+        )
+
+
+def _check_manifest_entry(rel: str, entry: Any, source: Path) -> None:
+    size = entry.get("size") if isinstance(entry, dict) else None
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(sha, str):
+        raise StoreError(
+            f"{source}: the manifest entry of {rel!r} has size={size!r} and sha256={sha!r}; `size` must be an "
+            f"integer (bytes) and `sha256` a hex string. Fix: save or push the store again."
+        )
 
 
 def check_relative_path(rel: str, source: Any) -> str:
@@ -184,8 +312,21 @@ def check_relative_path(rel: str, source: Any) -> str:
     return rel
 
 
+def verify_store_files(root: Path, config: dict[str, Any], tasks: Sequence[str], languages: Sequence[str] = (),
+                       hashes: bool = False) -> None:
+    """Check the files a model of `tasks` reads against the manifest: present, same size, sha256 on request.
+
+    A save is atomic, so a mismatch means the folder was changed by hand or by another program; the
+    load is refused rather than mixing files of two saves.
+    """
+    from ..manifest import files_for, verify_files  # manifest.py imports this module's constants
+
+    verify_files(root, files_for(config, tasks, languages), str(root), remove=False, hashes=hashes)
+
+
 def load_model(cls: type["MultiTaskModel"], path_or_repo: str | os.PathLike, tasks: Sequence[str] | None = None,
-               revision: str | None = None, device: str | torch.device | None = None, **kwargs: Any) -> "MultiTaskModel":
+               revision: str | None = None, device: str | torch.device | None = None, verify_hashes: bool = False,
+               trust_remote_code: bool = False, **kwargs: Any) -> "MultiTaskModel":
     """Rebuild a model from a store: the base backbone (or the saved one) + the tasks' heads and adapters.
 
     Args:
@@ -193,13 +334,21 @@ def load_model(cls: type["MultiTaskModel"], path_or_repo: str | os.PathLike, tas
         tasks: load only these tasks (default: all in the store).
         revision: Hub revision (branch, tag or commit) of the store.
         device: where to put the model.
+        verify_hashes: also check every file's sha256 against the manifest (sizes are always checked).
+        trust_remote_code: let transformers run custom code named by the backbone's config (`auto_map`).
+            Off by default: a store or base model that needs it is refused with an error naming this option.
         kwargs: passed to the backbone loader (e.g. `backbone_dropout`), or `tokenizer=`.
     """
     root = _local_store(path_or_repo, tasks, revision, kwargs.pop("token", None))
     config = read_store_config(root)
     names = select_tasks(config, tasks, root)
+    verify_store_files(root, config, names, hashes=verify_hashes)
     task_objs = [_read_task(root, name) for name in names]
-    backbone, tokenizer = _load_backbone(root, config, kwargs)
+    from ..manifest import needed_languages
+
+    languages = needed_languages(config, {t.name: t.to_dict() for t in task_objs})
+    verify_store_files(root, config, [], languages, hashes=verify_hashes)
+    backbone, tokenizer = _load_backbone(root, config, kwargs, trust_remote_code)
     model = cls(
         backbone, task_objs,
         adapter_method=config.get("adapter_method", "none"), adapter_config=config.get("adapter_config") or {},
@@ -235,14 +384,19 @@ def select_tasks(config: dict[str, Any], tasks: Sequence[str] | None, root: Path
 
 
 def _read_task(root: Path, name: str) -> Task:
-    data = read_json(root / name / TASK_NAME, f"task {name!r}")
+    path = root / name / TASK_NAME
+    data = read_json(path, f"task {name!r}")
+    if not isinstance(data, dict):
+        raise StoreError(f"{path} must be a JSON object describing task {name!r}, got {type(data).__name__}. "
+                         f"Fix: save or pull the task again.")
     task = Task.from_dict(data)
     if task.name != name:
         raise StoreError(f"{root / name / TASK_NAME} describes task {task.name!r}, not {name!r}.")
     return task
 
 
-def _load_backbone(root: Path, config: dict[str, Any], kwargs: dict[str, Any]) -> tuple[torch.nn.Module, Any]:
+def _load_backbone(root: Path, config: dict[str, Any], kwargs: dict[str, Any],
+                   trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
     tokenizer = kwargs.pop("tokenizer", None)
     backbone_dropout = kwargs.pop("backbone_dropout", None)
     saved = root / BACKBONE_DIR
@@ -253,6 +407,7 @@ def _load_backbone(root: Path, config: dict[str, Any], kwargs: dict[str, Any]) -
         if not source:
             raise StoreError(f"{root / CONFIG_NAME} names no base_model and holds no backbone/ folder.")
         hub_kwargs = {"revision": config["base_model_revision"]} if config.get("base_model_revision") else {}
+    hub_kwargs["trust_remote_code"] = trust_remote_code
     backbone_config = load_backbone_config(source, backbone_dropout, **hub_kwargs)
     backbone = build_backbone(backbone_config, source, **hub_kwargs, **kwargs)
     if tokenizer is None:
@@ -293,6 +448,9 @@ def _load_languages(model: "MultiTaskModel", root: Path) -> None:
 
 def _check_adapter_config(model: "MultiTaskModel", path: Path, task: str, owner: str = "task") -> None:
     saved = read_json(path, f"adapter config of {owner} {task!r}")
+    if not isinstance(saved, dict):
+        raise StoreError(f"{path} must be a JSON object (the adapter's options), got {type(saved).__name__}. "
+                         f"Fix: save or pull {owner} {task!r} again.")
     method = saved.get("adapter_method", saved.get("peft_type"))
     if saved.get("adapter_method") is not None and method != model.adapter.name:
         raise StoreError(
@@ -341,7 +499,9 @@ def load_trainable_state(model: "MultiTaskModel", root: str | os.PathLike) -> No
     """Load a checkpoint's weights into an existing model (trainer resume): heads, adapters, backbone."""
     root = Path(root)
     config = read_store_config(root)
-    _load_weights(model, root, [n for n in config.get("tasks", []) if n in model.heads])
+    names = [n for n in config.get("tasks", []) if n in model.heads]
+    verify_store_files(root, config, names, model.adapter.adapter_languages())
+    _load_weights(model, root, names)
     saved = root / BACKBONE_DIR
     if saved.is_dir():
         state = {}
