@@ -7,7 +7,7 @@
    single-task forward, vs 4 single-task forwards of 8 rows (what a method without per-row routing
    must do), and the same for the head-only method `none`.
 3. Bytes downloaded when pulling 1 task of an 8-task repo vs the whole repo, through the local
-   Hub-compatible server (tests/hub_server.py) with the unmodified huggingface_hub client.
+   Hub-compatible server (tests/hub_server/) with the unmodified huggingface_hub client.
 
 all-MiniLM-L6-v2, batch 32 x 128 tokens, torch.set_num_threads(2); the configurations of each part
 run interleaved, and ratios are paired medians over the rounds (STACK.md: single timings swing).

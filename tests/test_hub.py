@@ -1,4 +1,4 @@
-"""Push and pull of per-task stores against a real Hub-compatible HTTP server (tests/hub_server.py),
+"""Push and pull of per-task stores against a real Hub-compatible HTTP server (tests/hub_server/),
 driven by the unmodified huggingface_hub client."""
 
 from __future__ import annotations

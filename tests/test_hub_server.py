@@ -456,6 +456,17 @@ def test_not_found_errors(hub, hub_api, tmp_path):
     assert not hub_api.file_exists(REPO, "missing.txt")
 
 
+
+def test_methods_a_repo_url_does_not_serve_are_not_found(hub, hub_api):
+    """DELETE on the repo's own API URL, or a trailing slash, is an unknown route: 404, not a server-side error
+    (the fixture fails the test on any server-side traceback)."""
+    hub_api.create_repo(REPO)
+    headers = {"Authorization": f"Bearer {ALICE_TOKEN}"}
+    assert http_client.request("DELETE", f"{hub.endpoint}/api/models/{REPO}", headers=headers).status_code == 404
+    assert http_client.get(f"{hub.endpoint}/api/models/{REPO}/", headers=headers).status_code == 404
+    missing = http_client.request("DELETE", f"{hub.endpoint}/api/models/alice/nope", headers=headers)
+    assert (missing.status_code, missing.headers.get("X-Error-Code")) == (404, "RepoNotFound")
+
 # ------------------------------------------------------------------------------------------------ interruptions
 
 

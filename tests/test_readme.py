@@ -8,7 +8,7 @@ Three documented swaps keep CI fast and offline, and nothing else changes:
   config; the recipes' all-MiniLM-L6-v2 run takes minutes), and so does `examples/train_two_tasks.py`
   (`--max-steps 2 --model TINY`); the commands that read the results (`hf-mtl predict/eval outputs/...`,
   the other examples) then run unchanged on what those wrote;
-- the Hub commands run against a local Hub-compatible server (tests/hub_server.py) as user `alice`, in
+- the Hub commands run against a local Hub-compatible server (tests/hub_server/) as user `alice`, in
   place of the README's `your-name`;
 - the Python block runs with its model name replaced by the tiny model's folder and `num_train_epochs=3` by
   `max_steps=2`.
