@@ -8,7 +8,7 @@ tokens, all-MiniLM-L6-v2, 2 threads). Rows of the table:
   only the head trains); every adapter method with a single-task batch, with a batch mixing 4 tasks
   (8 rows each, interleaved) for the methods that route per row, and with `backbone_dropout=0.0`.
   hf_mtl's models draw dropout masks the fast CPU way (`fast_dropout`, the default;
-  hf_mtl.modeling.fast_dropout); `floor_torch_dropout` is the floor with torch's masks.
+  hf_mtl.ops.fast_dropout); `floor_torch_dropout` is the floor with torch's masks.
 - PEFT 0.21: LoRA (r=8, alpha=8, query+value: hf_mtl's default), IA3 (PEFT's BERT defaults), and
   prefix tuning (20 flat prefixes) where it runs: PEFT passes the prefixes as `past_key_values`, which
   transformers 5.24 still maps to `cache` on BERT (deprecated, removal announced for 5.40); where it
@@ -29,7 +29,7 @@ long as they live (benchmarks/process_placebo.py), so every runner restarts ever
 (default 5) and a process's own speed averages out over the run.
 
 Memory between steps: on the CPU every timing process (hf_mtl's, PEFT's and AdapterHub's alike) runs with the malloc
-thresholds that MultiTaskTrainer sets there (`hf_mtl.modeling.cpu_memory.keep_freed_memory`, given to the runners as
+thresholds that MultiTaskTrainer sets there (`hf_mtl.ops.cpu_memory.keep_freed_memory`, given to the runners as
 MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_), so freed activations are reused instead of faulted in anew each step;
 `--malloc default` keeps glibc's own (the runs before 2026-11-28 used those).
 
@@ -81,7 +81,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapterhub_runner import PROTOCOL, Bench, answer_commands, count, emit, make_inputs, peak_rss_delta_mib, step_gflop  # noqa: E402  (no hf_mtl inside)
 
 from hf_mtl import Task  # noqa: E402
-from hf_mtl.modeling import MultiTaskModel, cpu_memory  # noqa: E402
+from hf_mtl.modeling import MultiTaskModel  # noqa: E402
+from hf_mtl.ops import cpu_memory  # noqa: E402
 from hf_mtl.modeling.backbone import build_backbone, load_backbone_config, load_tokenizer, resolve_model_path  # noqa: E402
 from hf_mtl.modeling.heads import SequenceHead  # noqa: E402
 
@@ -95,7 +96,7 @@ DATA = HERE.parent.parent / "shared" / "data"
 TASKS = [Task(f"t{i}", labels=["neg", "pos"]) for i in range(4)]
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # fixed threshold: freed tensors return to the OS
 # every timing process (hf_mtl's, PEFT's and AdapterHub's runners) with the malloc settings that MultiTaskTrainer applies
-# on the CPU (hf_mtl.modeling.cpu_memory.keep_freed_memory), as environment variables so that all three get them alike
+# on the CPU (hf_mtl.ops.cpu_memory.keep_freed_memory), as environment variables so that all three get them alike
 KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(cpu_memory.MMAP_THRESHOLD),
                          "MALLOC_TRIM_THRESHOLD_": str(cpu_memory.TRIM_THRESHOLD)}
 
@@ -906,7 +907,7 @@ def parse_args() -> argparse.Namespace:
                              "benchmarks/process_control.py)")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="on the CPU, every timing process (all three libraries) keeps freed memory for the next step, "
-                             "as MultiTaskTrainer does (hf_mtl.modeling.cpu_memory); `default`: glibc's own thresholds")
+                             "as MultiTaskTrainer does (hf_mtl.ops.cpu_memory); `default`: glibc's own thresholds")
     parser.add_argument("--restart-every", type=int, default=5,
                         help="start every runner process anew after this many rounds (0: never). Two processes timing "
                              "the same step differ by 1-3%% for as long as they live (benchmarks/process_placebo.py), "

@@ -16,14 +16,14 @@ from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
 from ..adapters import AdapterMethod, Routing, build_adapter_method
-from ..adapters import attention as adapter_attention  # a module: attention.py imports fast_dropout from here
 from ..adapters.base import contiguous_segments, host_index
 from ..errors import TaskConfigError, UnknownTaskError
+from ..ops.attention import route_attention
+from ..ops.fast_dropout import use_fast_dropout
 from ..tasks import Task, check_unique_names, dependency_order
 from .adversarial import TaskDiscriminator
 from .arch import ARCH_SPECS, layers_of, resolve
 from .backbone import backbone_forward_args, build_backbone, load_backbone_config, load_tokenizer, set_dropout
-from .fast_dropout import use_fast_dropout
 from .heads import build_head, task_loss
 from .hierarchy import prediction_features, prediction_width, with_lower_tasks
 
@@ -70,7 +70,7 @@ class MultiTaskModel(nn.Module):
         tokenizer: the backbone's tokenizer (kept for `predict`, not a module).
         fast_dropout: on the CPU in training, draw the dropout masks of the backbone (hidden states and,
             for families with an architecture spec, attention probabilities) and of the heads the cheap way of
-            `hf_mtl.modeling.fast_dropout` (same distribution, p rounded to a multiple of 2⁻¹⁶);
+            `hf_mtl.ops.fast_dropout` (same distribution, p rounded to a multiple of 2⁻¹⁶);
             False keeps torch's. Eval and GPUs are unaffected either way.
     """
 
@@ -425,7 +425,7 @@ def _use_fast_dropout(backbone: nn.Module) -> None:
     for layer in layers_of(backbone, spec):
         attention = resolve(layer, spec.attention)
         if getattr(getattr(attention, "dropout", None), "p", 1.0) > 0:
-            adapter_attention.route_attention(backbone, attention, fast_dropout=True)
+            route_attention(backbone, attention, fast_dropout=True)
 
 
 def _hidden_dropout(config: PretrainedConfig) -> float:

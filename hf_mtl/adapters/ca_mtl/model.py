@@ -26,7 +26,7 @@ from torch import nn
 
 from ...errors import TaskConfigError
 from ...modeling.arch import ArchSpec, config_value, get_spec, layers_of, resolve
-from ..attention import add_attention_modifier, full_mask
+from ...ops.attention import add_attention_modifier, full_mask
 from ..base import register_method
 from ..per_row import BatchTasks, count
 from ..task_embedding import TaskEmbeddingMethod

@@ -2,7 +2,7 @@
 
 PEFT's `PrefixTuning` passes its prefixes as a key/value cache, which transformers 5's encoders no
 longer accept ("Model does not support past key values"). Here the prefixes enter through an
-attention modifier (`hf_mtl.adapters.attention`): inside every self-attention, each row's task
+attention modifier (`hf_mtl.ops.attention`): inside every self-attention, each row's task
 prefixes (B, heads, P, d) are put before its keys and values and the mask gets P open positions.
 A batch whose rows belong to different tasks runs in one forward pass (`routes_per_row = True`).
 
@@ -26,7 +26,7 @@ from torch import nn
 from ...errors import StoreError
 from ...modeling.arch import config_value, get_spec, layers_of, resolve
 from ...tasks import Task
-from ..attention import add_attention_modifier
+from ...ops.attention import add_attention_modifier
 from ..base import AdapterMethod, Routing, register_method
 from .config import PrefixTuningOptions
 from .layer import PrefixEncoder, prefixes_by_layer, prepend_prefix
