@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from .base import ADAPTER_METHODS, AdapterMethod, Routing, build_adapter_method, register_method
+from .base import ADAPTER_METHODS, AdapterMethod, build_adapter_method, register_method
+from .routing import RoutedCall, Routing
 
 # Modules that register a method when imported; a method's folder adds itself here.
 BUILTIN_METHOD_MODULES: list[str] = [
@@ -23,4 +24,4 @@ def load_builtin_methods() -> None:
         importlib.import_module(module)
 
 
-__all__ = ["ADAPTER_METHODS", "AdapterMethod", "Routing", "build_adapter_method", "register_method"]
+__all__ = ["ADAPTER_METHODS", "AdapterMethod", "RoutedCall", "Routing", "build_adapter_method", "register_method"]
