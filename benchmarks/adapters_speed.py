@@ -8,7 +8,7 @@ tokens, all-MiniLM-L6-v2, 2 threads). Rows of the table:
   only the head trains); every adapter method with a single-task batch, with a batch mixing 4 tasks
   (8 rows each, interleaved) for the methods that route per row, and with `backbone_dropout=0.0`.
   hf_mtl's models draw dropout masks the fast CPU way (`fast_dropout`, the default;
-  hf_mtl.modeling.fast_dropout); `floor_torch_dropout` is the floor with torch's masks.
+  hf_mtl.ops.fast_dropout); `floor_torch_dropout` is the floor with torch's masks.
 - PEFT 0.21: LoRA (r=8, alpha=8, query+value: hf_mtl's default), IA3 (PEFT's BERT defaults), and
   prefix tuning (20 flat prefixes) where it runs: PEFT passes the prefixes as `past_key_values`, which
   transformers 5.24 still maps to `cache` on BERT (deprecated, removal announced for 5.40); where it
@@ -29,7 +29,7 @@ long as they live (benchmarks/process_placebo.py), so every runner restarts ever
 (default 5) and a process's own speed averages out over the run.
 
 Memory between steps: on the CPU every timing process (hf_mtl's, PEFT's and AdapterHub's alike) runs with the malloc
-thresholds that MultiTaskTrainer sets there (`hf_mtl.modeling.cpu_memory.keep_freed_memory`, given to the runners as
+thresholds that MultiTaskTrainer sets there (`hf_mtl.ops.cpu_memory.keep_freed_memory`, given to the runners as
 MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_), so freed activations are reused instead of faulted in anew each step;
 `--malloc default` keeps glibc's own (the runs before 2026-11-28 used those).
 
@@ -103,7 +103,8 @@ from benchmarks.runner import (
 )
 from benchmarks.speed_report import assemble, quality_variant, summarize_quality
 from hf_mtl import Task
-from hf_mtl.modeling import MultiTaskModel, cpu_memory
+from hf_mtl.modeling import MultiTaskModel
+from hf_mtl.ops import cpu_memory
 from hf_mtl.modeling.backbone import load_backbone_config, load_tokenizer, resolve_model_path
 
 
@@ -144,7 +145,7 @@ def parse_args() -> argparse.Namespace:
                              "benchmarks/process_control.py)")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="on the CPU, every timing process (all three libraries) keeps freed memory for the next step, "
-                             "as MultiTaskTrainer does (hf_mtl.modeling.cpu_memory); `default`: glibc's own thresholds")
+                             "as MultiTaskTrainer does (hf_mtl.ops.cpu_memory); `default`: glibc's own thresholds")
     parser.add_argument("--restart-every", type=int, default=5,
                         help="start every runner process anew after this many rounds (0: never). Two processes timing "
                              "the same step differ by 1-3%% for as long as they live (benchmarks/process_placebo.py), "

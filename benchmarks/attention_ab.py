@@ -2,7 +2,7 @@
 
 `composite` is what hf_mtl ran before (and what SDPA's math path runs): masked_fill of the scores, softmax,
 masked_fill of the dropped probabilities, matmul, with autograd through each. `fused` is
-`hf_mtl.adapters.attention._DroppedAttention` (mask and softmax in place, the dropped probabilities one
+`hf_mtl.ops.attention._DroppedAttention` (mask and softmax in place, the dropped probabilities one
 `where`, the dropout folded into the softmax gradient). Both draw the same fast dropout mask. Shapes are those
 of all-MiniLM-L6-v2 at batch 32 x 128 tokens (12 heads of 32); `--keys` sets the key count (128 + 20 prefix
 keys = 148). Half the rows have their last quarter of keys padded, as in adapters_speed.py's batch. Rounds
@@ -29,9 +29,9 @@ import torch
 from benchmarks import RESULTS
 from benchmarks.report import write_json
 from benchmarks.stats import paired_median
-from hf_mtl.adapters.attention import _DroppedAttention
-from hf_mtl.modeling import cpu_memory
-from hf_mtl.modeling.fast_dropout import _LEVELS, drop_mask, fast_threshold
+from hf_mtl.ops.attention import _DroppedAttention
+from hf_mtl.ops import cpu_memory
+from hf_mtl.ops.fast_dropout import _LEVELS, drop_mask, fast_threshold
 
 
 P_DROP = 0.1
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                        help="keep: the malloc thresholds MultiTaskTrainer sets on the CPU (hf_mtl.modeling.cpu_memory)")
+                        help="keep: the malloc thresholds MultiTaskTrainer sets on the CPU (hf_mtl.ops.cpu_memory)")
     parser.add_argument("--output", default=str(RESULTS / "attention_ab" / "attention_ab.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -26,7 +26,7 @@ import torch
 from benchmarks import MODEL
 from benchmarks.adapterhub_runner import PROTOCOL, Bench
 from benchmarks.configs import FLOOR, library_of
-from hf_mtl.modeling import cpu_memory
+from hf_mtl.ops import cpu_memory
 
 
 HERE = Path(__file__).resolve().parent
@@ -36,7 +36,7 @@ VENV = Path.home() / ".cache" / "hf_mtl_bench" / "adapterhub-venv"
 VENV_REQUIREMENTS = ["adapters==1.3.*", "transformers==4.57.6"]
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # fixed threshold: freed tensors return to the OS
 # every timing process (hf_mtl's, PEFT's and AdapterHub's runners) with the malloc settings that MultiTaskTrainer applies
-# on the CPU (hf_mtl.modeling.cpu_memory.keep_freed_memory), as environment variables so that all three get them alike
+# on the CPU (hf_mtl.ops.cpu_memory.keep_freed_memory), as environment variables so that all three get them alike
 KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(cpu_memory.MMAP_THRESHOLD),
                          "MALLOC_TRIM_THRESHOLD_": str(cpu_memory.TRIM_THRESHOLD)}
 

@@ -251,8 +251,7 @@ def _encode_for(model: Any, inputs: dict[str, torch.Tensor], readers: list[str])
     """One backbone pass with every hidden layer the `readers`' heads need (the model's own `_encode`;
     with method `none` the pass does not depend on the task, so one routing serves every head)."""
     batch = inputs["input_ids"].shape[0]
-    routing = Routing(task_ids=torch.zeros(batch, dtype=torch.long, device=inputs["input_ids"].device),
-                      task_names=model.task_names, batch_tasks=list(readers))
+    routing = Routing.of([readers[0]] * batch, inputs["input_ids"].device, owners=readers)
     return model._encode(routing, inputs["input_ids"], inputs.get("attention_mask"), inputs.get("token_type_ids"))
 
 

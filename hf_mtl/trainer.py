@@ -38,7 +38,7 @@ from .data.samplers import MultiTaskBatchSampler
 from .errors import DataError, TaskConfigError
 from .io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
-from .modeling.cpu_memory import keep_freed_memory
+from .ops.cpu_memory import keep_freed_memory
 from .modeling.model import MultiTaskModel
 from .modeling.store import CONFIG_NAME, load_trainable_state
 from .optim.feedback import SchedulerFeedback, build_held_out

@@ -51,7 +51,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
     cpu_keep_freed_memory: bool = field(
         default=True,
         metadata={"help": "Training on the CPU under Linux (glibc): keep freed tensor memory in the process for the next "
-                          "step instead of returning it to the OS (mallopt; see hf_mtl.modeling.cpu_memory). Saves the "
+                          "step instead of returning it to the OS (mallopt; see hf_mtl.ops.cpu_memory). Saves the "
                           "page faults of re-allocating the same activations every step; the process keeps its peak heap."},
     )
     head_dropout: float | None = field(default=None, metadata={"help": "Dropout of the heads (default: the backbone's)."})

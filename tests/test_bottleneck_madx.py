@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from hf_mtl import Task
 from hf_mtl.adapters.bottleneck.layer import BottleneckAdapter, routed_adapter
-from hf_mtl.adapters.bottleneck.routing import RowOwners
+from hf_mtl.adapters.routing import Routing
 from hf_mtl.adapters.madx.invertible import InvertibleAdapter, coupling_forward, coupling_inverse
 from hf_mtl.errors import StoreError, TaskConfigError
 from hf_mtl.modeling import MultiTaskModel
@@ -149,7 +149,7 @@ def test_routed_adapter_every_mixed_path_equals_each_owner_alone(rank: int, leng
     torch.manual_seed(0)
     adapters = [BottleneckAdapter(12, rank, init="bert", ln_before=ln, ln_after=ln) for _ in range(3)]
     keys = list(keys)
-    owners = RowOwners.of(keys, torch.device("cpu"))
+    owners = Routing.of(keys, torch.device("cpu"))
     assert (owners.segments is not None) == (keys == sorted(keys, key=keys.index))
     h = torch.randn(len(keys), length, 12, requires_grad=True)
     out = routed_adapter(h, [adapters["abc".index(k)].tensors() for k in owners.owners], owners, torch.tanh, 2.5)

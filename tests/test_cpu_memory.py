@@ -22,7 +22,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 PROBE = textwrap.dedent("""
     import ctypes, json, sys
     import torch
-    from hf_mtl.modeling.cpu_memory import keep_freed_memory
+    from hf_mtl.ops.cpu_memory import keep_freed_memory
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -59,7 +59,7 @@ def test_a_freed_block_stays_in_the_heap_only_with_keep_freed_memory(tmp_path: P
 
 
 def test_keep_freed_memory_does_nothing_without_glibc(monkeypatch) -> None:
-    from hf_mtl.modeling import cpu_memory
+    from hf_mtl.ops import cpu_memory
 
     monkeypatch.setattr(cpu_memory, "_applied", None)
     monkeypatch.setattr(cpu_memory.platform, "libc_ver", lambda: ("", ""))

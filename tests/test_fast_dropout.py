@@ -1,4 +1,4 @@
-"""The fast CPU dropout (hf_mtl.modeling.fast_dropout) and its use in the backbone's attention."""
+"""The fast CPU dropout (hf_mtl.ops.fast_dropout) and its use in the backbone's attention."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from transformers import BertConfig
 
-import hf_mtl.adapters.attention as attention_module
-from hf_mtl.adapters.attention import _eager
+import hf_mtl.ops.attention as attention_module
+from hf_mtl.ops.attention import _eager
 from hf_mtl.modeling import MultiTaskModel
-from hf_mtl.modeling.fast_dropout import FastDropout, drop_mask, fast_dropout, fast_threshold, use_fast_dropout
+from hf_mtl.ops.fast_dropout import FastDropout, drop_mask, fast_dropout, fast_threshold, use_fast_dropout
 from hf_mtl.tasks import Task
 
 TASKS = [Task("a", "classification", labels=["x", "y"]), Task("b", "classification", labels=["u", "v", "w"])]

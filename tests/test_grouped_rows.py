@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_mtl.adapters.base import contiguous_segments
+from hf_mtl.adapters.routing import contiguous_segments
 from helpers import assert_mixed_equals_single
 from test_adapter_matrix import batch, build
 

@@ -145,7 +145,7 @@ def test_ca_mtl_conditions_upper_half_by_default() -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_routing_a_task_without_parameters_is_a_clear_error(method: str) -> None:
     model, _ = build(method)
-    routing = Routing(task_ids=torch.tensor([0, 3]), task_names=[*model.task_names, "ghost"], batch_tasks=["sent", "ghost"])
+    routing = Routing.of(["sent", "ghost"], torch.device("cpu"))
     with pytest.raises(TaskConfigError, match=rf"task 'ghost': adapter method {re.escape(repr(method))} has no parameters for it"):
         with model.adapter.route(routing):
             pass

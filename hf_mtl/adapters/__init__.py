@@ -6,7 +6,8 @@ module the first time its name is looked up.
 
 from __future__ import annotations
 
-from .base import ADAPTER_METHODS, METHOD_MODULES, AdapterMethod, Routing, build_adapter_method, register_method
+from .base import ADAPTER_METHODS, METHOD_MODULES, AdapterMethod, build_adapter_method, register_method
+from .routing import RoutedCall, Routing
 
 
 def load_builtin_methods() -> None:
@@ -18,6 +19,7 @@ __all__ = [
     "ADAPTER_METHODS",
     "METHOD_MODULES",
     "AdapterMethod",
+    "RoutedCall",
     "Routing",
     "build_adapter_method",
     "load_builtin_methods",

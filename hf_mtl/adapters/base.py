@@ -7,8 +7,9 @@ at a few named points:
   (`hf_mtl.modeling.arch`), never by copying `forward` code or swapping `__class__`;
 - `add_task(task)` for each task (and language) it must serve;
 - `route(routing)` around every backbone forward: a context manager that tells the inserted modules
-  which task (and language) each row belongs to. The routing lives on the method's own modules for
-  the duration of the call (scoped, not global or thread-local), and is cleared on exit;
+  which task (and language) each row belongs to (`hf_mtl.adapters.routing`). The routing is per call:
+  a `RoutedCall` scoped to the forward in a context variable (`current_call()`), never an attribute of a
+  module, so threads that run forwards of one model at once never see each other's;
 - `task_state_dict` / `load_task_state_dict` and `shared_state_dict` / `load_shared_state_dict` to
   save `<task>/adapter_model.safetensors` and `shared/adapter_model.safetensors`;
 - `adapter_languages()` + `language_state_dict` / `load_language_state_dict` / `language_config` for
@@ -20,7 +21,6 @@ at a few named points:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -29,78 +29,7 @@ from torch import nn
 from ..errors import TaskConfigError
 from ..registry import Registry
 from ..tasks import Task
-
-
-def host_index(values: list[int], device: torch.device) -> torch.Tensor:
-    """A long tensor of `values` (built on the host) on `device`, copied without waiting: on a GPU a blocking
-    copy would wait for all queued work."""
-    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
-
-
-def contiguous_segments(owner_of_row: list[int]) -> list[slice] | None:
-    """Each owner's rows as one range, in owner order, when the rows come grouped by owner (owners numbered in
-    order of first appearance, so grouped means non-decreasing); None when some owner's rows are split.
-
-    On the CPU a mixed batch whose rows are grouped runs each owner's rows through plain matmuls on views
-    of its range (no gathers), which `MultiTaskModel` arranges for methods with `groups_rows` (see there).
-    """
-    if any(b < a for a, b in zip(owner_of_row, owner_of_row[1:])):
-        return None
-    bounds = [0] + [row for row in range(1, len(owner_of_row)) if owner_of_row[row] != owner_of_row[row - 1]]
-    return [slice(start, end) for start, end in zip(bounds, bounds[1:] + [len(owner_of_row)])]
-
-
-def segment_sizes(segments: list[slice]) -> list[int]:
-    """The row counts of `contiguous_segments`' ranges, for `Tensor.split` (whose backward is one concatenation;
-    a slice's backward writes into a zero tensor of the whole batch)."""
-    return [s.stop - s.start for s in segments]
-
-
-@dataclass
-class Routing:
-    """Which task (and language) each row of a batch belongs to.
-
-    Attributes:
-        task_ids: (B,) index of each row's task in `task_names`.
-        task_names: every task the model knows, in index order.
-        batch_tasks: the distinct tasks present in the batch, in order of first appearance.
-        languages: per-row language codes (or None), for language adapters.
-        row_tasks: per-row task names on the host, when the caller has them: row selections then need no
-            device-to-host read of `task_ids` (on a GPU each such read waits for all queued work).
-    """
-
-    task_ids: torch.Tensor
-    task_names: list[str]
-    batch_tasks: list[str]
-    languages: list[str | None] | None = None
-    row_tasks: list[str] | None = None
-
-    def reordered(self, order: list[int], rows: torch.Tensor) -> "Routing":
-        """The routing of the batch with its rows taken in the order `order` (`rows`: the same on `task_ids`' device)."""
-        return Routing(
-            task_ids=self.task_ids.index_select(0, rows), task_names=self.task_names, batch_tasks=self.batch_tasks,
-            languages=None if self.languages is None else [self.languages[i] for i in order],
-            row_tasks=None if self.row_tasks is None else [self.row_tasks[i] for i in order],
-        )
-
-    @property
-    def single_task(self) -> str | None:
-        return self.batch_tasks[0] if len(self.batch_tasks) == 1 else None
-
-    def rows_of(self, name: str) -> torch.Tensor:
-        """(n,) indices of task `name`'s rows, on `task_ids`' device."""
-        if self.row_tasks is not None:
-            return host_index([i for i, task in enumerate(self.row_tasks) if task == name], self.task_ids.device)
-        return (self.task_ids == self.task_names.index(name)).nonzero(as_tuple=True)[0]
-
-    def names_per_row(self) -> list[str]:
-        """Each row's task name (read back from `task_ids` only when neither the host names nor a single task
-        give it)."""
-        if self.row_tasks is not None:
-            return list(self.row_tasks)
-        if self.single_task is not None:
-            return [self.single_task] * self.task_ids.numel()
-        return [self.task_names[i] for i in self.task_ids.tolist()]
+from .routing import RoutedCall, Routing
 
 
 class AdapterMethod(nn.Module):
@@ -129,6 +58,10 @@ class AdapterMethod(nn.Module):
     def route(self, routing: Routing) -> Iterator[None]:
         """Activate the parameters of the batch's tasks for one backbone forward."""
         yield
+
+    def current_call(self) -> RoutedCall | None:
+        """The forward this method's layers serve now, in this thread (None outside `route`)."""
+        return RoutedCall.current(self)
 
     # -- parameters --------------------------------------------------------------------------
     def task_parameters(self, task: str) -> list[nn.Parameter]:

@@ -3,8 +3,8 @@
 A batch may hold rows of several tasks. Each method keeps its per-task values as separate
 `nn.Parameter`s (so an optimizer step for task A, weight decay included, never moves task B: B's
 parameters get no gradient at all), stacks the values of the tasks *present* in the batch at forward
-time, `(T, ...)`, and picks each row's slice by gathering with `BatchTasks.rows` — or, on the CPU where
-the rows come grouped by task (`BatchTasks.segments`), runs each task's range of rows with its own values.
+time, `(T, ...)`, and picks each row's slice by gathering with `Routing.rows` — or, on the CPU where
+the rows come grouped by task (`Routing.segments`), runs each task's range of rows with its own values.
 One forward pass serves the whole mixed batch; there is no Python loop over rows.
 
 This file also holds what the three methods share besides routing: option parsing with errors that
@@ -15,86 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import StoreError, TaskConfigError
-from .base import AdapterMethod, Routing, contiguous_segments, segment_sizes
-
-
-@dataclass
-class BatchTasks:
-    """The tasks of one batch, as a per-row method sees them.
-
-    Attributes:
-        names: the distinct tasks of the batch, in order of first appearance (`Routing.batch_tasks`).
-        rows: (B,) index into `names` of each row's task, or None when the batch holds one task
-            (then every per-task value is used with a leading dimension of 1 and broadcast).
-        segments: on the CPU, each task's rows as one range (in `names` order) when the rows come grouped
-            by task; then `segmented` runs each task's rows as a one-task batch on views of its range,
-            which costs less there than per-row gathers and batched matmuls (`AdapterMethod.groups_rows`).
-    """
-
-    names: list[str]
-    rows: torch.Tensor | None
-    segments: list[slice] | None = None
-
-    def per_row(self, stacked: torch.Tensor) -> torch.Tensor:
-        """(T, ...) values of the batch's tasks -> (B, ...) values of each row ((1, ...) for one task)."""
-        return stacked if self.rows is None else stacked.index_select(0, self.rows)
-
-    def segmented(self, fn: Callable[..., torch.Tensor], rowwise: Sequence[torch.Tensor | None],
-                  stacked: Sequence[torch.Tensor]) -> torch.Tensor:
-        """fn over each task's range of rows, concatenated back in batch order (needs `segments`).
-
-        Args:
-            fn: called as fn(*rowwise_of_the_range, *stacked_of_the_task): a one-task computation that takes
-                per-task values with a leading dimension of 1.
-            rowwise: (B, ...) tensors sliced to the range; None, or a leading dimension of 1 (broadcast over
-                rows), passes unchanged.
-            stacked: (T, ...) per-task values; task i's enter as (1, ...) (a split of the stack).
-        """
-        batch, sizes = self.rows.shape[0], segment_sizes(self.segments)
-        # one split per tensor, not a slice per range: a split's backward is one concatenation, while each
-        # slice's backward writes its gradient into a zero tensor of the whole batch
-        parts = [r.split(sizes) if r is not None and r.shape[0] == batch else [r] * len(sizes) for r in rowwise]
-        parts += [t.split(1) for t in stacked]
-        return torch.cat([fn(*(p[i] for p in parts)) for i in range(len(sizes))])
-
-
-def batch_tasks(routing: Routing, known: Iterable[str], method: str) -> BatchTasks:
-    """Check that the method has parameters for every task of the batch, and index the rows.
-
-    Args:
-        routing: the model's routing of the batch.
-        known: the tasks the method has parameters for.
-        method: the method's name, for error messages.
-
-    Returns:
-        The batch's tasks and the per-row task index.
-    """
-    known = set(known)
-    for name in routing.batch_tasks:
-        if name not in known:
-            raise TaskConfigError(
-                f"task {name!r}: adapter method {method!r} has no parameters for it (it knows {sorted(known)}). "
-                f"Fix: add the task to the model (model.add_task) before routing rows to it, or load a store "
-                f"that holds {name}/adapter_model.safetensors."
-            )
-    names = list(routing.batch_tasks)
-    if len(names) == 1:
-        return BatchTasks(names, None)
-    lookup = torch.full((len(routing.task_names),), -1, dtype=torch.long)
-    lookup[[routing.task_names.index(n) for n in names]] = torch.arange(len(names))
-    segments = None
-    if routing.row_tasks is not None and routing.task_ids.device.type == "cpu":
-        position = {name: i for i, name in enumerate(names)}
-        segments = contiguous_segments([position[t] for t in routing.row_tasks])
-    return BatchTasks(names, lookup.to(routing.task_ids.device, non_blocking=True)[routing.task_ids], segments)
+from .base import AdapterMethod
+from .routing import RoutedCall, Routing
 
 
 def task_key(task: str) -> str:
@@ -200,11 +129,11 @@ def load_exact(target: Mapping[str, torch.Tensor], state: Mapping[str, torch.Ten
 
 # ---------------------------------------------------------------------------------------------- base class
 class PerRowMethod(AdapterMethod):
-    """An adapter method whose inserted modules read each row's task from `self.batch`.
+    """An adapter method whose inserted modules read each row's task from the current call (`current_call()`).
 
     Subclasses list their tasks in `known_tasks()`, insert forward hooks in `attach()` through
     `add_hook`, and may precompute per-forward values (stacked task parameters, generated weights)
-    in `prepare(batch)`; `route()` sets `self.batch` for one backbone forward and clears it after.
+    in `prepare(call)`, kept in `call.values`; `route()` scopes the call to one backbone forward.
     Outside `route()` (the backbone called directly) the hooks leave the backbone unchanged.
     """
 
@@ -212,7 +141,6 @@ class PerRowMethod(AdapterMethod):
 
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
         super().__init__(backbone_config, config)
-        self.batch: BatchTasks | None = None
         self._handles: list[Any] = []
 
     def known_tasks(self) -> Iterable[str]:
@@ -221,20 +149,13 @@ class PerRowMethod(AdapterMethod):
 
     @contextlib.contextmanager
     def route(self, routing: Routing) -> Iterator[None]:
-        batch = batch_tasks(routing, self.known_tasks(), self.name)
-        self.batch = batch
-        try:
-            self.prepare(batch)
+        routing.check_known(self.known_tasks(), self.name)
+        with RoutedCall(routing).scope(self) as call:
+            self.prepare(call)
             yield
-        finally:
-            self.batch = None
-            self.release()
 
-    def prepare(self, batch: BatchTasks) -> None:
-        """Compute per-forward values for the batch's tasks (default: nothing)."""
-
-    def release(self) -> None:
-        """Drop per-forward values (default: nothing)."""
+    def prepare(self, call: RoutedCall) -> None:
+        """Compute per-forward values for the batch's tasks into `call.values` (default: nothing)."""
 
     def add_hook(self, module: nn.Module, hook: Any, *, pre: bool = False) -> None:
         """Register a forward hook (or a forward pre-hook with kwargs) on a backbone module."""

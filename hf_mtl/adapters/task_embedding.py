@@ -31,7 +31,6 @@ class TaskEmbeddingMethod(PerRowMethod):
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
         super().__init__(backbone_config, config)
         self.task_embeddings = nn.ParameterDict()  # task_key(task) -> z (d_z,)
-        self._z: torch.Tensor | None = None  # (T, d_z): the batch's tasks, set by `prepare`
         self._device: torch.device | None = None
         self._dtype: torch.dtype | None = None
 

@@ -7,8 +7,9 @@ the forward pass, parameter accounting. Saving and loading live in `store.py`; i
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -16,14 +17,14 @@ from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
 from ..adapters import AdapterMethod, Routing, build_adapter_method
-from ..adapters import attention as adapter_attention  # a module: attention.py imports fast_dropout from here
-from ..adapters.base import contiguous_segments, host_index
+from ..adapters.routing import call_scope, host_index, inverse_permutation, scoped_value
 from ..errors import TaskConfigError, UnknownTaskError
+from ..ops.attention import route_attention
+from ..ops.fast_dropout import use_fast_dropout
 from ..tasks import Task, check_unique_names, dependency_order
 from .adversarial import TaskDiscriminator
 from .arch import ARCH_SPECS, layers_of, resolve
 from .backbone import backbone_forward_args, build_backbone, load_backbone_config, load_tokenizer, set_dropout
-from .fast_dropout import use_fast_dropout
 from .heads import build_head, task_loss
 from .hierarchy import prediction_features, prediction_width, with_lower_tasks
 
@@ -70,7 +71,7 @@ class MultiTaskModel(nn.Module):
         tokenizer: the backbone's tokenizer (kept for `predict`, not a module).
         fast_dropout: on the CPU in training, draw the dropout masks of the backbone (hidden states and,
             for families with an architecture spec, attention probabilities) and of the heads the cheap way of
-            `hf_mtl.modeling.fast_dropout` (same distribution, p rounded to a multiple of 2⁻¹⁶);
+            `hf_mtl.ops.fast_dropout` (same distribution, p rounded to a multiple of 2⁻¹⁶);
             False keeps torch's. Eval and GPUs are unaffected either way.
     """
 
@@ -98,7 +99,7 @@ class MultiTaskModel(nn.Module):
         self.tokenizer = tokenizer
         self.tasks: dict[str, Task] = {}
         self.heads = nn.ModuleDict()
-        self.active_task: str | None = None
+        self._default_task: str | None = None  # set_task's; task_scope's wins in its thread
         self.task_discriminator: TaskDiscriminator | None = None  # built once two tasks have adversarial_weight > 0
         if freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -227,13 +228,31 @@ class MultiTaskModel(nn.Module):
         return list(self.tasks)
 
     def set_task(self, task: str) -> None:
-        """Make `task` the default of `forward`/`predict` calls that name none. O(1): no weights move."""
+        """Make `task` the default of `forward`/`predict` calls that name none. O(1): no weights move.
+
+        The default is the model's, seen by every thread; threads serving different tasks pass `task=` per
+        call, or each set their own default with `task_scope`.
+        """
         self._check_tasks([task])
-        self.active_task = task
+        self._default_task = task
+
+    @contextlib.contextmanager
+    def task_scope(self, task: str) -> Iterator[None]:
+        """Make `task` the default of this thread's calls that name none, inside the with-block only (other
+        threads, and this one after the block, keep theirs)."""
+        self._check_tasks([task])
+        with call_scope(self, task):
+            yield
+
+    @property
+    def active_task(self) -> str | None:
+        """The task of calls that name none: this thread's `task_scope`, else the `set_task` default."""
+        return scoped_value(self) or self._default_task
 
     # ------------------------------------------------------------------ routing
     def routing(self, task: str | Sequence[str] | None, batch_size: int, device: torch.device) -> Routing:
-        """Turn the `task` argument (one name, or one per row) into per-row task ids."""
+        """Turn the `task` argument (one name, or one per row) into the batch's routing (per call: nothing of it
+        is kept on the model)."""
         if task is None:
             task = self.active_task or (self.task_names[0] if len(self.tasks) == 1 else None)
             if task is None:
@@ -244,13 +263,8 @@ class MultiTaskModel(nn.Module):
         names = [task] * batch_size if isinstance(task, str) else list(task)
         if len(names) != batch_size:
             raise TaskConfigError(f"`task` has {len(names)} entries for a batch of {batch_size} rows.")
-        batch_tasks = list(dict.fromkeys(names))
-        self._check_tasks(batch_tasks)
-        index = {name: i for i, name in enumerate(self.tasks)}
-        task_ids = host_index([index[n] for n in names], device)
-        languages = [self.tasks[n].language for n in names]
-        return Routing(task_ids=task_ids, task_names=self.task_names, batch_tasks=batch_tasks, languages=languages,
-                       row_tasks=names)
+        self._check_tasks(dict.fromkeys(names))
+        return Routing.of(names, device, languages=[self.tasks[n].language for n in names])
 
     def _check_tasks(self, names: Iterable[str]) -> None:
         for name in names:
@@ -303,12 +317,9 @@ class MultiTaskModel(nn.Module):
         kwargs = {k: v for k, v in zip(_BACKBONE_INPUTS, inputs) if v is not None and k in self._forward_args}
         order = self._task_order(routing)
         if order is not None:  # the backbone sees the rows grouped by task; the heads see them in batch order
-            inverse = [0] * len(order)
-            for new, old in enumerate(order):
-                inverse[old] = new
-            rows, inverse = host_index(order, routing.task_ids.device), host_index(inverse, routing.task_ids.device)
+            rows, inverse = host_index(order, routing.device), host_index(inverse_permutation(order), routing.device)
             kwargs = {k: v.index_select(0, rows) if v.shape[0] == len(order) else v for k, v in kwargs.items()}
-            routing = routing.reordered(order, rows)
+            routing = routing.reordered(order)
         with self.adapter.route(routing):
             out = self.backbone(**kwargs, output_hidden_states=bool(layers), return_dict=True)
         hidden = {None: out.last_hidden_state}  # (B, L, H)
@@ -329,13 +340,10 @@ class MultiTaskModel(nn.Module):
         one copy of the inputs and of the hidden states the heads read (and its backward). Training batches
         from the multi-task sampler come grouped already (all tasks' slices in task order).
         """
-        if (not self.adapter.groups_rows or routing.single_task is not None or routing.row_tasks is None
-                or routing.task_ids.device.type != "cpu"):
+        if (not self.adapter.groups_rows or routing.single_task is not None or routing.device.type != "cpu"
+                or routing.segments is not None):  # segments: the rows are grouped already
             return None
-        position = {name: i for i, name in enumerate(routing.batch_tasks)}
-        keys = [position[task] for task in routing.row_tasks]
-        if contiguous_segments(keys) is not None:
-            return None
+        keys = routing.owner_of_row  # owners in order of first appearance
         return sorted(range(len(keys)), key=keys.__getitem__)
 
     def _head(self, name: str, hidden: dict[int | None, torch.Tensor], attention_mask: torch.Tensor | None,
@@ -357,7 +365,7 @@ class MultiTaskModel(nn.Module):
                        attention_mask: torch.Tensor | None, labels: torch.Tensor | None) -> MultiTaskOutput:
         task_logits, task_rows, task_losses = {}, {}, {}
         total = None
-        batch_size = routing.task_ids.numel()
+        batch_size = routing.size
         for name in routing.batch_tasks:
             rows = routing.rows_of(name)
             logits = self._head(name, hidden, attention_mask, rows)
@@ -431,7 +439,7 @@ def _use_fast_dropout(backbone: nn.Module) -> None:
     for layer in layers_of(backbone, spec):
         attention = resolve(layer, spec.attention)
         if getattr(getattr(attention, "dropout", None), "p", 1.0) > 0:
-            adapter_attention.route_attention(backbone, attention, fast_dropout=True)
+            route_attention(backbone, attention, fast_dropout=True)
 
 
 def _hidden_dropout(config: PretrainedConfig) -> float:

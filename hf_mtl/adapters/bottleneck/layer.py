@@ -22,7 +22,7 @@ B=32, H=384, 4 tasks interleaved row by row, 2 CPU threads, median ms):
             r=192 single 28.5, per-row 56.0, grouped 39.6   L=32, r=192: single 8.3, per-row 29.4, grouped 11.5
 
 So grouping wins once 2r >= L, on the CPU. When the owners' rows already sit in one range each
-(`RowOwners.segments`: `MultiTaskModel` orders a mixed batch's rows by task around the backbone on the
+(`Routing.segments`: `MultiTaskModel` orders a mixed batch's rows by task around the backbone on the
 CPU, see `AdapterMethod.groups_rows`), each owner's range runs as a view (a split, whose backward is one
 concatenation) and only the outputs are concatenated: neither weights nor activations are gathered.
 On a GPU, where a small model's step is bound by kernel launches, the per-row path (a fixed number of
@@ -42,8 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import segment_sizes
-from .routing import RowOwners
+from ..routing import Routing, segment_sizes
 
 
 @dataclass
@@ -122,7 +121,7 @@ class BottleneckAdapter(nn.Module):
         return in_dim * rank + rank + rank * out_dim + out_dim + 2 * in_dim * ln_before + 2 * out_dim * ln_after
 
 
-def routed_adapter(h: torch.Tensor, adapters: Sequence[AdapterTensors], owners: RowOwners | None,
+def routed_adapter(h: torch.Tensor, adapters: Sequence[AdapterTensors], owners: Routing | None,
                    act: Callable[[torch.Tensor], torch.Tensor], scaling: float = 1.0) -> torch.Tensor:
     """The output of each row's adapter: ln_after(s · f(ln_before(h) W_down + b_down) W_up + b_up).
 

@@ -16,10 +16,10 @@ from torch import nn
 from ...errors import StoreError, TaskConfigError
 from ...modeling.arch import config_value, get_spec
 from ...tasks import Task
-from ..base import AdapterMethod, Routing, register_method
+from ..base import AdapterMethod, register_method
+from ..routing import RoutedCall, Routing
 from .config import NON_LINEARITIES, BottleneckConfig, bottleneck_size
 from .layer import BottleneckAdapter, routed_adapter
-from .routing import RowOwners
 from .sites import Site, hook_sites, not_routed_error
 
 
@@ -59,8 +59,6 @@ class BottleneckMethod(AdapterMethod):
         self.task_adapters = nn.ModuleList()  # slot -> ModuleList over layers of ModuleDict {position: adapter}
         self._slots: dict[str, int] = {}
         self._sites: list[Site] = []
-        self._residuals: dict[tuple[int, str], torch.Tensor] = {}
-        self._active: RowOwners | None = None
         self._handles: list[Any] = []
         self._backbone: tuple[nn.Module, ...] = ()  # kept out of this module's children
 
@@ -69,7 +67,7 @@ class BottleneckMethod(AdapterMethod):
         """Hook every site of the backbone (a forward hook per site, a pre-hook where x is needed)."""
         needs_x = self.options.variant in ("pfeiffer", "parallel")
         self._sites, self._handles = hook_sites(
-            model.backbone, self.spec, self.options.positions, needs_x, self._site_forward, self._residuals
+            model.backbone, self.spec, self.options.positions, needs_x, self._site_forward, self._call_inputs
         )
         self._backbone = (model.backbone,)
 
@@ -89,24 +87,23 @@ class BottleneckMethod(AdapterMethod):
     @contextlib.contextmanager
     def route(self, routing: Routing) -> Iterator[None]:
         """Tell the sites which task adapter each row uses for this forward."""
-        for name in routing.batch_tasks:
+        for name in routing.owners:
             self._slot(name)
-        if routing.single_task is not None:
-            self._active = RowOwners.single(routing.single_task)
-        else:
-            self._active = RowOwners.of(routing.names_per_row(), routing.task_ids.device)
-        try:
+        with RoutedCall(routing).scope(self):
             yield
-        finally:
-            self._active = None
-            self._residuals.clear()
+
+    def _call_inputs(self) -> dict | None:
+        call = self.current_call()
+        return call.inputs if call is not None else None
 
     # ------------------------------------------------------------------ forward (called by the site hooks)
     def _site_forward(self, site: Site, f: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         """f -> f' at one site (see the class docstring)."""
-        if self._active is None:
+        call = self.current_call()
+        if call is None:
             raise not_routed_error(self.name)
-        adapters = [self.task_adapters[self._slots[t]][site.layer][site.position].tensors() for t in self._active.owners]
+        routing = call.routing
+        adapters = [self.task_adapters[self._slots[t]][site.layer][site.position].tensors() for t in routing.owners]
         o = self.options
         if o.variant == "parallel":
             a_in, residual = x, f
@@ -115,7 +112,7 @@ class BottleneckMethod(AdapterMethod):
             residual = f if o.residual_before_ln else a_in
         else:
             a_in, residual = f, f
-        return residual + routed_adapter(a_in, adapters, self._active, self.act, o.scaling)
+        return residual + routed_adapter(a_in, adapters, routing, self.act, o.scaling)
 
     # ------------------------------------------------------------------ parameters and state
     def _slot(self, task: str) -> int:

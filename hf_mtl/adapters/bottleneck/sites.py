@@ -42,10 +42,11 @@ class Site:
 
 
 SiteFn = Callable[[Site, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Inputs = Callable[[], "dict[Any, torch.Tensor] | None"]  # the current call's captured inputs (None outside a call)
 
 
 def hook_sites(backbone: nn.Module, spec: ArchSpec, positions: tuple[str, ...], needs_residual: bool,
-               apply: SiteFn, residuals: dict[tuple[int, str], torch.Tensor]) -> tuple[list[Site], list[Any]]:
+               apply: SiteFn, inputs: Inputs) -> tuple[list[Site], list[Any]]:
     """Register the hooks of every (layer, position) site.
 
     Args:
@@ -54,7 +55,8 @@ def hook_sites(backbone: nn.Module, spec: ArchSpec, positions: tuple[str, ...], 
         positions: `attention` and/or `ffn`.
         needs_residual: capture x for every site (Pfeiffer's LN(f + x), parallel adapters' input x).
         apply: `apply(site, f, x)` returns f' (x is None when not captured).
-        residuals: where the pre-hooks leave x until the site's forward hook takes it.
+        inputs: the current call's store (`RoutedCall.inputs`), where the pre-hooks leave x until the site's
+            forward hook takes it: per call, so concurrent forwards never take each other's x.
 
     Returns:
         The sites, and the hook handles.
@@ -64,7 +66,7 @@ def hook_sites(backbone: nn.Module, spec: ArchSpec, positions: tuple[str, ...], 
         for position in positions:
             branch, reader, norm = (getattr(spec, name) for name in POSITIONS[position])
             site = Site(index, position, resolve(layer, norm))
-            hook = SiteHook(site, apply, residuals)
+            hook = SiteHook(site, apply, inputs)
             sites.append(site)
             if needs_residual:
                 handles.append(resolve(layer, reader).register_forward_pre_hook(hook.capture))
@@ -76,16 +78,19 @@ class SiteHook:
     """The hooks of one site. An object rather than a closure: `copy.deepcopy(model)` copies bound
     methods with their object, so a copied model's hooks call the copied adapter method."""
 
-    def __init__(self, site: Site, apply: SiteFn, residuals: dict[tuple[int, str], torch.Tensor]):
+    def __init__(self, site: Site, apply: SiteFn, inputs: Inputs):
         self.site = site
         self.apply = apply
-        self.residuals = residuals
+        self.inputs = inputs
 
     def capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.residuals[self.site.key] = args[0]  # x: (B, L, H)
+        store = self.inputs()
+        if store is not None:  # outside a routed call `apply` raises the not-routed error
+            store[self.site.key] = args[0]  # x: (B, L, H)
 
     def rewrite(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        x = self.residuals.pop(self.site.key, None)
+        store = self.inputs()
+        x = store.pop(self.site.key, None) if store is not None else None
         if isinstance(output, tuple):  # a module that also returns attention weights
             return (self.apply(self.site, output[0], x), *output[1:])
         return self.apply(self.site, output, x)

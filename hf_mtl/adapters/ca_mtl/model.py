@@ -26,9 +26,10 @@ from torch import nn
 
 from ...errors import TaskConfigError
 from ...modeling.arch import ArchSpec, config_value, get_spec, layers_of, resolve
-from ..attention import add_attention_modifier, full_mask
+from ...ops.attention import add_attention_modifier, full_mask
 from ..base import register_method
-from ..per_row import BatchTasks, count
+from ..per_row import count
+from ..routing import RoutedCall
 from ..task_embedding import TaskEmbeddingMethod
 from .config import METHOD, CaMtlConfig
 from .layer import CaMtlLayer, ConditionalLayerNorm, FiLM, film
@@ -64,7 +65,6 @@ class CaMtlMethod(TaskEmbeddingMethod):
                                o.bottleneck_dim if i in self.bottleneck_layers() else None)
             for i in self.conditioned_layers()
         })
-        self._condition: torch.Tensor | None = None  # (T, H) z'_i
 
     def conditioned_layers(self) -> list[int]:
         """Layers that get the conditional attention and layer norms (upper half by default)."""
@@ -95,51 +95,54 @@ class CaMtlMethod(TaskEmbeddingMethod):
                 self.add_hook(resolve(layer, self.spec.ffn_output), self._bottleneck_hook(modules))
 
     # ------------------------------------------------------------------ forward
-    def prepare(self, batch: BatchTasks) -> None:
-        self._z = self.stack_task_embeddings(batch.names)  # (T, d_z)
-        self._condition = self.task_transform(self._z)  # z'_i: (T, H)
+    def prepare(self, call: RoutedCall) -> None:
+        call.values["z"] = z = self.stack_task_embeddings(call.routing.owners)  # (T, d_z)
+        call.values["condition"] = self.task_transform(z)  # z'_i: (T, H)
 
-    def release(self) -> None:
-        self._z = self._condition = None
-
-    def _film_per_row(self, module: FiLM, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _film_per_row(call: RoutedCall, module: FiLM, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gamma, beta = module(condition)  # (T, F) each: once per task present
-        return self.batch.per_row(gamma), self.batch.per_row(beta)
+        return call.routing.per_row(gamma), call.routing.per_row(beta)
 
     def _alignment_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if self.batch is None:
+        call = self.current_call()
+        if call is None:
             return None
-        return film(output, *self._film_per_row(self.alignment, self._z))
+        return film(output, *self._film_per_row(call, self.alignment, call.values["z"]))
 
     def _attention_modifier(self, modules: CaMtlLayer):
         def modifier(attention: nn.Module, query, key, value, mask):
-            if self.batch is None:
+            call = self.current_call()
+            if call is None:
                 return query, key, value, mask
             q_len, k_len = query.shape[2], key.shape[2]
             if max(q_len, k_len) > self.options.max_seq_length:
                 raise TaskConfigError(
-                    f"tasks {self.batch.names}: a batch of sequence length {max(q_len, k_len)} is longer than "
+                    f"tasks {call.routing.owners}: a batch of sequence length {max(q_len, k_len)} is longer than "
                     f"the ca_mtl option max_seq_length={self.options.max_seq_length}, which the conditional "
                     f"attention bias covers. Fix: truncate inputs to {self.options.max_seq_length} tokens "
                     f"(the recipe's max_seq_length) or set adapter_config max_seq_length to a larger multiple "
                     f"of num_blocks={self.options.num_blocks} (a new model)."
                 )
-            bias = self.batch.per_row(modules.attention(self._condition, q_len, k_len))  # (B|1, Lq, Lk)
+            bias = call.routing.per_row(modules.attention(call.values["condition"], q_len, k_len))  # (B|1, Lq, Lk)
             return query, key, value, full_mask(mask, query, key) + bias.unsqueeze(1).to(query.dtype)
         return modifier
 
     def _norm_hook(self, conditional: ConditionalLayerNorm):
         def hook(norm: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if self.batch is None:
+            call = self.current_call()
+            if call is None:
                 return None
-            return conditional.apply(output, norm, *self._film_per_row(conditional.film, self._condition))
+            return conditional.apply(output, norm, *self._film_per_row(call, conditional.film, call.values["condition"]))
         return hook
 
     def _bottleneck_hook(self, modules: CaMtlLayer):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if self.batch is None:
+            call = self.current_call()
+            if call is None:
                 return None
-            return modules.bottleneck(output, *self._film_per_row(modules.bottleneck.film, self._condition))
+            film_values = self._film_per_row(call, modules.bottleneck.film, call.values["condition"])
+            return modules.bottleneck(output, *film_values)
         return hook
 
     # ------------------------------------------------------------------ parameters

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..per_row import BatchTasks, row_linear
+from ..per_row import row_linear
+from ..routing import Routing
 
 
 class TaskProjector(nn.Module):
@@ -55,8 +56,8 @@ class GeneratedAdapter:
     ln_weight: torch.Tensor  # (T, H)
     ln_bias: torch.Tensor  # (T, H)
 
-    def per_row(self, batch: BatchTasks) -> "GeneratedAdapter":
-        return GeneratedAdapter(*(batch.per_row(t) for t in vars(self).values()))
+    def per_row(self, routing: Routing) -> "GeneratedAdapter":
+        return GeneratedAdapter(*(routing.per_row(t) for t in vars(self).values()))
 
 
 class StackedHyperNets(nn.Module):

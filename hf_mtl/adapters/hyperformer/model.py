@@ -33,7 +33,8 @@ from transformers.activations import get_activation
 
 from ...modeling.arch import config_value, get_spec, layers_of, resolve
 from ..base import register_method
-from ..per_row import BatchTasks, count
+from ..per_row import count
+from ..routing import RoutedCall
 from ..task_embedding import TaskEmbeddingMethod
 from .config import HyperformerConfig
 from .layer import GeneratedAdapter, StackedHyperNets, TaskProjector, apply_adapter, hypernet_parameter_count
@@ -58,7 +59,6 @@ class _Hyperformer(TaskEmbeddingMethod):
         self.bottleneck = self.options.bottleneck(self.hidden_size)
         self.activation = get_activation(self.options.non_linearity)
         self._build_shared()
-        self._generated: torch.Tensor | None = None  # (layers x 2, T, G): every adapter of the batch's tasks
 
     def _build_shared(self) -> None:
         """Create the projector and hypernetworks (variant-specific)."""
@@ -76,32 +76,30 @@ class _Hyperformer(TaskEmbeddingMethod):
             self.add_hook(resolve(layer, self.spec.ffn_output), self._adapter_hook(index, 1))
 
     # ------------------------------------------------------------------ forward
-    def prepare(self, batch: BatchTasks) -> None:
-        self._z = self.stack_task_embeddings(batch.names)  # (T, t') z_τ of the batch's tasks
-        self._generated = self._generate_all()  # once per forward, for every layer and position
+    def prepare(self, call: RoutedCall) -> None:
+        z = self.stack_task_embeddings(call.routing.owners)  # (T, t') z_τ of the batch's tasks
+        call.values["generated"] = self._generate_all(z)  # once per forward, for every layer and position
 
-    def release(self) -> None:
-        self._z = None
-        self._generated = None
-
-    def _generate_all(self) -> torch.Tensor:
-        """(layers x 2, T, G): the adapters of the batch's T tasks at every (layer, position) (variant-specific)."""
+    def _generate_all(self, z: torch.Tensor) -> torch.Tensor:
+        """(layers x 2, T, G): the adapters of the batch's T tasks (z: (T, t')) at every (layer, position)
+        (variant-specific)."""
         raise TypeError("use `hyperformer` or `hyperformer++`")
 
-    def generate(self, layer: int, position: int) -> GeneratedAdapter:
+    def generate(self, call: RoutedCall, layer: int, position: int) -> GeneratedAdapter:
         """The adapters of the batch's T tasks at (layer, position), out of the forward's one generation."""
-        return getattr(self, self.stack_name).unpack(self._generated[layer * len(POSITIONS) + position])
+        return getattr(self, self.stack_name).unpack(call.values["generated"][layer * len(POSITIONS) + position])
 
     def _adapter_hook(self, layer: int, position: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if self.batch is None:
+            call = self.current_call()
+            if call is None:
                 return None
-            adapter = self.generate(layer, position)
-            if self.batch.segments is not None:  # rows grouped by task (CPU): each task's range on its own
+            adapter, routing = self.generate(call, layer, position), call.routing
+            if routing.segments is not None:  # rows grouped by task (CPU): each task's range on its own
                 def one_task(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
                     return apply_adapter(x, GeneratedAdapter(*weights), self.activation)
-                return self.batch.segmented(one_task, (output,), list(vars(adapter).values()))
-            return apply_adapter(output, adapter.per_row(self.batch), self.activation)
+                return routing.segmented(one_task, (output,), list(vars(adapter).values()))
+            return apply_adapter(output, adapter.per_row(routing), self.activation)
         return hook
 
     # ------------------------------------------------------------------ parameters
@@ -159,8 +157,8 @@ class HyperformerMethod(_Hyperformer):
     def _saved_key_of(self, k: int) -> str:
         return f"hypernets.{k // len(POSITIONS)}.{POSITIONS[k % len(POSITIONS)]}"
 
-    def _generate_all(self) -> torch.Tensor:
-        return self.hypernets(self.task_projector(self._z))  # I_τ (T, t) -> (layers x 2, T, G)
+    def _generate_all(self, z: torch.Tensor) -> torch.Tensor:
+        return self.hypernets(self.task_projector(z))  # I_τ (T, t) -> (layers x 2, T, G)
 
     def shared_formula_parameter_count(self) -> int:
         """h(·) on z_τ + N layers × 2 positions × one adapter's generators."""
@@ -190,10 +188,9 @@ class HyperformerPlusPlusMethod(_Hyperformer):
     def _saved_key_of(self, k: int) -> str:
         return "hypernet"
 
-    def _generate_all(self) -> torch.Tensor:
+    def _generate_all(self, z: torch.Tensor) -> torch.Tensor:
         """Every (layer, position) at once: [z_τ; l_i; p_j] for all N x 2 x T combinations through the projector
-        and the one hypernetwork."""
-        z = self._z  # (T, t')
+        and the one hypernetwork (z: (T, t'))."""
         layers, positions, tasks, dim = self.num_layers, len(POSITIONS), z.shape[0], z.shape[1]
         task_input = torch.cat([
             z.expand(layers, positions, tasks, dim),

@@ -7,18 +7,46 @@ one per language) in every targeted layer and chooses the *active* ones around e
 - a batch whose rows share one adapter stack (one task, one language): that stack is made active;
   PEFT sums the stacked adapters (language + task);
 - a batch whose rows need different stacks, at inference only: see `mixed_batch`.
+
+The active adapters are state of PEFT's layers (`_active_adapter`, and `mixed_batch`'s temporary hooks),
+shared by every thread that calls the model; PEFT has no per-call way that covers training, stacked
+language adapters and DoRA. So `LoraMethod.route` holds a `CallLock` for the whole routed forward: threads
+serving different tasks from one LoRA model run their forwards one at a time (each gets exactly its own
+answer; per-row methods, whose routing is per call, run concurrently).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+import threading
+from typing import Any, Iterator, Sequence
 
 import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+class CallLock:
+    """A re-entrant lock around the routed forwards of one model; a copy (`copy.deepcopy`, pickling) gets a
+    lock of its own instead of failing on the thread lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> "CallLock":
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._lock = threading.RLock()
 
 
 def lora_layers(backbone: nn.Module) -> list[tuple[str, LoraLayer]]:

@@ -22,7 +22,9 @@ Mechanics:
   dropout while training, `lora_bias`, autocast and mixed batches take PEFT's forward unchanged.
 - routing (`routes_per_row = False`: PEFT trains one adapter per batch): a batch's single task (with its
   language adapter under it, when `language_adapters` is on) is made active; a mixed-task batch runs at
-  inference only (`layer.mixed_batch`) and raises an error in training.
+  inference only (`layer.mixed_batch`) and raises an error in training. The active adapters are state of
+  PEFT's layers, so routed forwards of one model run one at a time (`layer.CallLock`): threads serving
+  different tasks each get their own answers.
 - saving: `<task>/adapter_model.safetensors` and `<task>/adapter_config.json` are PEFT's own format,
   so `PeftModel.from_pretrained(AutoModel.from_pretrained(base), "<store>/<task>")` loads a task alone.
   hf_mtl's extra keys in the config (`adapter_method`, `hf_mtl_adapter_config`, `base_model_config`)
@@ -51,10 +53,11 @@ from torch import nn
 from ...errors import StoreError, TaskConfigError
 from ...modeling.arch import get_spec, layers_of
 from ...tasks import Task, validate_task_name
-from ..base import AdapterMethod, Routing, host_index, register_method
+from ..base import AdapterMethod, register_method
+from ..routing import Routing, host_index
 from .config import build_lora_config, parse_lora_options
 from .fast import FastLoraLinear
-from .layer import activate, adapter_parameters, lora_layers, mixed_batch
+from .layer import CallLock, activate, adapter_parameters, lora_layers, mixed_batch
 
 PEFT_PREFIX = "base_model.model."  # key prefix of PEFT's saved LoRA weights for a PeftModel around the backbone
 LANGUAGE_PREFIX = "language:"
@@ -89,6 +92,7 @@ class LoraMethod(AdapterMethod):
         self._layers: list[LoraLayer] = []
         self._backbone: nn.Module | None = None
         self._base_model_name: str | None = None
+        self._call_lock = CallLock()  # PEFT's active adapters are layer state: one routed forward at a time
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self, model: nn.Module) -> None:
@@ -179,8 +183,15 @@ class LoraMethod(AdapterMethod):
 
         Rows needing different adapter stacks (several tasks or languages) run through
         `layer.mixed_batch` at inference; in training that raises, because PEFT trains one adapter per
-        batch. On exit no adapter is active: the backbone alone is the base model again.
+        batch. On exit no adapter is active: the backbone alone is the base model again. The active adapters
+        live on PEFT's layers, so the whole forward holds the model's `CallLock` (other threads wait).
         """
+        with self._call_lock:
+            with self._route(routing):
+                yield
+
+    @contextlib.contextmanager
+    def _route(self, routing: Routing) -> Iterator[None]:
         groups = self._stacks(routing)
         if len(groups) > 1:
             if self.training and torch.is_grad_enabled():
@@ -211,8 +222,7 @@ class LoraMethod(AdapterMethod):
         rows: dict[tuple[str, ...], list[int]] = {}
         for i, (task, language) in enumerate(zip(names, languages)):
             rows.setdefault(self._stack(task, language), []).append(i)
-        device = routing.task_ids.device
-        return {stack: host_index(idx, device) for stack, idx in rows.items()}
+        return {stack: host_index(idx, routing.device) for stack, idx in rows.items()}
 
     def _stack(self, task: str, language: str | None) -> tuple[str, ...]:
         stack: list[str] = []

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..bottleneck.config import bottleneck_size
 from ..bottleneck.layer import AdapterTensors, BottleneckAdapter, routed_adapter
-from ..bottleneck.routing import RowOwners
+from ..routing import Routing
 
 CouplingTensors = tuple[AdapterTensors, AdapterTensors]  # (F, G)
 
@@ -51,7 +51,7 @@ class InvertibleAdapter(nn.Module):
                 + BottleneckAdapter.parameter_count(d1, bottleneck_size(d1, reduction_factor), d2))
 
 
-def coupling_forward(e: torch.Tensor, blocks: Sequence[CouplingTensors], owners: RowOwners | None, split: int,
+def coupling_forward(e: torch.Tensor, blocks: Sequence[CouplingTensors], owners: Routing | None, split: int,
                      act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """(B, L, D) -> (B, L, D): each row through its language's block (`owners` as in `routed_adapter`)."""
     e1, e2 = e[..., :split], e[..., split:]

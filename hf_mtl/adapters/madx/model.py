@@ -22,12 +22,12 @@ from torch import nn
 from ...errors import TaskConfigError
 from ...modeling.arch import config_value, get_spec, resolve
 from ...tasks import Task
-from ..base import AdapterMethod, Routing, register_method
+from ..base import AdapterMethod, register_method
 from ..bottleneck.config import NON_LINEARITIES, bottleneck_size
 from ..bottleneck.layer import AdapterTensors, BottleneckAdapter, routed_adapter
 from ..bottleneck.model import load_strict, strip_prefix, to_backbone
-from ..bottleneck.routing import RowOwners
 from ..bottleneck.sites import Site, hook_sites, not_routed_error
+from ..routing import RoutedCall, Routing
 from .config import MadXConfig
 from .invertible import InvertibleAdapter, coupling_forward, coupling_inverse
 
@@ -47,8 +47,8 @@ class MadXRows:
     """Per-row owners for one forward: language adapters keyed (language, trainable), task adapters
     keyed by task name (None for rows of `masked_lm` tasks, which have no task adapter)."""
 
-    languages: RowOwners
-    tasks: RowOwners
+    languages: Routing
+    tasks: Routing
 
 
 @register_method
@@ -100,8 +100,6 @@ class MadXMethod(AdapterMethod):
         self._slots: dict[str, int] = {}
         self._tasks: dict[str, Task] = {}
         self._heads: tuple[nn.ModuleDict, ...] = ()  # the model's heads, kept out of this module's parameters
-        self._residuals: dict[tuple[int, str], torch.Tensor] = {}
-        self._active: MadXRows | None = None
         self._handles: list[Any] = []
         self._backbone: tuple[nn.Module, ...] = ()  # kept out of this module's children
         self._refresh_trainable()
@@ -113,7 +111,7 @@ class MadXMethod(AdapterMethod):
     # ------------------------------------------------------------------ lifecycle
     def attach(self, model: nn.Module) -> None:
         """Hook the feed-forward sites and (with `invertible`) the embeddings' output."""
-        _, self._handles = hook_sites(model.backbone, self.spec, ("ffn",), True, self._site_forward, self._residuals)
+        _, self._handles = hook_sites(model.backbone, self.spec, ("ffn",), True, self._site_forward, self._call_inputs)
         if self.options.invertible:
             embeddings = resolve(model.backbone, self.spec.embeddings)
             self._handles.append(embeddings.register_forward_hook(self._embed))
@@ -166,20 +164,21 @@ class MadXMethod(AdapterMethod):
     @contextlib.contextmanager
     def route(self, routing: Routing) -> Iterator[None]:
         """Tell the sites which task adapter and which language adapter each row uses."""
-        self._active = self._rows(routing)
-        try:
+        call = RoutedCall(routing, values={"rows": self._rows(routing)})
+        with call.scope(self):
             yield
-        finally:
-            self._active = None
-            self._residuals.clear()
+
+    def _call_inputs(self) -> dict | None:
+        call = self.current_call()
+        return call.inputs if call is not None else None
 
     def _rows(self, routing: Routing) -> MadXRows:
-        device = routing.task_ids.device
+        device = routing.device
         names = routing.names_per_row()
         languages = list(routing.languages) if routing.languages is not None else [None] * len(names)
         lang_keys = [self._language_key(name, lang, row) for row, (name, lang) in enumerate(zip(names, languages))]
         task_keys: list[Hashable] = [None if self._task(name).kind == "masked_lm" else name for name in names]
-        return MadXRows(RowOwners.of(lang_keys, device), RowOwners.of(task_keys, device))
+        return MadXRows(Routing.of(lang_keys, device), Routing.of(task_keys, device))
 
     def _task(self, name: str) -> Task:
         if name not in self._tasks:
@@ -234,9 +233,10 @@ class MadXMethod(AdapterMethod):
         return coupling_inverse(hidden, block, self.embedding_size // 2, self.act)
 
     def _require_active(self) -> MadXRows:
-        if self._active is None:
+        call = self.current_call()
+        if call is None:
             raise not_routed_error(self.name)
-        return self._active
+        return call.values["rows"]
 
     # ------------------------------------------------------------------ parameters and state
     def task_parameters(self, task: str) -> list[nn.Parameter]:

@@ -29,7 +29,8 @@ from torch import nn
 from ...modeling.arch import config_value, get_spec, layers_of, resolve
 from ...tasks import Task
 from ..base import register_method
-from ..per_row import BatchTasks, PerRowMethod, count, load_exact, stack_parameters, task_key, task_of_key
+from ..per_row import PerRowMethod, count, load_exact, stack_parameters, task_key, task_of_key
+from ..routing import RoutedCall
 from .config import PalsConfig
 from .layer import TaskPals, projected_attention
 
@@ -54,8 +55,6 @@ class PalsMethod(PerRowMethod):
         self.options = PalsConfig.from_options(config, self.hidden_size)
         self.config = self.options.to_dict()  # saved resolved: a store reloads with the same d_s
         self.pals = nn.ModuleDict()  # task_key(task) -> TaskPals
-        self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._device: torch.device | None = None
         self._dtype: torch.dtype | None = None
 
@@ -83,44 +82,43 @@ class PalsMethod(PerRowMethod):
         return self.pals[task_key(task)]
 
     # ------------------------------------------------------------------ forward
-    def prepare(self, batch: BatchTasks) -> None:
+    def prepare(self, call: RoutedCall) -> None:
         """Stack V^E and V^D of the batch's tasks once per forward (all layers share them)."""
-        pals = [self._task(name) for name in batch.names]
+        routing, names = call.routing, call.routing.owners
+        pals = [self._task(name) for name in names]
         for part in ("encoder", "decoder"):
-            weight = stack_parameters({n: getattr(p, part).weight for n, p in zip(batch.names, pals)}, batch.names)
-            bias = stack_parameters({n: getattr(p, part).bias for n, p in zip(batch.names, pals)}, batch.names)
+            weight = stack_parameters({n: getattr(p, part).weight for n, p in zip(names, pals)}, names)
+            bias = stack_parameters({n: getattr(p, part).bias for n, p in zip(names, pals)}, names)
             # per task (T, ...) when each task's rows form one range (see `_add_pal`), else per row
-            self._shared[part] = (weight, bias) if batch.segments is not None else (batch.per_row(weight), batch.per_row(bias))
-
-    def release(self) -> None:
-        self._shared.clear()
-        self._inputs.clear()
+            call.values[part] = (weight, bias) if routing.segments is not None else (routing.per_row(weight), routing.per_row(bias))
 
     def _record_input(self, index: int):
         def hook(layer: nn.Module, args: tuple, kwargs: dict) -> None:
-            if self.batch is not None:
+            call = self.current_call()
+            if call is not None:
                 hidden = args[0] if args else kwargs["hidden_states"]
                 mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-                self._inputs[index] = (hidden, mask)
+                call.inputs[index] = (hidden, mask)
         return hook
 
     def _add_pal(self, index: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if self.batch is None or index not in self._inputs:
+            call = self.current_call()
+            if call is None or index not in call.inputs:
                 return None
-            hidden, mask = self._inputs.pop(index)
-            names = self.batch.names
+            hidden, mask = call.inputs.pop(index)
+            routing, names = call.routing, call.routing.owners
             weight = stack_parameters({n: self._task(n).layers[index].weight for n in names}, names)
             bias = stack_parameters({n: self._task(n).layers[index].bias for n in names}, names)
             heads = self.options.pal_heads
-            if self.batch.segments is not None:  # rows grouped by task (CPU): each task's range on its own
+            if routing.segments is not None:  # rows grouped by task (CPU): each task's range on its own
                 def one_task(h, m, enc_w, enc_b, qkv_w, qkv_b, dec_w, dec_b):
                     return projected_attention(h, (enc_w, enc_b), (qkv_w, qkv_b), (dec_w, dec_b), heads, m)
-                pal = self.batch.segmented(one_task, (hidden, mask),
-                                           [*self._shared["encoder"], weight, bias, *self._shared["decoder"]])
+                pal = routing.segmented(one_task, (hidden, mask),
+                                        [*call.values["encoder"], weight, bias, *call.values["decoder"]])
             else:
-                qkv = (self.batch.per_row(weight), self.batch.per_row(bias))
-                pal = projected_attention(hidden, self._shared["encoder"], qkv, self._shared["decoder"], heads, mask)
+                qkv = (routing.per_row(weight), routing.per_row(bias))
+                pal = projected_attention(hidden, call.values["encoder"], qkv, call.values["decoder"], heads, mask)
             return output + pal
         return hook
 

@@ -2,7 +2,7 @@
 
 PEFT's `PrefixTuning` passes its prefixes as a key/value cache, which transformers 5's encoders no
 longer accept ("Model does not support past key values"). Here the prefixes enter through an
-attention modifier (`hf_mtl.adapters.attention`): inside every self-attention, each row's task
+attention modifier (`hf_mtl.ops.attention`): inside every self-attention, each row's task
 prefixes (B, heads, P, d) are put before its keys and values and the mask gets P open positions.
 A batch whose rows belong to different tasks runs in one forward pass (`routes_per_row = True`).
 
@@ -26,8 +26,9 @@ from torch import nn
 from ...errors import StoreError
 from ...modeling.arch import config_value, get_spec, layers_of, resolve
 from ...tasks import Task
-from ..attention import add_attention_modifier
-from ..base import AdapterMethod, Routing, register_method
+from ...ops.attention import add_attention_modifier
+from ..base import AdapterMethod, register_method
+from ..routing import RoutedCall, Routing
 from .config import PrefixTuningOptions
 from .layer import PrefixEncoder, prefixes_by_layer, prepend_prefix
 
@@ -53,8 +54,6 @@ class PrefixTuningMethod(AdapterMethod):
         self.hidden_size = config_value(backbone_config, self.spec, "hidden_size")
         self.num_heads = config_value(backbone_config, self.spec, "num_heads")
         self.prefixes = nn.ModuleDict()  # task -> PrefixEncoder
-        self._batch_prefixes: torch.Tensor | None = None  # (T_batch, L, 2, h, P, d) during a routed forward
-        self._row_slots: torch.Tensor | None = None  # (B,) index of each row's task in _batch_prefixes
         self._backbone: nn.Module | None = None
 
     def attach(self, model: nn.Module) -> None:
@@ -77,30 +76,23 @@ class PrefixTuningMethod(AdapterMethod):
     @contextlib.contextmanager
     def route(self, routing: Routing) -> Iterator[None]:
         """Compute the prefixes of the batch's tasks (once per task) and which one each row uses."""
-        names = routing.batch_tasks
-        flat = [self.prefixes[name]() for name in names]  # each (P, 2·L·H)
-        self._batch_prefixes = torch.stack([prefixes_by_layer(f, self.num_layers, self.num_heads) for f in flat])
-        slot_of_task = torch.full((len(routing.task_names),), -1, dtype=torch.long, device=routing.task_ids.device)
-        for slot, name in enumerate(names):
-            slot_of_task[routing.task_names.index(name)] = slot
-        self._row_slots = None if len(names) == 1 else slot_of_task[routing.task_ids]
-        try:
+        flat = [self.prefixes[name]() for name in routing.owners]  # each (P, 2·L·H)
+        # (T_batch, L, 2, h, P, d); row i uses entry routing.rows[i] (the batch's tasks in routing order)
+        prefixes = torch.stack([prefixes_by_layer(f, self.num_layers, self.num_heads) for f in flat])
+        with RoutedCall(routing, values={"prefixes": prefixes}).scope(self):
             yield
-        finally:
-            self._batch_prefixes = None
-            self._row_slots = None
 
     def _modifier(self, layer_index: int):
         def modify(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    mask: torch.Tensor | None) -> tuple:
-            prefixes = self._batch_prefixes
-            if prefixes is None:  # a forward outside `route`: the base model
+            call = self.current_call()
+            if call is None:  # a forward outside `route`: the base model
                 return query, key, value, mask
-            layer = prefixes[:, layer_index]  # (T_batch, 2, h, P, d)
-            if self._row_slots is None:
+            layer = call.values["prefixes"][:, layer_index]  # (T_batch, 2, h, P, d)
+            if call.routing.rows is None:
                 per_row = layer.expand(key.shape[0], *layer.shape[1:])  # one task: no copy
             else:
-                per_row = layer.index_select(0, self._row_slots)  # (B, 2, h, P, d)
+                per_row = layer.index_select(0, call.routing.rows)  # (B, 2, h, P, d)
             key, value, mask = prepend_prefix(key, value, mask, per_row)
             return query, key, value, mask
 

@@ -7,7 +7,7 @@ logit biases, ...) and then the backbone's original implementation (SDPA or eage
 as SDPA's (None without padding, else bool with True = attend); a modifier that needs an additive
 mask makes one with `full_mask`.
 
-On the CPU in training, attention dropout takes the fast mask of `hf_mtl.modeling.fast_dropout` when
+On the CPU in training, attention dropout takes the fast mask of `hf_mtl.ops.fast_dropout` when
 the model asked for it (`route_attention(..., fast_dropout=True)`): SDPA has no CPU kernel with
 dropout, so this replaces PyTorch's composite math path with the same computation and a cheaper mask,
 in one autograd function (`_DroppedAttention`) that makes fewer passes over the (B, h, Lq, Lk) maps.
@@ -27,7 +27,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..modeling.fast_dropout import _LEVELS, drop_mask, fast_threshold
+from .fast_dropout import _LEVELS, drop_mask, fast_threshold
 
 ATTN_IMPLEMENTATION = "hf_mtl"
 _MODIFIERS = "_hf_mtl_attention_modifiers"

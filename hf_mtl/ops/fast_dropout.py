@@ -19,7 +19,7 @@ dropout runs instead. The random numbers come from torch's default generator, so
 fixes the masks and the Trainer's saved RNG states resume them exactly; the stream differs from
 torch's own dropout, so a seeded run is not bitwise the same as with `fast_dropout=False`.
 
-The attention probabilities are dropped inside hf_mtl's attention function (`adapters/attention.py`),
+The attention probabilities are dropped inside hf_mtl's attention function (`hf_mtl.ops.attention`),
 which computes softmax(QKᵀ/√d + M) on the CPU as SDPA's math path does and applies the scale
 1/(1 − p') to the (B, h, L, d) output instead of the (B, h, L, L) probabilities. On GPUs nothing
 changes: torch's fused dropout and SDPA's kernels run as before.
