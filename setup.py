@@ -18,7 +18,6 @@ setup(
         "peft>=0.21,<0.30",
         "accelerate>=1.10,<2",
         "datasets>=4.0,<6",
-        "evaluate>=0.4.3,<0.6",
         "safetensors>=0.5",
         "huggingface_hub>=1.0,<3",
         "tokenizers>=0.21",

@@ -160,6 +160,7 @@ def build_model(args: MultiTaskTrainingArguments, tasks: list) -> Any:
         args.model_name_or_path, tasks, revision=args.model_revision, backbone_dropout=args.backbone_dropout,
         adapter_method=args.adapter_method, adapter_config=args.adapter_config or {},
         freeze_backbone=args.freeze_backbone, head_dropout=args.head_dropout, fast_dropout=args.fast_dropout,
+        trust_remote_code=args.trust_remote_code,
     )
 
 

@@ -48,6 +48,12 @@ class MultiTaskTrainingArguments(TrainingArguments):
         metadata={"help": "On the CPU, draw the backbone's dropout masks from 16-bit random numbers (about 4x "
                           "cheaper than torch's; same distribution, p rounded to a multiple of 2^-16). GPUs are unaffected."},
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Let transformers run custom Python code that the backbone's config names (auto_map). Off: "
+                          "such a model is refused with an error naming this option. Turn it on only for a model "
+                          "whose code you have read."},
+    )
     cpu_keep_freed_memory: bool = field(
         default=True,
         metadata={"help": "Training on the CPU under Linux (glibc): keep freed tensor memory in the process for the next "

@@ -22,7 +22,7 @@ from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone, load_backbone_config
 from hf_mtl.modeling.store import CONFIG_NAME
 
-from helpers import tiny_bert_config, tiny_tokenizer
+from helpers import tiny_bert_config, tiny_tokenizer, write_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,6 +96,31 @@ def test_backbone_config_with_auto_map_is_refused(tmp_path: Path) -> None:
     with pytest.raises(HfMtlError, match="trust_remote_code"):
         load_backbone_config(str(tmp_path / "base"))
     assert not marker.exists()
+
+
+def test_recipe_base_model_with_auto_map_is_one_error_line_naming_the_option(tmp_path: Path, capsys) -> None:
+    from hf_mtl.cli import main
+
+    recipe = write_tiny_recipe(tmp_path / "run")
+    marker = _remote_code_dir(tmp_path / "evil_base")
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--model_name_or_path", str(tmp_path / "evil_base")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in err and len(errors) == 1 and "trust_remote_code" in errors[0]
+    assert not marker.exists()
+
+
+def test_recipe_trust_remote_code_reaches_the_backbone_load(tmp_path: Path, monkeypatch) -> None:
+    from hf_mtl.run import build_model, load_recipe
+
+    seen = {}
+    monkeypatch.setattr(MultiTaskModel, "from_backbone", classmethod(lambda cls, *a, **kw: seen.update(kw)))
+    recipe = write_tiny_recipe(tmp_path / "run")
+    build_model(args := load_recipe(str(recipe), []), args.task_objects())
+    assert seen["trust_remote_code"] is False
+    build_model(args := load_recipe(str(recipe), ["--trust_remote_code", "true"]), args.task_objects())
+    assert seen["trust_remote_code"] is True
 
 
 def test_store_backbone_with_auto_map_is_refused(tmp_path: Path) -> None:
