@@ -144,14 +144,6 @@ def build_target(task: Task, row: dict[str, Any], index: int | None = None) -> s
     return text
 
 
-def build_reference(task: Task, row: dict[str, Any], index: int | None = None) -> str:
-    """What a generated text is scored against: the row's label for `label_words` tasks, else the target text."""
-    if task.label_words is not None:
-        build_target(task, row, index)  # the label must have a word
-        return _value(task, row, task.label_column, "label_column", index)
-    return build_target(task, row, index)
-
-
 # ------------------------------------------------------------------------------------ tokens
 def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after a text (e.g. `[BOS]` / `[]` for Llama, `[]` / `[EOS]`
@@ -238,76 +230,84 @@ def _no_room(task: Task, index: int | None, split: str, max_length: int, target_
         f"shorten `prompt_template` or the target.")
 
 
-def encode_prompt(task: Task, row: dict[str, Any], tokenizer: Any, max_length: int, reserve: int = 0,
-                  index: int | None = None, split: str = "input") -> list[int]:
-    """A row's prompt tokens, as generation reads them: with the tokenizer's special prefix (and, for `seq2seq`, its
-    suffix), cut to `max_length - reserve` tokens (see `fit_prompt`).
+class TextToTextEncoder:
+    """Tokenizes the rows of one generative task (see the module docstring); the tokenizer's special tokens, its EOS
+    and the parsed template are looked up once.
+
+    Args:
+        task: a `causal_lm` or `seq2seq` task.
+        tokenizer: the backbone's tokenizer.
+        max_length: `max_seq_length`; for `causal_lm` prompt + target + EOS fit in it, for `seq2seq` the encoder
+            input does, and so does the target with EOS.
+
+    Raises:
+        DataError: the tokenizer has no EOS token.
+    """
+
+    def __init__(self, task: Task, tokenizer: Any, max_length: int):
+        self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
+        self.eos = eos_token_id(task, tokenizer)
+        self.prefix, suffix = special_tokens(tokenizer)
+        self.suffix = suffix if task.kind == "seq2seq" else []  # a decoder-only prompt goes on into its target
+        self.pieces = parse_template(task.prompt_template, f"task {task.name!r}", "prompt_template")
+
+    def prompt(self, row: dict[str, Any], reserve: int = 0, index: int | None = None,
+               split: str = "input") -> tuple[list[int], str]:
+        """A row's prompt tokens as generation reads them (with the special prefix, and for `seq2seq` the suffix), cut
+        to `max_length - reserve` tokens (see `fit_prompt`), and the prompt text they hold.
+
+        Args:
+            row: `{column: value}` holding at least the columns `prompt_template` names.
+            reserve: tokens kept free for what follows the prompt (`causal_lm`: the target and EOS).
+            index, split: name the row in error messages.
+
+        Raises:
+            DataError: a column is missing or not text, or the template's own words leave no room.
+        """
+        budget = self.max_length - reserve - len(self.prefix) - len(self.suffix)
+        fitted = fit_prompt(self.task, self.pieces, prompt_values(self.task, row, index), self.tokenizer, budget)
+        if fitted is None:
+            raise _no_room(self.task, index, split, self.max_length, reserve)
+        return self.prefix + fitted[0] + self.suffix, fitted[1]
+
+    def example(self, row: dict[str, Any], index: int | None = None, split: str = "train",
+                with_target: bool = True) -> dict[str, Any]:
+        """Tokenize one row: `input_ids`, `attention_mask`, `prompt_length`, and with a target `labels` (-100 on the
+        prompt for `causal_lm`) and `reference`. `with_target=False` (a test split): the prompt only."""
+        task, tokenizer = self.task, self.tokenizer
+        if not with_target:
+            ids, _ = self.prompt(row, 0, index, split)
+            return {"input_ids": ids, "attention_mask": [1] * len(ids), PROMPT_LENGTH_COLUMN: len(ids)}
+        target = build_target(task, row, index)
+        reference = _value(task, row, task.label_column, "label_column", index) if task.label_words else target
+        if task.kind == "seq2seq":
+            labels = self.prefix + _ids(tokenizer, target) + [self.eos]  # as tokenizer(text_target=...) builds them
+            if len(labels) > self.max_length:
+                raise _no_room(task, index, split, self.max_length, len(labels))
+            ids, _ = self.prompt(row, 0, index, split)
+            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
+                    PROMPT_LENGTH_COLUMN: len(ids), REFERENCE_COLUMN: reference}
+        # causal_lm: the prompt is cut to leave the target room, and the delimiter depends on the (cut) prompt's
+        # end: reserve room for the longer of the two forms, then pick the form.
+        spaced, bare = _ids(tokenizer, " " + target) + [self.eos], _ids(tokenizer, target) + [self.eos]
+        prompt, text = self.prompt(row, max(len(spaced), len(bare)), index, split)
+        answer = bare if text[-1:].isspace() else spaced
+        ids = prompt + answer
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(prompt) + answer,
+                PROMPT_LENGTH_COLUMN: len(prompt), REFERENCE_COLUMN: reference}
+
+
+def encode_prompt(task: Task, row: dict[str, Any], tokenizer: Any, max_length: int, reserve: int = 0) -> list[int]:
+    """A row's prompt tokens, as generation reads them (see `TextToTextEncoder.prompt`).
 
     Args:
         task: a generative task.
         row: `{column: value}` holding at least the columns `prompt_template` names.
         tokenizer: the backbone's tokenizer.
         max_length: the task's maximum sequence length (`max_seq_length`).
-        reserve: tokens kept free for what follows the prompt (`causal_lm`: the target and EOS).
-        index, split: name the row in error messages.
-
-    Raises:
-        DataError: a column is missing or not text, or the template's own words leave no room.
+        reserve: tokens kept free after the prompt.
     """
-    ids, _ = _encode_prompt(task, row, tokenizer, max_length, reserve, index, split)
-    return ids
-
-
-def _encode_prompt(task: Task, row: dict[str, Any], tokenizer: Any, max_length: int, reserve: int,
-                   index: int | None, split: str) -> tuple[list[int], str]:
-    prefix, suffix = special_tokens(tokenizer)
-    suffix = suffix if task.kind == "seq2seq" else []  # a decoder-only prompt goes on into its target
-    pieces = parse_template(task.prompt_template, f"task {task.name!r}", "prompt_template")
-    fitted = fit_prompt(task, pieces, prompt_values(task, row, index), tokenizer,
-                        max_length - reserve - len(prefix) - len(suffix))
-    if fitted is None:
-        raise _no_room(task, index, split, max_length, reserve)
-    return prefix + fitted[0] + suffix, fitted[1]
-
-
-def encode_example(task: Task, row: dict[str, Any], tokenizer: Any, max_length: int, index: int | None = None,
-                   split: str = "train", with_target: bool = True) -> dict[str, Any]:
-    """Tokenize one row of a generative task.
-
-    Args:
-        task: a `causal_lm` or `seq2seq` task.
-        row: the row's columns.
-        tokenizer: the backbone's tokenizer.
-        max_length: `max_seq_length`; for `causal_lm` prompt + target + EOS fit in it, for `seq2seq` the encoder
-            input does, and so does the target with EOS.
-        index, split: name the row in error messages.
-        with_target: False for rows without a target (a test split): prompt only.
-
-    Returns:
-        `input_ids`, `attention_mask`, `prompt_length`, and with a target `labels` and `reference`.
-    """
-    eos = eos_token_id(task, tokenizer)
-    if not with_target:
-        ids = encode_prompt(task, row, tokenizer, max_length, 0, index, split)
-        return {"input_ids": ids, "attention_mask": [1] * len(ids), PROMPT_LENGTH_COLUMN: len(ids)}
-    target = build_target(task, row, index)
-    reference = build_reference(task, row, index)
-    if task.kind == "seq2seq":
-        prefix, _ = special_tokens(tokenizer)
-        labels = prefix + _ids(tokenizer, target) + [eos]
-        if len(labels) > max_length:
-            raise _no_room(task, index, split, max_length, len(labels))
-        ids = encode_prompt(task, row, tokenizer, max_length, 0, index, split)
-        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
-                PROMPT_LENGTH_COLUMN: len(ids), REFERENCE_COLUMN: reference}
-    # causal_lm: the prompt is cut to leave the target room, and the delimiter depends on the (cut) prompt's end:
-    # reserve room for the longer of the two forms, then pick the form.
-    spaced, bare = _ids(tokenizer, " " + target) + [eos], _ids(tokenizer, target) + [eos]
-    prompt, text = _encode_prompt(task, row, tokenizer, max_length, max(len(spaced), len(bare)), index, split)
-    answer = bare if text[-1:].isspace() else spaced
-    ids = prompt + answer
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE_INDEX] * len(prompt) + answer,
-            PROMPT_LENGTH_COLUMN: len(prompt), REFERENCE_COLUMN: reference}
+    return TextToTextEncoder(task, tokenizer, max_length).prompt(row, reserve)[0]
 
 
 def encode_text2text(task: Task, data: datasets.Dataset, tokenizer: Any, max_length: int, split: str) -> datasets.Dataset:
@@ -331,11 +331,11 @@ def encode_text2text(task: Task, data: datasets.Dataset, tokenizer: Any, max_len
     check_columns(task, data.column_names, split)
     check_label_words(task, data, split)
     with_target = has_target(task, data.column_names)
+    encoder = TextToTextEncoder(task, tokenizer, max_length)
 
     def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         rows = [{column: batch[column][i] for column in batch} for i in range(len(indices))]
-        encoded = [encode_example(task, row, tokenizer, max_length, index, split, with_target)
-                   for row, index in zip(rows, indices)]
+        encoded = [encoder.example(row, index, split, with_target) for row, index in zip(rows, indices)]
         return {key: [example[key] for example in encoded] for key in encoded[0]}
 
     return data.map(encode, batched=True, with_indices=True, remove_columns=data.column_names,
