@@ -95,7 +95,10 @@ class Task:
         labels: the label list; inferred from the training split when not given, then saved.
         metrics: metric names; built-ins are `accuracy`, `f1`, `macro_f1`, `matthews_correlation`,
             `pearson`, `spearmanr`, `mse`, `seqeval` (entity F1 for IOB tags), `perplexity`. Any other
-            name is loaded with `evaluate.load`. The first metric is the task's primary metric.
+            name is loaded with `evaluate.load`. The first metric is the task's primary metric. Generative kinds
+            score generated texts (`hf_mtl.generation_metrics`): `accuracy` (with `label_words`; the default then),
+            `exact_match` (the default otherwise), `rouge1`, `rouge2`, `rougeL`, `bleu`, `chrf`, and `pearson` /
+            `spearmanr` of numbers written as text; `perplexity` too.
         loss_weight: static weight of the task's loss.
         language: language code of the task's data (MAD-X language adapters, zero-shot transfer).
         pooling: `cls` or `mean` pooling for sequence-level heads.

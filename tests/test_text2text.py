@@ -257,3 +257,25 @@ def test_blank_targets_are_refused_or_dropped(byt5: ByT5Tokenizer) -> None:
     templated = Task(name="t", kind="causal_lm", prompt_template="{en}", target_template="{de}")
     with pytest.raises(DataError, match="blank target"):
         encode_task(templated, data, byt5, 64, "train")
+
+
+def test_issue_recipe_tasks_load_and_tokenize_from_files(byt5: ByT5Tokenizer, tmp_path) -> None:
+    from hf_mtl.data.dataset import load_raw_splits, prepare_datasets
+    from hf_mtl.tasks import tasks_from_config
+
+    reviews, pairs = tmp_path / "reviews.jsonl", tmp_path / "pairs.jsonl"
+    reviews.write_text("".join(json.dumps({"review": r, "label": y}) + "\n" for r, y in [("fine", 1), ("dull", 0)]))
+    pairs.write_text(json.dumps({"en": "The cat sleeps.", "de": "Die Katze schläft."}) + "\n")
+    tasks = tasks_from_config([
+        {"name": "sentiment", "kind": "causal_lm", "train_file": str(reviews), "validation_file": str(reviews),
+         "prompt_template": "Review: {review}\nIs this review positive or negative? Answer:", "label_column": "label",
+         "label_words": {"0": "negative", "1": "positive"}, "metrics": ["accuracy"], "generation": {"max_new_tokens": 3}},
+        {"name": "translate_de", "kind": "causal_lm", "train_file": str(pairs), "prompt_template": "English: {en}\nGerman:",
+         "target_column": "de", "metrics": ["chrf", "bleu"], "generation": {"max_new_tokens": 64, "num_beams": 2}},
+    ])
+    train = prepare_datasets(tasks, load_raw_splits(tasks, "train"), byt5, 128, "train")
+    validation = prepare_datasets(tasks, load_raw_splits(tasks, "validation"), byt5, 128, "validation")
+    assert validation["sentiment"]["reference"] == ["1", "0"] and set(validation) == {"sentiment"}
+    example = train["translate_de"][0]
+    assert byt5.decode(example["input_ids"]) == "English: The cat sleeps.\nGerman: Die Katze schläft.</s>"
+    assert example["reference"] == "Die Katze schläft."
