@@ -279,3 +279,16 @@ def test_issue_recipe_tasks_load_and_tokenize_from_files(byt5: ByT5Tokenizer, tm
     example = train["translate_de"][0]
     assert byt5.decode(example["input_ids"]) == "English: The cat sleeps.\nGerman: Die Katze schläft.</s>"
     assert example["reference"] == "Die Katze schläft."
+
+
+def test_inference_input_to_row() -> None:
+    from hf_mtl.data.text2text import row_from_input
+
+    task = Task(name="translate_de", kind="causal_lm", prompt_template="English: {en}\nGerman:", target_column="de")
+    assert row_from_input(task, "The cat sleeps.") == {"en": "The cat sleeps."}
+    assert row_from_input(task, {"en": "x", "other": 1}) == {"en": "x", "other": 1}
+    pair = Task(name="rte", kind="seq2seq", text_column="a", text_pair_column="b")
+    with pytest.raises(DataError, match=r"task 'rte': .*reads the columns \['a', 'b'\].*Fix: give each input"):
+        row_from_input(pair, "one text")
+    with pytest.raises(DataError, match=r"lacks the column\(s\) \['b'\]"):
+        row_from_input(pair, {"a": "x"})

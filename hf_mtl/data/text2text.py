@@ -139,9 +139,29 @@ def build_target(task: Task, row: dict[str, Any], index: int | None = None) -> s
                                 f"{task.label_words}. Fix: add a word for it to `label_words`.")
             text = task.label_words[text]
     if not text.strip():
-        raise DataError(f"task {task.name!r}: row {index} has a blank target. Fix: fill it in, or set "
-                        f"`drop_unlabeled: true` to drop rows with a blank target column.")
+        fix = ("fill in the columns `target_template` reads" if task.target_template is not None else
+               "fill it in, or set `drop_unlabeled: true` to drop rows with a blank target")
+        raise DataError(f"task {task.name!r}: row {index} has a blank target. Fix: {fix}.")
     return text
+
+
+def row_from_input(task: Task, value: str | dict[str, Any]) -> dict[str, Any]:
+    """The row an inference input stands for: a text fills the one column `prompt_template` names; a dict is a row.
+
+    Raises:
+        DataError: a text for a template over several columns (or none), or a dict lacking one of its columns.
+    """
+    columns = template_columns(task, "prompt_template")
+    if isinstance(value, dict):
+        missing = [column for column in columns if column not in value]
+        if missing:
+            raise DataError(f"task {task.name!r}: the input {value!r} lacks the column(s) {missing} that "
+                            f"`prompt_template` {task.prompt_template!r} names. Fix: give every one of {columns}.")
+        return value
+    if len(columns) != 1:
+        raise DataError(f"task {task.name!r}: `prompt_template` {task.prompt_template!r} reads the columns {columns}, "
+                        f"so a single text cannot fill it. Fix: give each input as a JSON object with these columns.")
+    return {columns[0]: value}
 
 
 # ------------------------------------------------------------------------------------ tokens
