@@ -30,7 +30,6 @@ from ..tasks import Task, parse_template
 IGNORE_INDEX = -100
 PROMPT_LENGTH_COLUMN = "prompt_length"
 REFERENCE_COLUMN = "reference"
-TEXT2TEXT_COLUMNS = ("input_ids", "attention_mask", "labels", PROMPT_LENGTH_COLUMN, REFERENCE_COLUMN)
 _SCALARS = (str, int, float, bool)
 
 
