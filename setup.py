@@ -26,6 +26,8 @@ setup(
         "scikit-learn",
         "seqeval>=1.2.2",
         "conllu>=5.0",
+        "rouge-score>=0.1.2",  # ROUGE of generated texts (hf_mtl.generation_metrics)
+        "sacrebleu>=2.3",  # BLEU and chrF of generated texts
     ],
     extras_require={
         # the benchmark smoke tests run the plots; CI runs ruff (pyproject.toml; pinned: new minors add rules)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import TaskConfigError
-from .tasks import Task, metric_name
+from .tasks import GENERATION_METRICS, Task, metric_name
 
 IGNORE_INDEX = -100
 
@@ -79,7 +79,7 @@ LOSS_METRICS = ("perplexity",)
 
 
 def known_metric_names() -> list[str]:
-    return sorted([*BUILTIN_METRICS, *SEQUENCE_METRICS, *LOSS_METRICS])
+    return sorted({*BUILTIN_METRICS, *SEQUENCE_METRICS, *LOSS_METRICS, *GENERATION_METRICS})
 
 
 def compute_task_metrics(task: Task, logits: Any, label_ids: Any) -> dict[str, float]:
@@ -152,8 +152,14 @@ def _custom_metric(task: Task, metric: Callable[..., Any], preds: np.ndarray, re
 
 
 def validate_metric_names(task: Task) -> None:
-    """Fail early on metric names that cannot fit the task's kind."""
+    """Fail early on metric names that cannot fit the task's kind (a generative task's metrics are checked by
+    `Task` itself: they score generated text, see `hf_mtl.generation_metrics`)."""
+    if task.is_generative:
+        return
     for name in task.metrics:
+        if name in GENERATION_METRICS and name not in BUILTIN_METRICS:
+            raise TaskConfigError(f"task {task.name!r}: metric {name!r} scores generated text; kind is {task.kind!r}. "
+                                  f"Fix: use it with kind `causal_lm` or `seq2seq`.")
         if name in ("pearson", "spearmanr", "mse") and task.kind != "regression":
             raise TaskConfigError(f"task {task.name!r}: metric {name!r} is for regression tasks; kind is {task.kind!r}.")
         if name in SEQUENCE_METRICS and task.kind != "token_classification":

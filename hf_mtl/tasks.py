@@ -17,7 +17,8 @@ from typing import Any, Callable
 from .errors import TaskConfigError
 from .field_types import type_error_message, value_matches
 
-TASK_KINDS = ("classification", "regression", "token_classification", "masked_lm")
+GENERATIVE_KINDS = ("causal_lm", "seq2seq")
+TASK_KINDS = ("classification", "regression", "token_classification", "masked_lm", *GENERATIVE_KINDS)
 SEQUENCE_KINDS = ("classification", "regression")
 POOLING_CHOICES = ("cls", "mean")
 TOKEN_LABEL_COLUMNS = ("upos", "xpos", "deprel", "tags")
@@ -31,6 +32,15 @@ DEFAULT_METRICS = {
     "token_classification": ["accuracy"],
     "masked_lm": ["perplexity"],
 }
+# Metrics of generated texts (scored offline by `hf_mtl.generation_metrics`); `perplexity` also works (from the loss).
+GENERATION_METRICS = ("accuracy", "exact_match", "rouge1", "rouge2", "rougeL", "bleu", "chrf", "pearson", "spearmanr")
+LABEL_WORD_METRICS = ("accuracy",)  # need `label_words`
+SCORE_METRICS = ("pearson", "spearmanr")  # a number written as text: need a free-text target
+# Generative kinds: `accuracy` with label words, `exact_match` for free text (set `metrics` for e.g. chrf or rougeL).
+GENERATIVE_DEFAULT_METRICS = {True: ["accuracy"], False: ["exact_match"]}
+# Fields only generative kinds read, and encoder-only fields a generative task must leave unset (its LM head is the
+# backbone's own: no pooling head, no hidden layer choice, no feature pipeline, no task discriminator).
+GENERATIVE_FIELDS = ("prompt_template", "target_column", "target_template", "label_words", "generation")
 
 
 def validate_task_name(name: Any, what: str = "task name") -> str:
@@ -74,8 +84,11 @@ class Task:
     Args:
         name: the task's key (see module docstring); `[A-Za-z0-9_.-]+`, no `..`.
         kind: `classification` (one sentence or a pair), `regression` (one sentence or a pair),
-            `token_classification` (a tag per word), or `masked_lm` (unlabeled text, used to train
-            language adapters).
+            `token_classification` (a tag per word), `masked_lm` (unlabeled text, used to train
+            language adapters), or a generative (text-to-text) kind: `causal_lm` (decoder-only backbones:
+            Llama, Qwen2, GPT-2, ...) or `seq2seq` (encoder-decoder backbones: T5, BART). A generative task
+            reads a prompt built from `prompt_template` and learns a target text (`target_column`,
+            `target_template`, or `label_column` + `label_words`), with the loss on the target tokens only.
         text_column: column holding the text (for token tasks: the list of words, `tokens`).
         text_pair_column: optional second text column for sentence-pair tasks.
         label_column: column holding the label (for CoNLL-U files: `upos`, `xpos` or `deprel`).
@@ -84,7 +97,10 @@ class Task:
             `spearmanr`, `mse`, `seqeval`/`entity_f1` (entity F1 for IOB tags), `perplexity`; any other name is
             an error (a name is never resolved to code). In Python code a custom metric is a callable
             `fn(predictions, references, task) -> float | dict[str, float]` in this list (see
-            `hf_mtl.metrics`); it is not saved in `task.json`. The first metric is the task's primary metric.
+            `hf_mtl.metrics`); it is not saved in `task.json`. The first metric is the task's primary metric. Generative kinds
+            score generated texts (`hf_mtl.generation_metrics`): `accuracy` (with `label_words`; the default then),
+            `exact_match` (the default otherwise), `rouge1`, `rouge2`, `rougeL`, `bleu`, `chrf`, and `pearson` /
+            `spearmanr` of numbers written as text; `perplexity` too.
         loss_weight: static weight of the task's loss.
         language: language code of the task's data (MAD-X language adapters, zero-shot transfer).
         pooling: `cls` or `mean` pooling for sequence-level heads.
@@ -115,6 +131,21 @@ class Task:
             UPOS), concatenated to the hidden states: softmax(logits) of a classification or token task, the
             predicted value of a regression task, broadcast over the tokens for sequence-level tasks. The
             dependency graph must be acyclic; lower tasks get their heads first.
+        prompt_template: (generative kinds) the prompt, with `{column}` placeholders filled from the row's
+            columns, e.g. `"Review: {review}\nIs this review positive or negative? Answer:"`; `{{` and `}}` stand
+            for literal braces. Default: the text column (and `text_pair_column`) as `"<column>: {<column>}"`, one
+            per line for `causal_lm`, and after the task name as a prefix for `seq2seq` as T5 and Hyperformer do
+            (`"sst2 sentence: {sentence}"`). Inputs longer than `max_seq_length` lose tokens from the end of the
+            filled-in column values, longest first; the template's own words and the target are kept whole.
+        target_column: (generative kinds) the column holding the target text.
+        target_template: (generative kinds) the target as a template over the row's columns (as `prompt_template`).
+        label_words: (generative kinds) classification as generation: `{label: word}` for every label of the data,
+            e.g. `{"0": "negative", "1": "positive"}`; the target is the word of the row's `label_column` value,
+            and a generated text maps back to its label (compared stripped, lower-cased, first line only; a text
+            that matches no word counts as wrong). Without `target_column`, `target_template` or `label_words`,
+            a generative task's target is the text of its `label_column` (e.g. a score written as "3.8").
+        generation: (generative kinds) this task's generation settings: any `transformers.GenerationConfig`
+            field, e.g. `{"max_new_tokens": 3}` or `{"max_new_tokens": 64, "num_beams": 2}`.
         extra: method- or strategy-specific fields (kept and saved as they are).
     """
 
@@ -144,6 +175,11 @@ class Task:
     head_layer: int | None = None
     adversarial_weight: float = 0.0
     input_from_tasks: list[str] | None = None
+    prompt_template: str | None = None
+    target_column: str | None = None
+    target_template: str | None = None
+    label_words: dict[str, str] | None = None
+    generation: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -161,6 +197,7 @@ class Task:
             self.head_hidden_layers = 1 if self.kind in SEQUENCE_KINDS else 0
         if self.head_hidden_layers not in (0, 1):
             raise TaskConfigError(f"{where}: `head_hidden_layers` must be 0 or 1, got {self.head_hidden_layers!r}.")
+        self._check_generative_fields(where)
         if self.kind == "regression" and self.labels is not None:
             raise TaskConfigError(f"{where}: a regression task has no `labels` list. Fix: remove `labels`.")
         if self.labels is not None:
@@ -174,6 +211,8 @@ class Task:
                 raise TaskConfigError(f"{where}: `labels` has duplicates: {self.labels}.")
             if self.kind == "classification" and len(self.labels) < 2:
                 raise TaskConfigError(f"{where}: a classification task needs at least 2 labels, got {self.labels}.")
+        if self.metrics is None and self.is_generative:
+            self.metrics = list(GENERATIVE_DEFAULT_METRICS[self.label_words is not None])
         if self.metrics is None:
             self.metrics = list(DEFAULT_METRICS[self.kind])
             if self.kind == "token_classification" and _looks_like_iob(self.labels):
@@ -195,6 +234,8 @@ class Task:
         if not self.adversarial_weight >= 0:  # also refuses NaN
             raise TaskConfigError(f"{where}: `adversarial_weight` must be a number >= 0, got {self.adversarial_weight!r}.")
         self._check_input_from_tasks(where)
+        if self.is_generative:
+            self._check_generative_metrics(where)
 
     def _check_types(self, where: str) -> None:
         """Every field holds the JSON type it needs (a recipe's `"labels": "pos"` or `"max_train_samples": true`
@@ -247,6 +288,104 @@ class Task:
             raise TaskConfigError(f"{where}: a masked_lm head is tied to the embeddings and cannot read other tasks' "
                                   f"predictions. Fix: remove `input_from_tasks`.")
         self.input_from_tasks = list(lower)
+
+    # ------------------------------------------------------------------ generative kinds
+    def _check_generative_fields(self, where: str) -> None:
+        """The generative fields fit the kind and each other; fills the default `prompt_template` and, with
+        `label_words`, the label list."""
+        if not self.is_generative:
+            given = [name for name in GENERATIVE_FIELDS if getattr(self, name) is not None]
+            if given:
+                raise TaskConfigError(
+                    f"{where}: field(s) {given} are for the generative kinds {list(GENERATIVE_KINDS)}; kind is "
+                    f"{self.kind!r}. Fix: set `kind` to `causal_lm` or `seq2seq`, or remove {given}.")
+            return
+        encoder_only = {"head_layer": self.head_layer is not None, "input_from_tasks": self.input_from_tasks is not None,
+                        "adversarial_weight": self.adversarial_weight != 0}
+        for name, is_set in encoder_only.items():
+            if is_set:
+                raise TaskConfigError(f"{where}: `{name}` is for encoder heads; a {self.kind} task generates text with "
+                                      f"the backbone's own LM head. Fix: remove `{name}`.")
+        targets = [name for name in ("target_column", "target_template", "label_words") if getattr(self, name) is not None]
+        if len(targets) > 1:
+            raise TaskConfigError(f"{where}: {targets} each define the target; give only one. Fix: keep `target_column` "
+                                  f"(a text column), `target_template` (a template), or `label_words` (classes).")
+        if self.target_column is not None and not self.target_column:
+            raise TaskConfigError(f"{where}: `target_column` is empty. Fix: name the column holding the target text.")
+        if self.prompt_template is None:
+            self.prompt_template = self._default_prompt_template()
+        pieces = parse_template(self.prompt_template, where, "prompt_template")
+        if self.text_pair_column and self.text_pair_column not in {column for _, column in pieces}:
+            raise TaskConfigError(
+                f"{where}: `text_pair_column` {self.text_pair_column!r} is read only through `prompt_template`, which "
+                f"does not name it. Fix: add {{{self.text_pair_column}}} to `prompt_template`, or remove "
+                f"`text_pair_column`.")
+        if self.target_template is not None:
+            parse_template(self.target_template, where, "target_template")
+        if self.label_words is not None:
+            self._check_label_words(where)
+        elif self.labels is not None:
+            raise TaskConfigError(f"{where}: `labels` of a generative task come from `label_words`. Fix: remove "
+                                  f"`labels`, and give `label_words` ({{label: word}}) for classification.")
+        if self.generation is not None:
+            check_generation_options(self.generation, where)
+
+    def _default_prompt_template(self) -> str:
+        columns = [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+        fields = [f"{column}: {{{column}}}" for column in columns]
+        if self.kind == "seq2seq":  # the task-name prefix of T5 and Hyperformer: "rte sentence1: ... sentence2: ..."
+            return " ".join([self.name, *fields])
+        return "\n".join(fields)
+
+    def _check_label_words(self, where: str) -> None:
+        words = {str(label): word for label, word in self.label_words.items()}
+        if len(words) < 2:
+            raise TaskConfigError(f"{where}: `label_words` needs a word for each of at least 2 labels, got "
+                                  f"{self.label_words}. Fix: list every label of the data.")
+        seen: dict[str, str] = {}
+        for label, word in words.items():
+            # generated texts are compared stripped, lower-cased and on their first line: so are the words
+            key = word.strip().lower()
+            if not key or "\n" in key:
+                raise TaskConfigError(f"{where}: `label_words` gives label {label!r} the word {word!r}; a word must be "
+                                      f"non-blank and on one line. Fix: give {label!r} a one-line word.")
+            if key in seen:
+                raise TaskConfigError(
+                    f"{where}: `label_words` maps labels {seen[key]!r} and {label!r} to the same word {word.strip()!r} "
+                    f"(compared lower-cased), so a generated word could not tell them apart. Fix: give each label "
+                    f"its own word.")
+            seen[key] = label
+        if self.labels is not None and set(self.labels) != set(words):
+            raise TaskConfigError(f"{where}: `labels` {self.labels} and the labels of `label_words` {sorted(words)} "
+                                  f"differ. Fix: remove `labels` (they are taken from `label_words`).")
+        self.label_words = words
+        self.labels = list(self.labels or words)
+
+    def _check_generative_metrics(self, where: str) -> None:
+        allowed = (*GENERATION_METRICS, "perplexity")
+        for name in self.metrics:
+            if name not in allowed:
+                raise TaskConfigError(f"{where}: metric {name!r} does not score generated text. Fix: use metrics "
+                                      f"among {list(allowed)}.")
+            if name in LABEL_WORD_METRICS and self.label_words is None:
+                raise TaskConfigError(f"{where}: metric {name!r} compares the label a generated word maps to; the task "
+                                      f"has no `label_words`. Fix: give `label_words`, or use `exact_match`.")
+            if name in SCORE_METRICS and self.label_words is not None:
+                raise TaskConfigError(f"{where}: metric {name!r} correlates numbers written as text; the task has "
+                                      f"`label_words` (classes). Fix: use `accuracy`.")
+
+    @property
+    def is_generative(self) -> bool:
+        """Whether the task generates text (`causal_lm` or `seq2seq`)."""
+        return self.kind in GENERATIVE_KINDS
+
+    @property
+    def answer_column(self) -> str | None:
+        """The column holding what the task learns (a label, tags, or a target text), or None (`masked_lm`, and a
+        `target_template`, which reads several columns)."""
+        if self.kind == "masked_lm" or self.target_template is not None:
+            return None
+        return self.target_column or self.label_column
 
     # ------------------------------------------------------------------ derived properties
     @property
@@ -312,6 +451,65 @@ class Task:
 def metric_name(metric: str | Callable[..., Any]) -> str:
     """The name a metric's scores are reported under: the built-in name, or a callable's `__name__`."""
     return metric if isinstance(metric, str) else getattr(metric, "__name__", repr(metric))
+
+
+def parse_template(template: str, where: str, field_name: str) -> list[tuple[str, str | None]]:
+    """Split a template into `(literal text, column or None)` pieces.
+
+    `{column}` names a column of the row; `{{` and `}}` are literal braces. Format specs (`{x:.1f}`),
+    conversions (`{x!r}`) and empty `{}` are refused: a column value is always filled in as text.
+
+    Args:
+        template: e.g. `"Review: {review}\nAnswer:"`.
+        where: names the task in messages.
+        field_name: the task field holding the template (named in messages).
+
+    Returns:
+        The pieces in order; `"".join(literal + value ...)` rebuilds the filled template.
+    """
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise TaskConfigError(f"{where}: `{field_name}` {template!r} is not a valid template ({err}). Fix: write "
+                              f"columns as {{column}} and literal braces as {{{{ and }}}}.") from err
+    pieces: list[tuple[str, str | None]] = []
+    for literal, column, spec, conversion in parsed:
+        if column is not None and (not column or spec or conversion):
+            raise TaskConfigError(f"{where}: `{field_name}` {template!r} has a placeholder other than {{column}} "
+                                  f"(empty, a format spec or a conversion). Fix: write each column as {{column}}.")
+        pieces.append((literal, column))
+    return pieces
+
+
+def check_generation_options(options: dict[str, Any], where: str) -> None:
+    """Check a task's `generation` settings against `transformers.GenerationConfig`.
+
+    Args:
+        options: `{field: value}` of `GenerationConfig` fields.
+        where: names the task in messages.
+
+    Raises:
+        TaskConfigError: an option that `GenerationConfig` does not have (named, with the closest field), or values
+            that `GenerationConfig.validate(strict=True)` refuses.
+    """
+    import difflib
+
+    from transformers import GenerationConfig
+
+    known = sorted(k for k in GenerationConfig().to_dict() if not k.startswith("_") and k != "transformers_version")
+    for option in options:
+        if option not in known:
+            close = difflib.get_close_matches(option, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TaskConfigError(
+                f"{where}: unknown generation option {option!r} in `generation`{hint}. Fix: use fields of "
+                f"transformers.GenerationConfig, e.g. max_new_tokens, num_beams, do_sample, temperature.")
+    try:
+        GenerationConfig(**options).validate(strict=True)
+    except (ValueError, TypeError) as err:
+        raise TaskConfigError(f"{where}: `generation` {options} is invalid: {err} Fix: correct these settings.") from err
 
 
 def _looks_like_iob(labels: list[str] | None) -> bool:

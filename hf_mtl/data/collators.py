@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from ..errors import UnknownTaskError
+from ..errors import DataError, TaskConfigError, UnknownTaskError
 from ..tasks import Task
 
 IGNORE_INDEX = -100
@@ -70,7 +70,83 @@ def pad_labels(rows: list[list[float]], length: int, dtype: torch.dtype) -> torc
     return out
 
 
+# ------------------------------------------------------------------------------------ generative kinds
+def pad_token_id(tokenizer: Any) -> int:
+    """The id padding fills with: the tokenizer's pad token, else its EOS (decoder-only tokenizers such as GPT-2's
+    and Llama's have no pad token; padded positions are masked out of attention and loss either way)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise DataError("The tokenizer has neither a pad token nor an EOS token to pad generative batches with. "
+                        "Fix: set `tokenizer.pad_token`.")
+    return int(pad)
+
+
+def pad_rows(rows: list[list[int]], value: int, side: str = "right", pad_to_multiple_of: int | None = None
+             ) -> torch.Tensor:
+    """Stack rows of ids into a `(B, L)` long tensor, filling with `value` on the `side` ("right" or "left")."""
+    length = max(len(row) for row in rows)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    out = torch.full((len(rows), length), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if not row:
+            continue
+        if side == "left":
+            out[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
+        else:
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+class GenerativeCollator:
+    """Training batches of text-to-text rows (`causal_lm`, `seq2seq`; see `hf_mtl.data.text2text`).
+
+    Right padding: `input_ids` with the pad id (`pad_token_id`), `attention_mask` with 0, `labels` with -100, so
+    padding is neither attended to nor scored. `seq2seq` labels are the decoder's, padded on their own length.
+    Rows of several tasks may share a batch (their layout is the same); `prompt_length` and `reference` stay out.
+    """
+
+    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None):
+        self.pad_id = pad_token_id(tokenizer)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        ids = [list(f["input_ids"]) for f in features]
+        batch = {"input_ids": pad_rows(ids, self.pad_id, "right", self.pad_to_multiple_of),
+                 "attention_mask": pad_rows([[1] * len(row) for row in ids], 0, "right", self.pad_to_multiple_of)}
+        if "labels" in features[0]:
+            batch["labels"] = pad_rows([list(f["labels"]) for f in features], IGNORE_INDEX, "right",
+                                       self.pad_to_multiple_of)
+        return batch
+
+
+class PromptCollator:
+    """Generation batches: each row's prompt only (its first `prompt_length` ids), padded for `generate`.
+
+    Decoder-only models (`causal_lm`) need left padding, so that every row's last prompt token sits at the end
+    and new tokens follow it; encoder inputs (`seq2seq`) are padded on the right. The rows' references, when the
+    split has them, come along as `references` (a list of strings) for scoring.
+    """
+
+    def __init__(self, tokenizer: Any, kind: str, pad_to_multiple_of: int | None = None):
+        self.pad_id = pad_token_id(tokenizer)
+        self.side = "left" if kind == "causal_lm" else "right"
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        prompts = [list(f["input_ids"])[: f["prompt_length"]] for f in features]
+        batch: dict[str, Any] = {
+            "input_ids": pad_rows(prompts, self.pad_id, self.side, self.pad_to_multiple_of),
+            "attention_mask": pad_rows([[1] * len(row) for row in prompts], 0, self.side, self.pad_to_multiple_of),
+        }
+        if "reference" in features[0]:
+            batch["references"] = [f["reference"] for f in features]
+        return batch
+
+
 def collator_for(task: Task, tokenizer: Any, pad_to_multiple_of: int | None = None) -> Any:
+    if task.is_generative:
+        return GenerativeCollator(tokenizer, pad_to_multiple_of)
     if task.kind == "token_classification":
         return TokenCollator(tokenizer, pad_to_multiple_of)
     if task.kind == "masked_lm":
@@ -106,6 +182,15 @@ class MultiTaskCollator:
         return self._mixed(stripped, names)
 
     def _mixed(self, features: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+        generative = {name for name in names if self.tasks[name].is_generative}
+        if generative:
+            if len(generative) < len(set(names)):
+                raise TaskConfigError(f"A batch mixes generative tasks {sorted(generative)} with encoder tasks "
+                                      f"{sorted(set(names) - generative)}; their inputs and labels differ. Fix: "
+                                      f"sample them in separate batches.")
+            batch = self.collators[names[0]](features)  # one layout for every text-to-text row
+            batch["task"] = names
+            return batch
         batch = self._padder.pad_inputs(features)
         if all("labels" in f for f in features):
             rows = [f["labels"] if isinstance(f["labels"], list) else [f["labels"]] for f in features]

@@ -12,9 +12,10 @@ import pyarrow.compute as pc
 
 from ..errors import DataError
 from ..tasks import Task
+from .text2text import PROMPT_LENGTH_COLUMN, REFERENCE_COLUMN, encode_text2text
 
 IGNORE_INDEX = -100
-ENCODED_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+ENCODED_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", PROMPT_LENGTH_COLUMN, REFERENCE_COLUMN)
 
 
 def tokens_column(task: Task) -> str:
@@ -131,8 +132,8 @@ def _is_blank(value: Any) -> bool:
 
 def unlabeled_rows(task: Task, data: datasets.Dataset) -> list[int]:
     """Indices of the rows whose label is blank (null, empty or whitespace); for token tasks, rows with a
-    blank tag (or no tag list). Reads the label column only."""
-    values = data.with_format("arrow")[task.label_column]
+    blank tag (or no tag list); for generative tasks, blank targets (`Task.answer_column`). Reads that column only."""
+    values = data.with_format("arrow")[task.answer_column]
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if task.kind == "token_classification" and _is_list(values.type):
@@ -150,23 +151,26 @@ def _blank_mask(values: pa.Array) -> pa.Array:
 
 def handle_unlabeled(task: Task, data: datasets.Dataset, split: str, origin: str | None = None) -> datasets.Dataset:
     """Refuse rows with a blank label (they would become a class "" or a null target), naming them; with the
-    task's `drop_unlabeled`, drop them with a warning instead. Splits without the label column pass."""
-    if task.kind == "masked_lm" or task.label_column not in data.column_names:
+    task's `drop_unlabeled`, drop them with a warning instead. Splits without the label column pass; so do generative
+    tasks with a `target_template` (`encode_text2text` refuses a blank target)."""
+    column = task.answer_column
+    if column is None or column not in data.column_names:
         return data
     rows = unlabeled_rows(task, data)
     if not rows:
         return data
     where = origin or f"the {split} data"
     shown = ", ".join(str(r) for r in rows[:10]) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
-    what = "a blank tag" if task.kind == "token_classification" else "a blank label"
+    what = {"token_classification": "a blank tag", "causal_lm": "a blank target", "seq2seq": "a blank target"}.get(
+        task.kind, "a blank label")
     if not task.drop_unlabeled:
         raise DataError(
-            f"task {task.name!r}: {len(rows)} row(s) of {where} have {what} in column {task.label_column!r} "
+            f"task {task.name!r}: {len(rows)} row(s) of {where} have {what} in column {column!r} "
             f"(rows {shown}, counting the first data row as 0). Fix: fill in their labels, or set "
             f"`drop_unlabeled: true` in the task to drop such rows."
         )
     warnings.warn(f"task {task.name!r}: dropped {len(rows)} row(s) of {where} with {what} in column "
-                  f"{task.label_column!r} (rows {shown}; `drop_unlabeled` is set).", UserWarning, stacklevel=2)
+                  f"{column!r} (rows {shown}; `drop_unlabeled` is set).", UserWarning, stacklevel=2)
     blank = set(rows)
     return data.select([i for i in range(len(data)) if i not in blank])
 
@@ -176,6 +180,8 @@ def encode_task(task: Task, data: datasets.Dataset, tokenizer: Any, max_length: 
     (`token_type_ids`) and `labels` (when the split has labels)."""
     if len(data) == 0:
         raise DataError(f"task {task.name!r}: the {split} split is empty. Fix: check the file or `max_*_samples`.")
+    if task.is_generative:  # prompt + target text, tokens of its own layout
+        return encode_text2text(task, data, tokenizer, max_length, split)
     if task.kind == "token_classification":
         fn, has_labels = _token_encoder(task, tokenizer, max_length, split), task.label_column in data.column_names
     elif task.kind == "masked_lm":

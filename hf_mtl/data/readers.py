@@ -38,6 +38,7 @@ from ..errors import DataError
 from ..tasks import Task
 from .preprocess import (LABEL_KINDS, add_evaluation_labels, handle_unlabeled, label_values, sorted_labels,
                          training_labels)
+from .text2text import check_columns as check_text2text_columns
 
 SPLITS = ("train", "validation", "test")
 TOKENS_COLUMN = "tokens"
@@ -549,6 +550,9 @@ def _required_columns(task: Task, split: str) -> list[tuple[str, str]]:
 
 
 def _check_columns(task: Task, split: str, dataset: datasets.Dataset, origin: str) -> None:
+    if task.is_generative:  # the columns its templates and target name
+        check_text2text_columns(task, dataset.column_names, split, origin)
+        return
     for field, column in _required_columns(task, split):
         if column not in dataset.column_names:
             hint = " (token tasks read the words from `tokens`)" if column == TOKENS_COLUMN else ""
