@@ -35,17 +35,21 @@ from hf_mtl.modeling.arch import (
     head_dim,
     layers_of,
     num_kv_heads,
-    resolve,
     residual_reader,
+    resolve,
 )
 from hf_mtl.modeling.backbone import resolve_model_path
-from hf_mtl.modeling.generative import backbone_layout, build_generative_backbone, check_backbone_kind
+from hf_mtl.modeling.generative import (
+    backbone_layout,
+    build_generative_backbone,
+    check_backbone_kind,
+)
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
-LLAMA_SIZES = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=64)
-T5_SIZES = dict(vocab_size=64, d_model=16, d_kv=6, d_ff=32, num_layers=2, num_decoder_layers=3, num_heads=4,
-                decoder_start_token_id=0)
+LLAMA_SIZES = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+T5_SIZES = {"vocab_size": 64, "d_model": 16, "d_kv": 6, "d_ff": 32, "num_layers": 2, "num_decoder_layers": 3,
+            "num_heads": 4, "decoder_start_token_id": 0}
 
 TINY_CONFIGS = {  # a few thousand parameters each
     "llama": LlamaConfig(**LLAMA_SIZES),
@@ -155,14 +159,14 @@ def test_branches_and_residual_readers_are_what_adapters_assume(name):
         for position in ("attention", "cross_attention", "ffn"):
             if getattr(stack, f"{position}_output") is None:
                 continue
-            got = lambda what: seen[(stack.stack, position, what)]  # noqa: E731
-            torch.testing.assert_close(got("x"), x, msg=f"{name} {stack.stack} {position}: reader input is not x")
+            reader_x, f, norm_in, norm_out = (seen[(stack.stack, position, what)] for what in ("x", "f", "norm_in", "norm_out"))
+            torch.testing.assert_close(reader_x, x, msg=f"{name} {stack.stack} {position}: reader input is not x")
             if stack.post_layer_norm:
-                torch.testing.assert_close(got("norm_in"), x + got("f"))
-                x = got("norm_out")
+                torch.testing.assert_close(norm_in, x + f)
+                x = norm_out
             else:
-                torch.testing.assert_close(got("norm_in"), x)
-                x = x + got("f")
+                torch.testing.assert_close(norm_in, x)
+                x = x + f
         torch.testing.assert_close(seen[(stack.stack, "out")], x, msg=f"{name} {stack.stack}: layer output")
 
 

@@ -224,6 +224,14 @@ _GPT2 = GenerativeSpec(decoder=ArchSpec(
 ))
 
 
+def _cross_attention(attention: str, query: str, key: str, value: str, layer_norm: str) -> dict[str, str]:
+    """The cross-attention fields of a decoder stack: the attention module (its output is the branch),
+    its projections (names inside it) and its layer norm."""
+    return {"cross_attention": attention, "cross_query": f"{attention}.{query}", "cross_key": f"{attention}.{key}",
+            "cross_value": f"{attention}.{value}", "cross_attention_output": attention,
+            "cross_attention_layer_norm": layer_norm}
+
+
 def _t5_stack(stack: str, gated: bool) -> ArchSpec:
     """One T5 stack. A T5 block is a list of sub-layers: self-attention (0), the decoder's cross-attention
     (1), feed-forward (last), each pre-RMSNorm: x + dropout(f(LN(x))). `DenseReluDense` is `wi -> act -> wo`,
@@ -250,12 +258,7 @@ def _t5_stack(stack: str, gated: bool) -> ArchSpec:
         post_layer_norm=False,
         stack=stack,
         final_layer_norm=f"{stack}.final_layer_norm",
-        cross_attention="layer.1.EncDecAttention" if cross else None,
-        cross_query="layer.1.EncDecAttention.q" if cross else None,
-        cross_key="layer.1.EncDecAttention.k" if cross else None,
-        cross_value="layer.1.EncDecAttention.v" if cross else None,
-        cross_attention_output="layer.1.EncDecAttention" if cross else None,
-        cross_attention_layer_norm="layer.1.layer_norm" if cross else None,
+        **(_cross_attention("layer.1.EncDecAttention", "q", "k", "v", "layer.1.layer_norm") if cross else {}),
         relative_attention_bias="layer.0.SelfAttention.relative_attention_bias",
         head_dim_attr="d_kv",
     )
@@ -286,12 +289,7 @@ def _bart_stack(stack: str) -> ArchSpec:
         hidden_size_attr="d_model",
         num_layers_attr=f"{stack}_layers",
         stack=stack,
-        cross_attention="encoder_attn" if cross else None,
-        cross_query="encoder_attn.q_proj" if cross else None,
-        cross_key="encoder_attn.k_proj" if cross else None,
-        cross_value="encoder_attn.v_proj" if cross else None,
-        cross_attention_output="encoder_attn" if cross else None,
-        cross_attention_layer_norm="encoder_attn_layer_norm" if cross else None,
+        **(_cross_attention("encoder_attn", "q_proj", "k_proj", "v_proj", "encoder_attn_layer_norm") if cross else {}),
     )
 
 
