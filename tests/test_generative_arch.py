@@ -319,6 +319,8 @@ def test_smollm2_converts_from_its_pypi_gguf_and_generates(tmp_path, monkeypatch
     assert config.model_type == "llama" and getattr(config, "quantization_config", None) is None
     model, is_encoder_decoder = build_generative_backbone(config, "causal_lm", "qa", name_or_path=SMOLLM2)
     assert not is_encoder_decoder and model.dtype == torch.float32
+    spec = get_generative_spec(config).decoder  # SmolLM2 is a Llama: 30 layers, 9 query and 3 key/value heads
+    assert len(layers_of(model, spec)) == 30 and (num_kv_heads(config, spec), head_dim(config, spec)) == (3, 64)
     tokenizer = load_tokenizer(SMOLLM2)
     assert tokenizer.eos_token == "<|im_end|>" and model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
