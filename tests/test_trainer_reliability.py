@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -72,34 +73,46 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     sys.path[:0] = [{tests!r}, {repo!r}]
     from pathlib import Path
+    import torch
     import hf_mtl.io_utils as io_utils
     from test_trainer import make_trainer
 
     trainer, _ = make_trainer(Path({out!r}), max_steps=6, save_steps=2)
-    real_save_file = io_utils.save_file
 
-    def save_file(tensors, path, metadata=None):
-        real_save_file(tensors, path, metadata=metadata)
-        if trainer.state.global_step == 4:  # killed mid-write of checkpoint-4: its first file is still a *.tmp
-            os.kill(os.getpid(), signal.SIGKILL)
+    def killed_after(real):
+        def write(*args, **kwargs):
+            real(*args, **kwargs)
+            if trainer.state.global_step == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return write
 
-    io_utils.save_file = save_file
+    if {point!r} == "store":  # mid-write of checkpoint-4's store: its staging folder holds the first file
+        io_utils.save_file = killed_after(io_utils.save_file)
+    else:  # the store is in place, the Trainer's own files are being written: no completion marker yet
+        torch.save = killed_after(torch.save)
     trainer.train()
     """
 )
 
 
-def test_resume_skips_a_checkpoint_killed_mid_save(tmp_path: Path, caplog) -> None:
+@pytest.mark.parametrize("point", ["store", "trainer_files"])
+def test_resume_skips_a_checkpoint_killed_mid_save(tmp_path: Path, caplog, point: str) -> None:
     out = tmp_path / "run"
     script = tmp_path / "kill.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(REPO / "tests"), repo=str(REPO), out=str(out)))
+    script.write_text(KILL_SCRIPT.format(tests=str(REPO / "tests"), repo=str(REPO), out=str(out), point=point))
     # the threads of this process: the resumed steps run here and are compared bitwise with a run made here
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert (out / "checkpoint-2" / CHECKPOINT_COMPLETE_NAME).is_file()
     killed = out / "checkpoint-4"
-    assert killed.is_dir() and not (killed / CHECKPOINT_COMPLETE_NAME).exists() and list(killed.rglob("*.tmp"))
+    if point == "store":  # the store is saved atomically: the killed save left only its staging folder
+        assert not killed.exists() and [p for p in out.iterdir() if p.name.startswith(".checkpoint-4")]
+        resumed, resumed_rec = make_trainer(out, max_steps=6, save_steps=2)
+        resumed.train(resume_from_checkpoint=True)
+        _check_resumed(tmp_path, out, resumed, resumed_rec)
+        return
+    assert killed.is_dir() and not (killed / CHECKPOINT_COMPLETE_NAME).exists()
 
     # an explicit path to the killed checkpoint is refused, naming the newest complete one
     trainer, _ = make_trainer(out, max_steps=6, save_steps=2)
@@ -112,8 +125,13 @@ def test_resume_skips_a_checkpoint_killed_mid_save(tmp_path: Path, caplog) -> No
         resumed.train(resume_from_checkpoint=True)
     skipped = [r.getMessage() for r in caplog.records if "checkpoint-4" in r.getMessage()]
     assert len(skipped) == 1 and "incomplete" in skipped[0] and "checkpoint-2" in skipped[0], skipped
+    _check_resumed(tmp_path, out, resumed, resumed_rec)
+
+
+def _check_resumed(tmp_path: Path, out: Path, resumed: Any, resumed_rec: Any) -> None:
+    """The resumed run trained steps 3..6, left no partial files, and ends like an unbroken run."""
     assert len(resumed_rec.tasks) == 4  # steps 3..6
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp")) and not [p for p in out.iterdir() if p.name.startswith(".")]
     for step in (2, 4, 6):
         assert (out / f"checkpoint-{step}" / CHECKPOINT_COMPLETE_NAME).is_file()
     full, _ = make_trainer(tmp_path / "full", max_steps=6, save_steps=2)
