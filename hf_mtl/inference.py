@@ -414,6 +414,9 @@ def _result(task: Task, logits: torch.Tensor, words: list[str] | None, word_ids:
     """One row's prediction from its logits: (C,) for sequence tasks, (L, C) for token tasks."""
     if task.kind == "regression":
         return {"task": task.name, "score": float(logits.view(-1)[0])}
+    never = task.never_predicted()
+    if never:  # labels the model never learned (only evaluation data had them) are never predicted
+        logits = logits.index_fill(-1, torch.tensor(never, device=logits.device), float("-inf"))
     probs = logits.softmax(-1)
     if task.kind == "classification":
         return _class_result(task, probs)

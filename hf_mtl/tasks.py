@@ -115,6 +115,9 @@ class Task:
             transformers examples). A task without `labels` reads its label list from the whole training split first.
         sample_seed: with `max_train_samples` / `max_eval_samples`, draw that many rows at random with this seed
             instead of taking the first ones (for a file sorted by label, whose first rows hold a single class).
+        evaluation_only_labels: labels that occur in evaluation data but never in the training split (set when
+            the label list is inferred; saved). The head has an output for each that no row teaches; it is never
+            predicted, so their rows count as errors.
         drop_unlabeled: drop the rows whose label is blank (empty, whitespace or null; for token tasks, a row with
             a blank tag) with a warning, instead of refusing the data.
         head_layer: read the hidden states of layer k (1-based; the embeddings are layer 0) instead of the
@@ -172,6 +175,7 @@ class Task:
     max_eval_samples: int | None = None
     sample_seed: int | None = None
     drop_unlabeled: bool = False
+    evaluation_only_labels: list[str] | None = None
     head_layer: int | None = None
     adversarial_weight: float = 0.0
     input_from_tasks: list[str] | None = None
@@ -411,6 +415,11 @@ class Task:
         self.labels = [str(label) for label in labels]
         if self.kind == "token_classification" and self.metrics == ["accuracy"] and _looks_like_iob(self.labels):
             self.metrics = ["seqeval", "accuracy"]
+
+    def never_predicted(self) -> list[int]:
+        """Ids of the labels the model must never predict: those only evaluation data has (it cannot learn them)."""
+        index = {label: i for i, label in enumerate(self.labels or [])}
+        return [index[label] for label in self.evaluation_only_labels or [] if label in index]
 
     @property
     def primary_metric(self) -> str:

@@ -142,3 +142,35 @@ def test_drop_unlabeled_drops_them_with_a_warning(tmp_path: Path) -> None:
 def test_blank_labels_refused_in_datasets_given_to_the_trainer(task: Task, raw: dict) -> None:
     with pytest.raises(DataError, match=r"row\(s\) of the train data have a blank .* \(rows 1,"):
         prepare_datasets([task], {task.name: datasets.Dataset.from_dict(raw)}, tiny_tokenizer(), 32, "train")
+
+
+def test_evaluation_only_labels_are_never_predicted_so_their_rows_are_errors(tmp_path: Path) -> None:
+    """Rows of a label the training split lacks count as errors, whatever the untrained output says."""
+    import numpy as np
+
+    from hf_mtl.metrics import compute_task_metrics
+
+    train = write(tmp_path / "train.csv", "text,label\ngood,pos\nbad,neg\n")
+    dev = write(tmp_path / "dev.csv", "text,label\ngood,pos\nmeh,neutral\n")
+    task = Task("sa", train_file=train, validation_file=dev, metrics=["accuracy"])
+    with pytest.warns(UserWarning, match="neutral"):
+        load_like_run_training(task)
+    assert task.evaluation_only_labels == ["neutral"] and task.never_predicted() == [2]
+    logits = np.array([[0.0, 5.0, 1.0], [0.0, 1.0, 9.0]])  # row 2's largest logit is the unlearned label's
+    assert compute_task_metrics(task, logits, np.array([1, 2]))["accuracy"] == 0.5
+    assert Task.from_dict(task.to_dict()).never_predicted() == [2]  # saved with the store
+
+
+def test_predict_never_answers_an_evaluation_only_label() -> None:
+    import torch
+
+    from hf_mtl.modeling import MultiTaskModel
+
+    tok = tiny_tokenizer()
+    task = Task("sa", labels=["neg", "pos", "neutral"], evaluation_only_labels=["neutral"])
+    model = MultiTaskModel.from_config(tiny_bert_config(tok.vocab_size), [task], tokenizer=tok).eval()
+    last = [m for m in model.heads["sa"].modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias[2] = 100.0  # the untrained output would win every row
+    rows = model.predict(["good", "bad", "so so"], task="sa", max_length=32)
+    assert all(row["label"] != "neutral" and row["scores"]["neutral"] == 0.0 for row in rows)

@@ -93,6 +93,7 @@ def add_evaluation_labels(task: Task, evaluation: Iterable[datasets.Dataset]) ->
         return
     added = sorted_labels(task, new)
     task.set_labels(list(task.labels) + added)
+    task.evaluation_only_labels = added
     warnings.warn(
         f"task {task.name!r}: label(s) {added} occur in the evaluation data but never in the training split; they "
         f"are added to the label set after the training labels, the model cannot learn them, and their rows are "
