@@ -40,7 +40,8 @@ from .io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
 from .ops.cpu_memory import keep_freed_memory
 from .modeling.model import MultiTaskModel
-from .modeling.store import CONFIG_NAME, load_trainable_state
+from .store.layout import CONFIG_NAME
+from .store.load import load_trainable_state
 from .optim.feedback import SchedulerFeedback, build_held_out
 from .optim.mixed import forward_per_task, rows_by_task, task_batches
 from .optim.plan import OptimizationPlan

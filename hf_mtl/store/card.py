@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from huggingface_hub import ModelCardData
 
-from .errors import StoreError
+from ..errors import StoreError
 
 # Keys of `eval_results.json` that are bookkeeping, not metrics of the task.
 _NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second")

@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from .errors import StoreError, TaskConfigError
-from .io_utils import normal_mode
-from .modeling import MultiTaskModel
-from .tasks import Task
+from ..errors import StoreError, TaskConfigError
+from ..io_utils import normal_mode
+from ..modeling import MultiTaskModel
+from ..tasks import Task
 
 EXPORTABLE_METHODS = ("none", "lora")
 # model_type -> (target of our head's dense layer, target of its output layer), relative to the model
