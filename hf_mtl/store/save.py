@@ -114,6 +114,7 @@ def _write_store(model: "MultiTaskModel", staging: Path, target: Path | None, na
         "model_type": model.config.model_type,
         "adapter_method": model.adapter.name,
         "adapter_config": model.adapter.config,
+        "peft_adapters": model.adapter.saves_peft_format,  # the model card shows how to load a task with PEFT alone
         "freeze_backbone": model.freeze_backbone,
         "backbone_trained": model.backbone_trained,
         "tasks": all_tasks,
