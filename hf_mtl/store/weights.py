@@ -30,9 +30,9 @@ def load_exact(target: Mapping[str, torch.Tensor], state: Mapping[str, torch.Ten
             parts.append("shape mismatch " + ", ".join(
                 f"{k}: saved {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in wrong))
         raise StoreError(
-            f"{what}: the saved weights do not fit this model ({'; '.join(p for p in parts if p)}). They were saved "
-            f"for another model, method or label set. Fix: load them with the base model, adapter_config and labels "
-            f"they were saved with."
+            f"{what}: the saved weights do not fit this model, their keys or shapes differ "
+            f"({'; '.join(p for p in parts if p)}). They were saved for another base model, adapter options or label "
+            f"set. Fix: load it with the adapter_config, base model and labels it was saved with."
         )
     with torch.no_grad():
         for key, tensor in target.items():
