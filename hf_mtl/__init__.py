@@ -27,12 +27,12 @@ _LAZY: dict[str, str] = {
     "load_recipe": ".run",
     "run_training": ".run",
     "run_evaluation": ".run",
-    "export_task": ".export",
+    "export_task": ".store.export",
 }
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from .data.readers import load_task_split
-    from .export import export_task
+    from .store.export import export_task
     from .modeling import MultiTaskModel, MultiTaskOutput
     from .run import load_recipe, run_evaluation, run_training
     from .trainer import MultiTaskTrainer

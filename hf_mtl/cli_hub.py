@@ -50,7 +50,7 @@ def _default_local_dir(repo_id: str) -> str:
 
 
 def run_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from .export import export_task
+    from .store.export import export_task
 
     print(export_task(args.store, args.task, args.output, revision=args.revision, token=args.token))
     return 0

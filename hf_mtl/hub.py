@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import huggingface_hub
 from filelock import FileLock
@@ -50,16 +50,13 @@ if int(huggingface_hub.__version__.split(".")[0]) >= 2:
 else:
     import httpx as http_client
 
-from .errors import HfMtlError, StoreError, UnknownTaskError
+from .errors import HfMtlError, StoreError
 from .io_utils import atomic_write_bytes, atomic_write_json, read_json, sha256_file
-from .manifest import exact_pattern, files_for, is_shared_part, needed_languages, owner_of, verify_files
-from .model_card import render_card, run_metrics
-from .modeling.store import CONFIG_NAME, TASK_NAME, check_relative_path, read_store_config
-from .store_merge import check_pushable, kept_tasks, merge_configs
+from .store.card import render_card, run_metrics
+from .store.layout import CONFIG_NAME, TASK_NAME, check_relative_path, is_shared_part, owner_of
+from .store.manifest import exact_pattern, files_for, needed_languages, read_store_config, select_tasks, verify_files
+from .store.merge import check_pushable, kept_tasks, merge_configs
 from .tasks import validate_task_name
-
-if TYPE_CHECKING:
-    from .modeling.model import MultiTaskModel
 
 logger = logging.getLogger(__name__)
 
@@ -189,24 +186,6 @@ def push(store_dir: str | os.PathLike, repo_id: str, tasks: Sequence[str] | None
     raise AssertionError("unreachable")
 
 
-def push_model(model: "MultiTaskModel", repo_id: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> PushResult:
-    """Save `model` (all tasks with a head, or `tasks`) to a temporary store and push it; see `push`."""
-    with tempfile.TemporaryDirectory(prefix="hf_mtl-push-") as tmp:
-        model.save_pretrained(tmp, tasks=tasks)
-        return push(tmp, repo_id, tasks=tasks, **kwargs)
-
-
-def _select(config: dict[str, Any], tasks: Sequence[str] | None, where: str) -> list[str]:
-    available = list(config.get("tasks", []))
-    if tasks is None:
-        return available
-    names = list(dict.fromkeys(validate_task_name(t) for t in tasks))
-    missing = [t for t in names if t not in available]
-    if missing:
-        raise UnknownTaskError(f"Task(s) {missing} are not in {where}. Available tasks: {available}.")
-    return names
-
-
 def _ensure_branch(api: HfApi, repo_id: str, revision: str) -> None:
     """Create `revision` as a branch of the default branch's head, unless it is a PR ref or exists."""
     if revision.startswith("refs/pr/"):
@@ -239,7 +218,7 @@ class _PushPlan:
         if not (root / CONFIG_NAME).is_file():
             raise StoreError(f"{root} has no {CONFIG_NAME}: it is not an hf_mtl store. Fix: push an output folder of `hf-mtl train`.")
         local = read_store_config(root)
-        names = _select(local, tasks, str(root))
+        names = select_tasks(local, tasks, str(root))
         upload = {rel: e for rel, e in local.get("files", {}).items() if owner_of(rel) in names or is_shared_part(rel)}
         try:  # a store changed by hand after saving is not pushed: its manifest would describe other files
             verify_files(root, upload, str(root), remove=False)
@@ -531,7 +510,7 @@ def _fetch_store(root: Path, source: str, tasks: list[str] | None, fetch: Any) -
         config = read_store_config(root)  # task names and paths are checked before any is used
     except HfMtlError as err:
         raise StoreError(f"{source}: refusing its {CONFIG_NAME}: {err}") from err
-    names = _select(config, tasks, source)
+    names = select_tasks(config, tasks, source)
     first = files_for(config, names, languages=())
     fetch([README, *(exact_pattern(rel) for rel in first)])
     verify_files(root, first, source)

@@ -123,8 +123,9 @@ def _check_inputs(model: Any, texts: Sequence[Any], names: list[str]) -> None:
 
 
 def shares_backbone(model: Any) -> bool:
-    """True when every task reads the same backbone pass (head-only or full fine-tuning: method `none`)."""
-    return model.adapter.name == "none"
+    """True when every task reads the same backbone pass (the method's `shares_backbone_pass`: head-only or
+    full fine-tuning, method `none`)."""
+    return model.adapter.shares_backbone_pass
 
 
 def _per_row_tasks(model: Any, task: str | Sequence[str] | None, n: int) -> list[str]:

@@ -40,12 +40,12 @@ from .io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
 from .ops.cpu_memory import keep_freed_memory
 from .modeling.model import MultiTaskModel
-from .modeling.store import CONFIG_NAME, load_trainable_state
+from .store.layout import CONFIG_NAME
+from .store.load import load_trainable_state
 from .optim.feedback import SchedulerFeedback, build_held_out
 from .optim.mixed import forward_per_task, rows_by_task, task_batches
 from .optim.plan import OptimizationPlan
 from .optim.schedulers import SAMPLING_STRATEGIES, TaskScheduler, build_scheduler
-from .optim.schedulers.uncertainty import select_uncertain_rows
 from .optim.weighting import Progress
 from .tasks import Task, check_unique_names, dependency_order
 from .training_args import MultiTaskTrainingArguments
@@ -236,12 +236,13 @@ class MultiTaskTrainer(Trainer):
         return self.optim_plan.combine(task_losses, inputs.get("task"), self._progress())
 
     def _forward(self, model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """The model's outputs and the inputs they are for. In training with uncertainty sampling the pool is
-        first cut to its most uncertain rows; a mixed batch runs as one forward per task for adapter methods
-        that do not route per row."""
-        if model.training and self.optim_plan.selects_rows:
-            inputs = select_uncertain_rows(self.accelerator.unwrap_model(model), inputs, self.tasks,
-                                           self.args.per_device_train_batch_size, self.optim_plan.split_forward)
+        """The model's outputs and the inputs they are for. In training the scheduler first picks the batch from
+        the drawn one (`TaskScheduler.select_batch`: uncertainty sampling keeps the most uncertain rows); a mixed
+        batch runs as one forward per task for adapter methods that do not route per row."""
+        if model.training and self.task_sampler is not None:
+            inputs = self.task_sampler.scheduler.select_batch(self.accelerator.unwrap_model(model), inputs, self.tasks,
+                                                              self.args.per_device_train_batch_size,
+                                                              self.optim_plan.split_forward)
         if self.optim_plan.split_forward and isinstance(inputs.get("task"), list):
             return forward_per_task(model, inputs, self.tasks), inputs
         return model(**inputs), inputs

@@ -15,7 +15,7 @@ from transformers import BertConfig, DistilBertConfig, ElectraConfig, RobertaCon
 from hf_mtl import Task
 from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
 from hf_mtl.modeling import MultiTaskModel
-from hf_mtl.modeling.store import CONFIG_NAME
+from hf_mtl.store.layout import CONFIG_NAME
 
 from helpers import assert_mixed_equals_single, tiny_tokenizer
 
@@ -149,7 +149,7 @@ def _load_same_backbone(path: Path, tok, model: MultiTaskModel, backbone_state) 
     import json
 
     config = json.loads((path / CONFIG_NAME).read_text())
-    from hf_mtl.modeling.store import _read_task, _load_weights
+    from hf_mtl.store.load import _load_weights, _read_task
 
     tasks = [_read_task(path, n) for n in config["tasks"]]
     fresh = MultiTaskModel.from_config(model.config, tasks, tokenizer=tok, adapter_method=config["adapter_method"],

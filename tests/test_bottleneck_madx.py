@@ -417,7 +417,7 @@ def test_bottleneck_store_refuses_other_options(tmp_path: Path) -> None:
     model, _ = build("bottleneck", {"reduction_factor": 8}, sentence_tasks())
     model.save_pretrained(str(tmp_path))
     other, _ = build("bottleneck", {"reduction_factor": 4}, sentence_tasks())
-    from hf_mtl.modeling.store import load_tensors
+    from hf_mtl.io_utils import load_tensors
 
     with pytest.raises(StoreError, match=r"task 'sent'.*shapes.*Fix: load it with the adapter_config"):
         other.adapter.load_task_state_dict("sent", load_tensors(tmp_path / "sent" / "adapter_model.safetensors", "x"))

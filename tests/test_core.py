@@ -14,7 +14,8 @@ from hf_mtl.data.collators import MultiTaskCollator
 from hf_mtl.data.dataset import prepare_datasets
 from hf_mtl.metrics import compute_task_metrics
 from hf_mtl.modeling import MultiTaskModel
-from hf_mtl.modeling.store import CONFIG_NAME, read_store_config
+from hf_mtl.store.layout import CONFIG_NAME
+from hf_mtl.store.manifest import read_store_config
 from hf_mtl.tasks import tasks_from_config
 
 from helpers import tiny_bert_config, tiny_tokenizer

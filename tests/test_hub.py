@@ -20,10 +20,10 @@ from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
 from hf_mtl.cli import main
 from hf_mtl.hub import pull, push
 from hf_mtl.io_utils import sha256_file
-from hf_mtl.model_card import task_metrics
+from hf_mtl.store.card import task_metrics
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone
-from hf_mtl.store_merge import check_pushable, merge_configs
+from hf_mtl.store.merge import check_pushable, merge_configs
 
 from helpers import tiny_bert_config, tiny_tokenizer
 

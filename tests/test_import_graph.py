@@ -151,3 +151,28 @@ def test_no_import_cycles_inside_hf_mtl() -> None:
     assert not found, "Import cycles inside hf_mtl/ (DESIGN.md: no cycles; lower layers never import higher ones):\n" + (
         "\n".join(" -> ".join(_one_cycle(c, graph)) + f"   (component: {c})" for c in found)
     )
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, pending = set(), [start]
+    while pending:
+        node = pending.pop()
+        for succ in graph.get(node, ()):
+            if succ not in seen:
+                seen.add(succ)
+                pending.append(succ)
+    return seen
+
+
+def test_hub_depends_on_the_store_never_on_modeling() -> None:
+    """Issue 21.1: `hf_mtl.hub` moves store folders; only `hf_mtl.modeling` knows the model (a live model's
+    `push_to_hub` saves a temporary store and calls `hub.push`). Checked at module level (what importing
+    hub runs) and in every import statement of hub.py, inside functions too."""
+    graph = import_graph()
+    reached = sorted(m for m in _reachable(graph, "hf_mtl.hub") if m.startswith("hf_mtl.modeling"))
+    assert not reached, f"importing hf_mtl.hub imports {reached}"
+    modules = module_names()
+    tree = ast.parse(modules["hf_mtl.hub"].read_text())
+    named = {t for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+             for t in _targets(node, "hf_mtl.hub", False, modules)}
+    assert not [t for t in named if t.startswith("hf_mtl.modeling")], f"hf_mtl/hub.py imports {sorted(named)}"

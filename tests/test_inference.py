@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 from hf_mtl import DataError, StoreError, Task, TaskConfigError, UnknownTaskError
 from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
 from hf_mtl.cli import main
-from hf_mtl.export import export_task
+from hf_mtl.store.export import export_task
 from hf_mtl.inference import encode_rows
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone

@@ -17,7 +17,7 @@ from transformers import AutoModel, BertConfig, RobertaConfig
 from hf_mtl import Task
 from hf_mtl.errors import StoreError, TaskConfigError
 from hf_mtl.modeling import MultiTaskModel
-from hf_mtl.modeling.store import _load_weights
+from hf_mtl.store.load import _load_weights
 
 from helpers import assert_mixed_equals_single, tiny_tokenizer
 

@@ -20,7 +20,7 @@ from hf_mtl.io_utils import atomic_write_json, read_json, sha256_file
 from hf_mtl.metrics import compute_task_metrics
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone, load_backbone_config
-from hf_mtl.modeling.store import CONFIG_NAME
+from hf_mtl.store.layout import CONFIG_NAME
 
 from helpers import tiny_bert_config, tiny_tokenizer, write_tiny_recipe
 
@@ -157,7 +157,7 @@ sys.path[:0] = [{tests!r}]
 import torch
 import transformers.modeling_utils as mu
 from hf_mtl.modeling import MultiTaskModel
-from hf_mtl.modeling import store
+from hf_mtl.store import save as store
 point = {point!r}
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -210,7 +210,7 @@ def test_killed_save_leaves_the_old_or_the_new_store(tmp_path: Path, point: str)
 
 
 def test_save_in_place_where_the_folder_cannot_be_swapped(tmp_path: Path, monkeypatch, caplog) -> None:
-    from hf_mtl.modeling import store
+    from hf_mtl.store import save as store
 
     root = _store(tmp_path)
     (root / "train_results.json").write_text("{}")
@@ -290,7 +290,7 @@ def test_adapter_config_that_is_not_an_object(tmp_path: Path) -> None:
     model.save_pretrained(str(root))
     _edit_store_file(root, "sent/adapter_config.json", lambda d: [])
     with pytest.raises(StoreError, match=r"adapter_config\.json.*JSON object"):
-        from hf_mtl.modeling.store import _load_weights
+        from hf_mtl.store.load import _load_weights
         _load_weights(model, root, ["sent"])
 
 
@@ -305,7 +305,7 @@ def test_nan_scores_are_written_as_null(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- 20.9 modes and data paths
 def test_store_files_get_the_modes_of_a_normal_write(tmp_path: Path) -> None:
-    from hf_mtl.export import export_task
+    from hf_mtl.store.export import export_task
 
     previous = os.umask(0o022)
     try:

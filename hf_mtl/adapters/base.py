@@ -41,6 +41,18 @@ class AdapterMethod(nn.Module):
     # (plain matmuls on views instead of per-row gathers): `MultiTaskModel` then orders the rows by task
     # around the backbone's forward when they come interleaved, and puts the outputs back in batch order.
     groups_rows: ClassVar[bool] = False
+    # Capabilities that generic code (inference, export, the store) asks for instead of comparing names. The
+    # values here are the `none` method's; a subclass adds modules, so it does not inherit the first two
+    # (see `__init_subclass__`) and sets True only what it supports.
+    shares_backbone_pass: ClassVar[bool] = True  # the backbone's output does not depend on the task
+    exportable: ClassVar[bool] = True  # `export_task` writes a task as a plain transformers model (after `merge_for_export`)
+    saves_peft_format: ClassVar[bool] = False  # each `<task>/` folder of a store is a PEFT adapter (PeftModel loads it)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for capability in ("shares_backbone_pass", "exportable"):
+            if capability not in cls.__dict__:
+                setattr(cls, capability, False)
 
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
         super().__init__()
@@ -106,6 +118,10 @@ class AdapterMethod(nn.Module):
     def task_config(self, task: str) -> dict[str, Any]:
         """Content of `<task>/adapter_config.json`."""
         return {"adapter_method": self.name, **self.config}
+
+    def merge_for_export(self, model: nn.Module, task: str) -> None:
+        """Fold `task`'s adapter into `model.backbone`'s own weights, leaving a plain transformers backbone
+        (`export_task`, for methods with `exportable = True`). The `none` method has nothing to fold."""
 
     def formula_parameter_count(self, task: str) -> int | None:
         """Per-task parameter count from the method's formula (checked against the real count in tests)."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import StoreError, TaskConfigError
+from ..errors import TaskConfigError
 from .base import AdapterMethod
 from .routing import RoutedCall, Routing
 
@@ -101,30 +101,6 @@ def check_choice(method: str, field: str, value: Any, choices: Iterable[str]) ->
     if value not in choices:
         raise TaskConfigError(f"adapter_config of method {method!r}: `{field}` must be one of {choices}, got {value!r}.")
     return value
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def load_exact(target: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str) -> None:
-    """Copy `state` into the tensors of `target`, requiring the same keys and shapes.
-
-    Args:
-        target: name -> parameter (or buffer) to fill.
-        state: name -> saved tensor.
-        what: the owner, for errors (e.g. "task 'sst2' (pals)").
-    """
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    wrong = sorted(k for k in set(target) & set(state) if tuple(target[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else ""]
-        parts += [f"{k}: saved {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in wrong]
-        raise StoreError(
-            f"{what}: the saved adapter weights do not fit this model ({'; '.join(p for p in parts if p)}). "
-            f"Fix: load them with the adapter_config and base model they were saved with."
-        )
-    with torch.no_grad():
-        for key, tensor in target.items():
-            tensor.copy_(state[key].to(dtype=tensor.dtype, device=tensor.device))
 
 
 # ---------------------------------------------------------------------------------------------- base class

@@ -13,8 +13,9 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ..store.weights import load_exact
 from ..tasks import Task
-from .per_row import PerRowMethod, load_exact, stack_parameters, task_key, task_of_key
+from .per_row import PerRowMethod, stack_parameters, task_key, task_of_key
 
 TASK_EMBEDDINGS = "task_embeddings"  # the attribute, and the parameter-name prefix that is not shared
 

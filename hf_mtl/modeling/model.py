@@ -1,13 +1,14 @@
 """`MultiTaskModel`: one backbone, an adapter method, and one head per task.
 
 Read top to bottom: construction (backbone, adapter method, heads), routing a batch to its tasks,
-the forward pass, parameter accounting. Saving and loading live in `store.py`; inference helpers in
+the forward pass, parameter accounting. Saving and loading live in `hf_mtl.store`; inference helpers in
 `hf_mtl.inference`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -146,19 +147,20 @@ class MultiTaskModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> "MultiTaskModel":
-        """Load a saved store (an output folder, a local adapter store or a Hub repo id); see `store.py`."""
-        from .store import load_model
+        """Load a saved store (an output folder, a local adapter store or a Hub repo id); see `hf_mtl.store.load`."""
+        from ..store.load import load_model
 
         return load_model(cls, path_or_repo, tasks=tasks, **kwargs)
 
     def save_pretrained(self, save_directory: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> None:
-        """Write the store layout (DESIGN.md) for all tasks or a subset; see `store.py`."""
-        from .store import save_model
+        """Write the store layout (DESIGN.md) for all tasks or a subset; see `hf_mtl.store.save`."""
+        from ..store.save import save_model
 
         save_model(self, save_directory, tasks=tasks, **kwargs)
 
     def push_to_hub(self, repo_id: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        """Push all tasks or a subset to a Hub repo, keeping the repo's other tasks; see `hf_mtl.hub.push`.
+        """Push all tasks or a subset to a Hub repo, keeping the repo's other tasks: the model is saved to a
+        temporary store, which `hf_mtl.hub.push` sends.
 
         Args:
             repo_id: `user/name`.
@@ -168,9 +170,11 @@ class MultiTaskModel(nn.Module):
         Returns:
             A `hf_mtl.hub.PushResult`.
         """
-        from ..hub import push_model
+        from ..hub import push
 
-        return push_model(self, repo_id, tasks=tasks, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="hf_mtl-push-") as tmp:
+            self.save_pretrained(tmp, tasks=tasks)
+            return push(tmp, repo_id, tasks=tasks, **kwargs)
 
     def add_task(self, task: Task) -> None:
         """Register a task: its head (once its labels, and those of the tasks it reads, are known) and its

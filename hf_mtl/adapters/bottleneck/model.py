@@ -13,8 +13,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ...errors import StoreError, TaskConfigError
+from ...errors import TaskConfigError
 from ...modeling.arch import config_value, get_spec
+from ...store.weights import load_exact
 from ...tasks import Task
 from ..base import AdapterMethod, register_method
 from ..routing import RoutedCall, Routing
@@ -131,7 +132,8 @@ class BottleneckMethod(AdapterMethod):
         return {f"layers.{k}": v for k, v in self.task_adapters[self._slot(task)].state_dict().items()}
 
     def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor]) -> None:
-        load_strict(self.task_adapters[self._slot(task)], strip_prefix(state, "layers."), f"bottleneck adapter of task {task!r}")
+        load_exact(self.task_adapters[self._slot(task)].state_dict(), strip_prefix(state, "layers."),
+                   f"bottleneck adapter of task {task!r}")
 
     def formula_parameter_count(self, task: str) -> int:
         """layers x positions x (2 H r + r + H [+ 2H per adapter LayerNorm]), r = H // reduction_factor."""
@@ -150,20 +152,3 @@ def to_backbone(module: nn.Module, backbone: tuple[nn.Module, ...]) -> nn.Module
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-
-
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Load exactly the module's keys and shapes, or raise a `StoreError` that lists the differences."""
-    own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [f"{k}: saved {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        raise StoreError(
-            f"{what} does not fit the model (missing {missing[:4]}, unexpected {unexpected[:4]}, shapes {wrong[:4]}). "
-            f"It was saved with other adapter options (reduction_factor, variant, layer norms) or for another "
-            f"base model. Fix: load it with the adapter_config it was saved with."
-        )
-    with torch.no_grad():
-        for key, value in state.items():
-            own[key].copy_(value)

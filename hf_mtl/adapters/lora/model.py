@@ -80,6 +80,8 @@ class LoraMethod(AdapterMethod):
 
     name = "lora"
     routes_per_row = False
+    exportable = True  # each LoRA update merges into its weight (`merge_for_export`)
+    saves_peft_format = True
 
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
         super().__init__(backbone_config, config)
@@ -93,6 +95,18 @@ class LoraMethod(AdapterMethod):
         self._backbone: nn.Module | None = None
         self._base_model_name: str | None = None
         self._call_lock = CallLock()  # PEFT's active adapters are layer state: one routed forward at a time
+
+    def merge_for_export(self, model: nn.Module, task: str) -> None:
+        """Merge the task's active LoRA stack (its language's adapter too) into the base weights, W = W0 + (α/r)·B·A,
+        then replace every LoRA layer by its base layer."""
+        routing = model.routing(task, 1, next(model.parameters()).device)
+        with torch.no_grad(), self.route(routing):  # activates the task's stack (language + task)
+            for module in model.backbone.modules():
+                if isinstance(module, LoraLayer) and module.active_adapters:
+                    module.merge(adapter_names=list(module.active_adapters))
+        for name, module in [(n, m) for n, m in model.backbone.named_modules() if isinstance(m, LoraLayer)]:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.backbone.get_submodule(parent_name) if parent_name else model.backbone, attr, module.get_base_layer())
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self, model: nn.Module) -> None:

@@ -21,11 +21,12 @@ from torch import nn
 
 from ...errors import TaskConfigError
 from ...modeling.arch import config_value, get_spec, resolve
+from ...store.weights import load_exact
 from ...tasks import Task
 from ..base import AdapterMethod, register_method
 from ..bottleneck.config import NON_LINEARITIES, bottleneck_size
 from ..bottleneck.layer import AdapterTensors, BottleneckAdapter, routed_adapter
-from ..bottleneck.model import load_strict, strip_prefix, to_backbone
+from ..bottleneck.model import strip_prefix, to_backbone
 from ..bottleneck.sites import Site, hook_sites, not_routed_error
 from ..routing import RoutedCall, Routing
 from .config import MadXConfig
@@ -272,7 +273,8 @@ class MadXMethod(AdapterMethod):
             if state:
                 raise TaskConfigError(f"task {task!r} has no MAD-X task adapter (a masked_lm task?), but weights were given.")
             return
-        load_strict(self.task_adapters[self._slots[task]], strip_prefix(state, "layers."), f"MAD-X task adapter of task {task!r}")
+        load_exact(self.task_adapters[self._slots[task]].state_dict(), strip_prefix(state, "layers."),
+                   f"MAD-X task adapter of task {task!r}")
 
     def adapter_languages(self) -> list[str]:
         return list(self.options.languages)
@@ -285,7 +287,7 @@ class MadXMethod(AdapterMethod):
         return dict(self._language(language).state_dict())
 
     def load_language_state_dict(self, language: str, state: dict[str, torch.Tensor]) -> None:
-        load_strict(self._language(language), state, f"MAD-X language adapter {language!r}")
+        load_exact(self._language(language).state_dict(), state, f"MAD-X language adapter {language!r}")
 
     def _language(self, language: str) -> LanguageAdapters:
         if language not in self.language_adapters:

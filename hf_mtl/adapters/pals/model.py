@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from ...modeling.arch import config_value, get_spec, layers_of, resolve
+from ...store.weights import load_exact
 from ...tasks import Task
 from ..base import register_method
-from ..per_row import PerRowMethod, count, load_exact, stack_parameters, task_key, task_of_key
+from ..per_row import PerRowMethod, count, stack_parameters, task_key, task_of_key
 from ..routing import RoutedCall
 from .config import PalsConfig
 from .layer import TaskPals, projected_attention

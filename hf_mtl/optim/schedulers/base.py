@@ -175,6 +175,22 @@ class TaskScheduler(Strategy):
         """
         return None
 
+    def select_batch(self, model: Any, pool: dict[str, Any], tasks: dict[str, Any], batch_size: int,
+                     split_forward: bool) -> dict[str, Any]:
+        """The batch to train on, from the collated batch the sampler drew (called by the trainer in training).
+
+        Args:
+            model: the unwrapped `MultiTaskModel` (a scheduler may score the pool with it).
+            pool: the collated batch (`task` per row, or one task name).
+            tasks: the run's tasks by name.
+            batch_size: the per-device batch size.
+            split_forward: the adapter method runs a mixed batch as one forward per task.
+
+        Returns:
+            `pool` itself by default; `uncertainty` keeps the `batch_size` most uncertain rows.
+        """
+        return pool
+
     # -- checkpointing
 
     def state_dict(self) -> dict:

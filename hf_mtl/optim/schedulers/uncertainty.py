@@ -61,6 +61,11 @@ class UncertaintyScheduler(TaskScheduler):
         if counts.sum() > 0:
             self.shares = (1 - SHARE_RATE) * self.shares + SHARE_RATE * counts / counts.sum()
 
+    def select_batch(self, model: torch.nn.Module, pool: dict[str, Any], tasks: dict[str, Task], batch_size: int,
+                     split_forward: bool) -> dict[str, Any]:
+        """The `batch_size` most uncertain rows of the pool (see `select_uncertain_rows`)."""
+        return select_uncertain_rows(model, pool, tasks, batch_size, split_forward)
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "shares": self.shares.tolist()}
 

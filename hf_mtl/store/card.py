@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from huggingface_hub import ModelCardData
 
-from .errors import StoreError
+from ..errors import StoreError
 
 # Keys of `eval_results.json` that are bookkeeping, not metrics of the task.
 _NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second")
@@ -93,8 +93,8 @@ def _metadata(config: dict[str, Any], tasks: dict[str, dict[str, Any]]) -> Model
         method = "full-fine-tuning" if config.get("backbone_trained") else "head-only"
     kinds = sorted({t.get("kind", "classification") for t in tasks.values()})
     tags = ["hf_mtl", "multi-task", "adapters", method, *(_KIND_TAGS[k] for k in kinds if k in _KIND_TAGS)]
-    if method == "lora":
-        tags += ["peft", "lora"]
+    if config.get("peft_adapters"):
+        tags += ["peft", method]
     datasets = sorted({t["dataset_name"] for t in tasks.values() if t.get("dataset_name")})
     metrics = sorted({m for t in tasks.values() for m in (t.get("metrics") or [])})
     languages = sorted(set(config.get("languages") or []))
@@ -182,7 +182,7 @@ def _usage(config: dict[str, Any], repo_id: str, names: list[str]) -> str:
         f"hf-mtl predict {repo_id} --task {first} \"a fine film\"\n"
         "```\n"
     )
-    if config.get("adapter_method") == "lora":
+    if config.get("peft_adapters"):  # the method saves each task folder as a PEFT adapter (`saves_peft_format`)
         base = config.get("base_model") or "BASE_MODEL"
         text += (
             "\n## Use a task's LoRA adapter with PEFT alone\n\n"

@@ -3,7 +3,8 @@
     hf-mtl export OUTPUT_DIR --task T OUT
     AutoModelForSequenceClassification.from_pretrained(OUT)   # or AutoModelForTokenClassification
 
-What can be exported (the backbone must become a plain transformers backbone):
+What can be exported (the backbone must become a plain transformers backbone): the methods whose class says
+`exportable = True`, after their `merge_for_export`:
 
 | adapter method | how |
 | --- | --- |
@@ -35,12 +36,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from .errors import StoreError, TaskConfigError
-from .io_utils import normal_mode
-from .modeling import MultiTaskModel
-from .tasks import Task
+from ..adapters import ADAPTER_METHODS
+from ..errors import StoreError, TaskConfigError
+from ..io_utils import normal_mode
+from ..modeling import MultiTaskModel
+from ..tasks import Task
 
-EXPORTABLE_METHODS = ("none", "lora")
 # model_type -> (target of our head's dense layer, target of its output layer), relative to the model
 SEQUENCE_HEADS = {
     "bert": ("{base}.pooler.dense", "classifier"),
@@ -74,8 +75,7 @@ def export_task(store: str | os.PathLike, task: str, output_dir: str | os.PathLi
     check_exportable(model, spec)
     probe = _probe(model)
     expected = model(**probe, task=task).logits
-    if model.adapter.name == "lora":
-        _merge_lora(model, task)
+    model.adapter.merge_for_export(model, task)
     hf_model = to_transformers(model, spec)
     _save_checked(hf_model, model.tokenizer, probe, expected, out, spec)
     return str(out)
@@ -85,10 +85,10 @@ def check_exportable(model: MultiTaskModel, task: Task) -> None:
     """Raise a `TaskConfigError` saying why `task` has no exact transformers counterpart, if it has none."""
     method, model_type = model.adapter.name, model.config.model_type
     where = f"export of task {task.name!r}"
-    if method not in EXPORTABLE_METHODS:
+    if not model.adapter.exportable:
         raise TaskConfigError(
             f"{where}: adapter_method {method!r} adds modules or changes the attention, and transformers' "
-            f"AutoModelFor... classes have no place for them. Exportable methods: {list(EXPORTABLE_METHODS)} (LoRA is "
+            f"AutoModelFor... classes have no place for them. Exportable methods: {exportable_methods()} (LoRA is "
             f"merged into the weights). Fix: use the task through hf_mtl (MultiTaskModel.from_pretrained)."
         )
     if task.kind not in ("classification", "regression", "token_classification"):
@@ -113,24 +113,15 @@ def check_exportable(model: MultiTaskModel, task: Task) -> None:
         )
 
 
+def exportable_methods() -> list[str]:
+    """The registered adapter methods whose class says `exportable` (imports every method's module)."""
+    return [name for name in ADAPTER_METHODS.names() if ADAPTER_METHODS.get(name).exportable]
+
+
 def _probe(model: MultiTaskModel) -> dict[str, torch.Tensor]:
     enc = model.tokenizer(PROBE, padding=True, truncation=True, max_length=32, return_tensors="pt")
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
-
-def _merge_lora(model: MultiTaskModel, task: str) -> None:
-    """Merge the task's active LoRA stack into the base weights, then unwrap every LoRA layer."""
-    from peft.tuners.lora import LoraLayer
-
-    routing = model.routing(task, 1, next(model.parameters()).device)
-    with torch.no_grad(), model.adapter.route(routing):  # activates the task's stack (language + task)
-        for module in model.backbone.modules():
-            if isinstance(module, LoraLayer) and module.active_adapters:
-                module.merge(adapter_names=list(module.active_adapters))
-    for name, module in [(n, m) for n, m in model.backbone.named_modules() if isinstance(m, LoraLayer)]:
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.backbone.get_submodule(parent_name) if parent_name else model.backbone, attr, module.get_base_layer())
 
 
 def to_transformers(model: MultiTaskModel, task: Task) -> torch.nn.Module:

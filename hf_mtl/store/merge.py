@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .errors import StoreError
-from .manifest import is_shared_part, owner_of
+from ..errors import StoreError
+from .layout import is_shared_part, owner_of
 
 # Store settings every task of one repo must share (they rebuild the one model the tasks run on).
 SHARED_SETTINGS = ("base_model", "base_model_revision", "model_type", "adapter_method", "adapter_config",
@@ -69,7 +69,7 @@ def merge_configs(remote: dict[str, Any] | None, local: dict[str, Any], pushed: 
         local: the pushed store's config.
         pushed: the pushed task names.
         upload: manifest entries of the pushed files (tasks' files and the store's shared parts).
-        results: `{task: metrics}` of the pushed tasks' run (see `model_card.run_metrics`).
+        results: `{task: metrics}` of the pushed tasks' run (see `hf_mtl.store.card.run_metrics`).
 
     Returns:
         Settings from the pushed store; tasks, files, languages, parameter counts and results of the
