@@ -459,13 +459,13 @@ def keep_rank_aware_batches(loader: DataLoader, sampler: Sampler) -> None:
       set, the shard would take them for incomplete batches and refill them from the epoch's first indices.
 
     Raises:
-        RuntimeError: accelerate wrapped the sampler in something else (an accelerate outside the tested range).
+        TaskConfigError: accelerate wrapped the sampler in something else (an accelerate outside that range).
     """
     shard = loader.batch_sampler
     if shard is sampler:  # one process: accelerate left the sampler alone
         return
     if not isinstance(shard, BatchSamplerShard) or shard.batch_sampler is not sampler:
-        raise RuntimeError(
+        raise TaskConfigError(
             f"accelerate {accelerate.__version__} wrapped the task sampler in {type(shard).__name__}, which hf_mtl does "
             f"not know how to keep from re-sharding its rank-aware batches. Fix: install accelerate>=1.10,<2."
         )

@@ -5,6 +5,7 @@ accelerate API it relies on, and CI's warning filters that let deprecations in t
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import warnings
 from pathlib import Path
@@ -16,8 +17,10 @@ from packaging.specifiers import SpecifierSet
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
-from hf_mtl import DataError
-from hf_mtl.trainer import CHECKPOINT_COMPLETE_NAME, MTL_STATE_NAME, keep_rank_aware_batches
+import hf_mtl.trainer as trainer_module
+from hf_mtl import DataError, TaskConfigError
+from hf_mtl.io_utils import atomic_write_json
+from hf_mtl.trainer import CHECKPOINT_COMPLETE_NAME, MTL_STATE_NAME, keep_rank_aware_batches, load_checkpoint_state
 
 from test_trainer import make_trainer
 
@@ -49,11 +52,25 @@ def test_resume_without_the_extra_state_is_an_error(tmp_path: Path) -> None:
     assert recorder.tasks == []  # refused before any step
 
 
-def test_extra_state_is_written_before_the_complete_marker(tmp_path: Path) -> None:
+def test_extra_state_is_written_before_the_complete_marker(tmp_path: Path, monkeypatch) -> None:
+    """The marker stays the checkpoint's last file: a checkpoint without the extra state is incomplete."""
+    written = []
+
+    def write(path, obj):
+        written.append(Path(path).name)
+        atomic_write_json(path, obj)
+
+    monkeypatch.setattr(trainer_module, "atomic_write_json", write)
     checkpoint = first_checkpoint(tmp_path / "run")
-    state, marker = checkpoint / MTL_STATE_NAME, checkpoint / CHECKPOINT_COMPLETE_NAME
-    assert state.stat().st_mtime_ns <= marker.stat().st_mtime_ns
-    assert {"sampler", "optim"} <= set(__import__("json").loads(state.read_text()))
+    assert written[-2:] == [MTL_STATE_NAME, CHECKPOINT_COMPLETE_NAME], written
+    assert set(json.loads((checkpoint / MTL_STATE_NAME).read_text())) == {"sampler", "optim"}
+
+
+@pytest.mark.parametrize("content", ['{"sampler": {}}', "[]"])
+def test_extra_state_without_a_part_is_an_error(tmp_path: Path, content: str) -> None:
+    (tmp_path / MTL_STATE_NAME).write_text(content)
+    with pytest.raises(DataError, match=rf"{MTL_STATE_NAME} lacks .*optim.*Fix: "):
+        load_checkpoint_state(str(tmp_path))
 
 
 def test_extra_state_is_saved_with_model_only_checkpoints(tmp_path: Path) -> None:
@@ -119,7 +136,7 @@ def test_shard_adjustment_refuses_an_unknown_wrapper() -> None:
 
     sampler = RankAwareSampler()
     loader = DataLoader(list(range(12)), batch_sampler=OtherWrapper(sampler))
-    with pytest.raises(RuntimeError, match=r"OtherWrapper.*accelerate"):
+    with pytest.raises(TaskConfigError, match=r"OtherWrapper.*Fix: install accelerate>=1.10,<2"):
         keep_rank_aware_batches(loader, sampler)
 
 
