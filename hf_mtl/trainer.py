@@ -5,10 +5,10 @@ Overridden: the train dataloader (task sampler), `compute_loss` (per-task losses
 strategies; see `hf_mtl.optim.plan`), `create_optimizer` (a learned loss weighting's parameters),
 `log` (per-task train losses, `weight_<task>`, `prob_<task>`), `evaluate` (one pass per task,
 `eval_<task>_<metric>` + `eval_average`), `_save` / `_load_from_checkpoint` / `_load_best_model` (the
-store layout, safetensors only), the checkpoint's RNG-state hook, which also saves the sampler's and
-the optimization strategies' states so a resumed run continues exactly, and `_save_checkpoint`, which marks
-a checkpoint complete once every file of it is written (`resume_from_checkpoint=True` takes the newest
-complete one).
+store layout, safetensors only), and `_save_checkpoint`, the one place that orders a checkpoint's files: the
+Trainer's own, then `checkpoint_state()` (the task sampler's and the optimization strategies' states, so a resumed
+run continues exactly; `MTL_STATE_NAME`), then the complete marker, last (`resume_from_checkpoint=True` takes the
+newest complete checkpoint; a resume from one without the extra state is refused, see `load_checkpoint_state`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+import accelerate
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from accelerate.data_loader import BatchSamplerShard
+from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR, EvalPrediction, enable_full_determinism, rotate_checkpoints, set_seed,
@@ -50,6 +52,7 @@ from .optim.weighting import Progress
 from .tasks import Task, check_unique_names, dependency_order
 from .training_args import MultiTaskTrainingArguments
 
+# The task sampler's and the optimization strategies' states (`MultiTaskTrainer.checkpoint_state`).
 MTL_STATE_NAME = "hf_mtl_state.json"
 # Written last into a checkpoint, once every rank's files are there: a folder without it was cut off mid-save.
 CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
@@ -108,7 +111,7 @@ class MultiTaskTrainer(Trainer):
         self.state.epoch = None  # not trained yet: an evaluation now (`hf-mtl eval` of a store) has no epoch
         self.model_accepts_loss_kwargs = False  # the model returns a per-batch mean; the Trainer scales it for GA
         self.task_sampler: MultiTaskBatchSampler | None = None
-        self._resume_checkpoint: str | None = None
+        self._resume_state: dict[str, Any] | None = None  # `checkpoint_state()` of the checkpoint resumed from
         self._eval_task: str | None = None
         self._loss_sums = {name: [0.0, 0] for name in self.tasks}
         self._add_weighting_parameters(self.optimizer)
@@ -181,14 +184,7 @@ class MultiTaskTrainer(Trainer):
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
         )
         prepared = self.accelerator.prepare(loader)
-        # The sampler is rank-aware (each rank takes its shard of the same task's batch): keep accelerate's
-        # BatchSamplerShard from re-sharding it, as the Trainer does for its own rank-aware samplers.
-        shard = getattr(prepared, "batch_sampler", None)
-        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
-            shard.num_processes, shard.process_index = 1, 0
-            # Batches of every task (all_tasks, uncertainty pools) hold M·batch_size rows: with its batch_size set,
-            # the shard would take them for incomplete batches and refill them from the epoch's first indices.
-            shard.batch_size = None
+        keep_rank_aware_batches(prepared, sampler)
         return prepared
 
     def _make_scheduler(self, data: MultiTaskDataset) -> TaskScheduler:
@@ -204,13 +200,10 @@ class MultiTaskTrainer(Trainer):
             data.task_names, data.sizes, args.per_device_train_batch_size, self._make_scheduler(data), seed=args.seed,
             num_replicas=args.world_size, rank=args.process_index, steps_per_epoch=args.steps_per_epoch,
         )
-        if self._resume_checkpoint is not None:
-            state_file = Path(self._resume_checkpoint) / MTL_STATE_NAME
-            if state_file.is_file():
-                state = read_json(state_file, "checkpoint sampler state")
-                sampler.load_state_dict(state["sampler"])
-                self.optim_plan.load_state_dict(state.get("optim"))
         self.task_sampler = sampler
+        if self._resume_state is not None:
+            sampler.load_state_dict(self._resume_state["sampler"])
+            self.optim_plan.load_state_dict(self._resume_state["optim"])
         return sampler
 
     # ------------------------------------------------------------------ loss
@@ -393,13 +386,27 @@ class MultiTaskTrainer(Trainer):
             check_checkpoint_complete(str(resume_from_checkpoint))
         if not resume_from_checkpoint:
             check_output_dir(self.args)
-        self._resume_checkpoint = resume_from_checkpoint or None
+        self._resume_state = load_checkpoint_state(str(resume_from_checkpoint)) if resume_from_checkpoint else None
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The state a resumed run needs beyond the Trainer's own files, saved as JSON with every checkpoint
+        (`MTL_STATE_NAME`) and given back to the resumed run's sampler and strategies.
+
+        Returns:
+            `{"sampler": the task sampler's state_dict, "optim": the optimization plan's state_dict}`.
+        """
+        return {"sampler": self.task_sampler.state_dict(), "optim": self.optim_plan.state_dict()}
+
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """The Trainer's checkpoint, marked complete (`CHECKPOINT_COMPLETE_NAME`) once every rank wrote its part;
-        older checkpoints are rotated out (`save_total_limit`) only after that, so a run killed while saving
-        always leaves a complete checkpoint to resume from."""
+        """The Trainer's checkpoint plus `checkpoint_state()`, marked complete (`CHECKPOINT_COMPLETE_NAME`) once
+        every rank wrote its part; older checkpoints are rotated out (`save_total_limit`) only after that, so a run
+        killed while saving always leaves a complete checkpoint to resume from.
+
+        The extra state is written here rather than from a Trainer hook: the Trainer's own hooks inside a save
+        (`_save_rng_state`) are skipped with `save_only_model`, and `TrainerCallback.on_save` runs after this
+        method returns, i.e. after the complete marker, which must be the checkpoint's last file.
+        """
         run_dir = self._get_output_dir(trial=trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save and os.path.isdir(folder):
@@ -412,6 +419,7 @@ class MultiTaskTrainer(Trainer):
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every rank's files (rng_state_<rank>.pth) are written
         if self.args.should_save:
+            atomic_write_json(os.path.join(folder, MTL_STATE_NAME), self.checkpoint_state())
             atomic_write_json(os.path.join(folder, CHECKPOINT_COMPLETE_NAME),
                               {"global_step": self.state.global_step, "world_size": self.args.world_size})
             rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
@@ -427,12 +435,6 @@ class MultiTaskTrainer(Trainer):
             save_tensors(os.path.join(output_dir, DISCRIMINATOR_NAME), model.task_discriminator.state_dict())
         atomic_write_json(os.path.join(output_dir, "training_args.json"), json.loads(self.args.to_json_string()))
 
-    def _save_rng_state(self, output_dir: str) -> None:
-        super()._save_rng_state(output_dir)
-        if self.args.should_save and self.task_sampler is not None:
-            atomic_write_json(os.path.join(output_dir, MTL_STATE_NAME),
-                              {"sampler": self.task_sampler.state_dict(), "optim": self.optim_plan.state_dict()})
-
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         if not os.path.isfile(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
@@ -444,6 +446,32 @@ class MultiTaskTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def keep_rank_aware_batches(loader: DataLoader, sampler: Sampler) -> None:
+    """Keep `Accelerator.prepare` from re-sharding the task sampler of `loader` (in place).
+
+    The task sampler is rank-aware already: each rank takes its shard of the same task's batch. On several processes
+    accelerate (>=1.10,<2, as setup.py allows; tests/test_trainer_seams.py checks the API used here) wraps it in a
+    `BatchSamplerShard`, which would hand each rank every n-th batch instead. Made a pass-through, as the Trainer
+    does for its own rank-aware samplers:
+    - `num_processes=1, process_index=0`: this rank gets every batch;
+    - `batch_size=None`: batches of every task (all_tasks, uncertainty pools) hold M·batch_size rows; with a batch size
+      set, the shard would take them for incomplete batches and refill them from the epoch's first indices.
+
+    Raises:
+        TaskConfigError: accelerate wrapped the sampler in something else (an accelerate outside that range).
+    """
+    shard = loader.batch_sampler
+    if shard is sampler:  # one process: accelerate left the sampler alone
+        return
+    if not isinstance(shard, BatchSamplerShard) or shard.batch_sampler is not sampler:
+        raise TaskConfigError(
+            f"accelerate {accelerate.__version__} wrapped the task sampler in {type(shard).__name__}, which hf_mtl does "
+            f"not know how to keep from re-sharding its rank-aware batches. Fix: install accelerate>=1.10,<2."
+        )
+    shard.num_processes, shard.process_index = 1, 0
+    shard.batch_size = None
 
 
 def check_output_dir(args: MultiTaskTrainingArguments) -> None:
@@ -538,6 +566,25 @@ def last_complete_checkpoint(output_dir: str, remove_skipped: bool = False) -> s
         if remove_skipped:
             shutil.rmtree(path, ignore_errors=True)
     return str(newest)
+
+
+def load_checkpoint_state(checkpoint: str) -> dict[str, Any]:
+    """The `MultiTaskTrainer.checkpoint_state()` saved in `checkpoint`.
+
+    Raises:
+        DataError: it is missing or lacks a part: the resumed run would draw a different task sequence.
+    """
+    path = Path(checkpoint) / MTL_STATE_NAME
+    fix = ("Fix: resume from a checkpoint that MultiTaskTrainer wrote completely (resume_from_checkpoint=true takes "
+           "the newest complete one), or start the run again without resume_from_checkpoint.")
+    if not path.is_file():
+        raise DataError(f"resume_from_checkpoint: {checkpoint} has no {MTL_STATE_NAME} (the task sampler's and the "
+                        f"optimization strategies' state): the resumed run would draw a different task sequence. {fix}")
+    state = read_json(path, "checkpoint sampler state")
+    missing = [key for key in ("sampler", "optim") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise DataError(f"resume_from_checkpoint: {path} lacks {', '.join(missing)}. {fix}")
+    return state
 
 
 def check_checkpoint_complete(path: str) -> None:
