@@ -2,6 +2,7 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+
 setup(
     name="hf_mtl",
     version="0.1.0",

@@ -175,8 +175,9 @@ def count(params) -> int:
 
 # ---------------------------------------------------------------------------------------------- AdapterHub
 def adapterhub_versions() -> dict[str, str]:
-    import adapters
     import transformers
+
+    import adapters
 
     return {"adapters": adapters.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
 
@@ -208,9 +209,10 @@ def build_adapterhub(path: str, inputs: dict[str, torch.Tensor]) -> dict[str, Ca
     PEFT's and hf_mtl's default; MAD-X = Stack(language SeqBnInv r=H/2, task SeqBn r=H/16) with the
     language adapter frozen.
     """
+    from adapters.composition import BatchSplit, Stack
+
     import adapters
     from adapters import DoubleSeqBnConfig, LoRAConfig, ParBnConfig, PrefixTuningConfig, SeqBnConfig, SeqBnInvConfig
-    from adapters.composition import BatchSplit, Stack
 
     tasks = [f"t{i}" for i in range(NUM_TASKS)]
     labels = inputs["labels"]

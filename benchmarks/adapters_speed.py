@@ -104,8 +104,8 @@ from benchmarks.runner import (
 from benchmarks.speed_report import assemble, quality_variant, summarize_quality
 from hf_mtl import Task
 from hf_mtl.modeling import MultiTaskModel
-from hf_mtl.ops import cpu_memory
 from hf_mtl.modeling.backbone import load_backbone_config, load_tokenizer, resolve_model_path
+from hf_mtl.ops import cpu_memory
 
 
 QUALITY_VARIANTS = ((None, True), (None, False), (0.0, True))  # (backbone_dropout, fast_dropout); None: the model's own

@@ -29,8 +29,8 @@ import torch
 from benchmarks import RESULTS
 from benchmarks.report import write_json
 from benchmarks.stats import paired_median
-from hf_mtl.ops.attention import _DroppedAttention
 from hf_mtl.ops import cpu_memory
+from hf_mtl.ops.attention import _DroppedAttention
 from hf_mtl.ops.fast_dropout import _LEVELS, drop_mask, fast_threshold
 
 

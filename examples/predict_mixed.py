@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from hf_mtl import MultiTaskModel
 

@@ -13,7 +13,7 @@ reads (or downloads) only the files those tasks need.
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from hf_mtl import MultiTaskModel
 

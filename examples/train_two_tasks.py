@@ -11,7 +11,7 @@ together; the store it saves (heads + adapters, no backbone, no checkpoints) is 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from hf_mtl import MultiTaskModel, MultiTaskTrainer, MultiTaskTrainingArguments, Task, load_task_split
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+
 __version__ = "0.1.0"
 
 from .errors import DataError, HfMtlError, StoreError, TaskConfigError, UnknownTaskError  # noqa: E402
 from .tasks import Task  # noqa: E402
+
 
 # public name -> the module that defines it; imported by `__getattr__` on first access
 _LAZY: dict[str, str] = {
@@ -32,9 +34,9 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from .data.readers import load_task_split
-    from .store.export import export_task
     from .modeling import MultiTaskModel, MultiTaskOutput
     from .run import load_recipe, run_evaluation, run_training
+    from .store.export import export_task
     from .trainer import MultiTaskTrainer
     from .training_args import MultiTaskTrainingArguments
 

@@ -21,12 +21,14 @@ import math
 import os
 import shlex
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import cli_hub
 from .errors import HfMtlError
+
 
 INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
 CHECKPOINT_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint without it is incomplete

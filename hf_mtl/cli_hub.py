@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 
+
 ADAPTERS_DIR = "adapters"  # `hf-mtl pull user/repo` writes to ./adapters/user/repo (the repository's local store)
 
 

@@ -14,6 +14,7 @@ import types
 import typing
 from typing import Any
 
+
 _NONE = type(None)
 
 

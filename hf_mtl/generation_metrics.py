@@ -26,6 +26,7 @@ from .errors import TaskConfigError
 from .metrics import BUILTIN_METRICS
 from .tasks import GENERATION_METRICS, SCORE_METRICS, Task
 
+
 SCORE_FALLBACK = -1.0  # what T5's `string_to_float` postprocessor gives a text that is not a number
 UNPARSED_KEY = "unparsed"
 

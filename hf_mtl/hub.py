@@ -26,9 +26,10 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import huggingface_hub
 from filelock import FileLock
@@ -44,6 +45,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils.sha import git_hash
 
+
 # the HTTP client huggingface_hub talks through (its exceptions reach us): httpx2 from huggingface_hub 2, httpx in 1.x
 if int(huggingface_hub.__version__.split(".")[0]) >= 2:
     import httpx2 as http_client
@@ -57,6 +59,7 @@ from .store.layout import CONFIG_NAME, TASK_NAME, check_relative_path, is_shared
 from .store.manifest import exact_pattern, files_for, needed_languages, read_store_config, select_tasks, verify_files
 from .store.merge import check_pushable, kept_tasks, merge_configs
 from .tasks import validate_task_name
+
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +217,7 @@ class _PushPlan:
 
     @classmethod
     def from_store(cls, root: Path, repo_id: str, tasks: Sequence[str] | None, revision: str | None, create_pr: bool,
-                   message: str | None) -> "_PushPlan":
+                   message: str | None) -> _PushPlan:
         if not (root / CONFIG_NAME).is_file():
             raise StoreError(f"{root} has no {CONFIG_NAME}: it is not an hf_mtl store. Fix: push an output folder of `hf-mtl train`.")
         local = read_store_config(root)

@@ -19,14 +19,16 @@ as consecutive windows of whole words, so every word gets a tag; sequence tasks 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
-from .errors import DataError
 from .adapters import Routing
+from .errors import DataError
 from .tasks import Task
+
 
 ALL = "all"
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")

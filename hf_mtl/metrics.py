@@ -11,12 +11,14 @@ names of built-in metrics.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from .errors import TaskConfigError
 from .tasks import GENERATION_METRICS, Task, metric_name
+
 
 IGNORE_INDEX = -100
 

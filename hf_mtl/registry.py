@@ -13,9 +13,11 @@ Names are data, never code: only the modules of the registry's own literal table
 from __future__ import annotations
 
 import importlib
-from typing import Any, Generic, Iterator, Mapping, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from .errors import TaskConfigError
+
 
 T = TypeVar("T", bound=type)
 

@@ -7,8 +7,9 @@ import functools
 import json
 import os
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from transformers import HfArgumentParser
 

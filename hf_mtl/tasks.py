@@ -11,11 +11,13 @@ import dataclasses
 import json
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import TaskConfigError
 from .field_types import type_error_message, value_matches
+
 
 GENERATIVE_KINDS = ("causal_lm", "seq2seq")
 TASK_KINDS = ("classification", "regression", "token_classification", "masked_lm", *GENERATIVE_KINDS)
@@ -434,7 +436,7 @@ class Task:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Task":
+    def from_dict(cls, data: dict[str, Any]) -> Task:
         """Build a task from a recipe entry or a saved `task.json`, rejecting unknown fields."""
         if not isinstance(data, dict):
             raise TaskConfigError(

@@ -20,8 +20,9 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import accelerate
 import datasets
@@ -31,7 +32,11 @@ from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer
 from transformers.trainer_utils import (
-    PREFIX_CHECKPOINT_DIR, EvalPrediction, enable_full_determinism, rotate_checkpoints, set_seed,
+    PREFIX_CHECKPOINT_DIR,
+    EvalPrediction,
+    enable_full_determinism,
+    rotate_checkpoints,
+    set_seed,
 )
 
 from .data.collators import MultiTaskCollator
@@ -40,17 +45,18 @@ from .data.samplers import MultiTaskBatchSampler
 from .errors import DataError, TaskConfigError
 from .io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
-from .ops.cpu_memory import keep_freed_memory
 from .modeling.model import MultiTaskModel
-from .store.layout import CONFIG_NAME
-from .store.load import load_trainable_state
+from .ops.cpu_memory import keep_freed_memory
 from .optim.feedback import SchedulerFeedback, build_held_out
 from .optim.mixed import forward_per_task, rows_by_task, task_batches
 from .optim.plan import OptimizationPlan
 from .optim.schedulers import SAMPLING_STRATEGIES, TaskScheduler, build_scheduler
 from .optim.weighting import Progress
+from .store.layout import CONFIG_NAME
+from .store.load import load_trainable_state
 from .tasks import Task, check_unique_names, dependency_order
 from .training_args import MultiTaskTrainingArguments
+
 
 # The task sampler's and the optimization strategies' states (`MultiTaskTrainer.checkpoint_state`).
 MTL_STATE_NAME = "hf_mtl_state.json"

@@ -12,6 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, PreTrainedTokenizerFast
 
+
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = """the a an and or but not no is was were are be been good bad great terrible film movie food service
 i you he she it we they this that what who where when how why which many much city river country company

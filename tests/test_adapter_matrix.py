@@ -12,12 +12,12 @@ import pytest
 import torch
 from transformers import BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
 
+from helpers import assert_mixed_equals_single, tiny_tokenizer
 from hf_mtl import Task
 from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.store.layout import CONFIG_NAME
 
-from helpers import assert_mixed_equals_single, tiny_tokenizer
 
 load_builtin_methods()
 

@@ -14,17 +14,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import tiny_bert_config, tiny_tokenizer
 from hf_mtl import Task
 from hf_mtl.adapters.bottleneck.layer import BottleneckAdapter, routed_adapter
-from hf_mtl.adapters.routing import Routing
 from hf_mtl.adapters.madx.invertible import InvertibleAdapter, coupling_forward, coupling_inverse
+from hf_mtl.adapters.routing import Routing
 from hf_mtl.errors import StoreError, TaskConfigError
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone
 from hf_mtl.trainer import MultiTaskTrainer
 from hf_mtl.training_args import MultiTaskTrainingArguments
 
-from helpers import tiny_bert_config, tiny_tokenizer
 
 MADX = {"languages": ["en", "pt"], "language_reduction_factor": 4, "task_reduction_factor": 8}
 TEXTS = ["good film", "bad food", "john smith in paris", "the city was very nice"]

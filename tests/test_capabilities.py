@@ -10,8 +10,8 @@ import torch
 
 from hf_mtl.adapters import ADAPTER_METHODS, AdapterMethod, load_builtin_methods
 from hf_mtl.optim.schedulers import SAMPLING_STRATEGIES, RoundRobinScheduler, build_scheduler, register_scheduler
-
 from test_trainer import make_trainer
+
 
 ROOT = Path(__file__).resolve().parents[1] / "hf_mtl"
 # modules that act on any method or scheduler: they may not compare a method's or strategy's name

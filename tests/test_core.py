@@ -9,6 +9,7 @@ import datasets
 import pytest
 import torch
 
+from helpers import tiny_bert_config, tiny_tokenizer
 from hf_mtl import DataError, StoreError, Task, TaskConfigError, UnknownTaskError
 from hf_mtl.data.collators import MultiTaskCollator
 from hf_mtl.data.dataset import prepare_datasets
@@ -17,8 +18,6 @@ from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.store.layout import CONFIG_NAME
 from hf_mtl.store.manifest import read_store_config
 from hf_mtl.tasks import tasks_from_config
-
-from helpers import tiny_bert_config, tiny_tokenizer
 
 
 # ---------------------------------------------------------------- tasks

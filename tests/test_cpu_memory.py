@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from hf_mtl import trainer as trainer_module
-
 from test_trainer import make_trainer
+
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 

@@ -9,12 +9,11 @@ from pathlib import Path
 import datasets
 import pytest
 
+from helpers import tiny_bert_config, tiny_tokenizer
 from hf_mtl import DataError, Task
 from hf_mtl.data.dataset import load_raw_splits, prepare_datasets
 from hf_mtl.data.preprocess import sorted_labels
 from hf_mtl.data.readers import load_task_split
-
-from helpers import tiny_bert_config, tiny_tokenizer
 
 
 def write(path: Path, text: str) -> str:

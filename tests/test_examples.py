@@ -13,10 +13,10 @@ from types import ModuleType
 import pytest
 import torch
 
+from helpers import tiny_bert_config, tiny_tokenizer, words_of
 from hf_mtl import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone
 
-from helpers import tiny_bert_config, tiny_tokenizer, words_of
 
 try:  # tests/ as a package, or tests/ on sys.path (rootdir conftest)
     from tests.hub_server import ALICE_TOKEN, hub  # noqa: F401

@@ -10,10 +10,11 @@ from torch import nn
 from transformers import BertConfig
 
 import hf_mtl.ops.attention as attention_module
-from hf_mtl.ops.attention import _eager
 from hf_mtl.modeling import MultiTaskModel
+from hf_mtl.ops.attention import _eager
 from hf_mtl.ops.fast_dropout import FastDropout, drop_mask, fast_dropout, fast_threshold, use_fast_dropout
 from hf_mtl.tasks import Task
+
 
 TASKS = [Task("a", "classification", labels=["x", "y"]), Task("b", "classification", labels=["u", "v", "w"])]
 

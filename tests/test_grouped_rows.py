@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_mtl.adapters.routing import contiguous_segments
 from helpers import assert_mixed_equals_single
+from hf_mtl.adapters.routing import contiguous_segments
 from test_adapter_matrix import batch, build
+
 
 GROUPING = ["bottleneck", "madx", "pals", "hyperformer", "hyperformer++"]
 INTERLEAVED = ["sent", "ner", "topic", "sent"]

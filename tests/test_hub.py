@@ -14,18 +14,18 @@ import pytest
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi
 
+from helpers import tiny_bert_config, tiny_tokenizer
 from hf_mtl import StoreError, Task, UnknownTaskError
 from hf_mtl import hub as hf_hub
 from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
 from hf_mtl.cli import main
 from hf_mtl.hub import pull, push
 from hf_mtl.io_utils import sha256_file
-from hf_mtl.store.card import task_metrics
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone
+from hf_mtl.store.card import task_metrics
 from hf_mtl.store.merge import check_pushable, merge_configs
 
-from helpers import tiny_bert_config, tiny_tokenizer
 
 try:  # tests/ as a package, or tests/ on sys.path (rootdir conftest)
     from tests.hub_server import ALICE_TOKEN, BOB_TOKEN, hub, hub_api  # noqa: F401

@@ -28,6 +28,7 @@ from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from hf_mtl.hub import http_client
 
+
 try:  # works once tests/ is a package (or with `python -m pytest` from the repo root)
     from tests.hub_server import ALICE_TOKEN, BOB_TOKEN, HubServer, hub, hub_api, no_retry_sleep  # noqa: F401
 except ImportError:  # tests/ on sys.path (rootdir conftest, no __init__.py)

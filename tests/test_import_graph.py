@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+
 PACKAGE = "hf_mtl"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, RobertaConfig
 
+from helpers import tiny_bert_config, tiny_tokenizer
 from hf_mtl import DataError, StoreError, Task, TaskConfigError, UnknownTaskError
 from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
 from hf_mtl.cli import main
-from hf_mtl.store.export import export_task
 from hf_mtl.inference import encode_rows
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone
+from hf_mtl.store.export import export_task
 
-from helpers import tiny_bert_config, tiny_tokenizer
 
 TEXTS = ["good film", "john smith in paris", "a terrible movie", "the city"]
 load_builtin_methods()
@@ -79,7 +79,8 @@ def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and a.get("label") == b.get("label") and a.get("tags") == b.get("tags")
     for key in ("score", "scores"):
         if key in a:
-            values = (lambda d: list(d.values()) if isinstance(d, dict) else d)
+            def values(d):
+                return (list(d.values()) if isinstance(d, dict) else d)
             torch.testing.assert_close(torch.tensor(values(a[key])), torch.tensor(values(b[key])), rtol=1e-4, atol=1e-5)
 
 

@@ -13,13 +13,12 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
-
-from hf_mtl import Task
-from hf_mtl.adapters.lora.fast import FastLoraLinear, _MergedLoraProduct
-from hf_mtl.modeling import MultiTaskModel
 from transformers import BertConfig
 
 from helpers import tiny_tokenizer
+from hf_mtl import Task
+from hf_mtl.adapters.lora.fast import FastLoraLinear, _MergedLoraProduct
+from hf_mtl.modeling import MultiTaskModel
 
 
 class Net(nn.Module):

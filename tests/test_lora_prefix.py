@@ -14,12 +14,12 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig, RobertaConfig
 
+from helpers import assert_mixed_equals_single, tiny_tokenizer
 from hf_mtl import Task
 from hf_mtl.errors import StoreError, TaskConfigError
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.store.load import _load_weights
 
-from helpers import assert_mixed_equals_single, tiny_tokenizer
 
 _SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
               max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -16,6 +16,7 @@ from hf_mtl.data.samplers import MultiTaskBatchSampler
 from hf_mtl.optim.schedulers import build_scheduler
 from hf_mtl.optim.schedulers.uncertainty import select_rows, uncertainty_scores
 
+
 NAMES = ["a", "b", "c"]
 SIZES = [50, 23, 7]
 

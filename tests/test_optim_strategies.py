@@ -14,6 +14,7 @@ from hf_mtl.optim.surgery import GRADIENT_SURGERIES, build_gradient_surgery
 from hf_mtl.optim.task_gradients import loss_coefficients
 from hf_mtl.optim.weighting import LOSS_WEIGHTINGS, Progress, build_loss_weighting
 
+
 TASKS = {"a": Task("a", loss_weight=2.0), "b": Task("b", loss_weight=0.5)}
 SIZES = {"a": 10, "b": 30}
 P0 = Progress(step=0, epoch=0.0, max_steps=10, steps_per_epoch=5)
@@ -112,7 +113,8 @@ def test_tchebycheff_max_of_weighted_losses():
 
 def test_curriculum_sigmoid_and_linear_ramp():
     w = weighting("curriculum", midpoints={"a": 2.0}, alpha=1.0, linear=["b"])
-    at = lambda epoch, step: w.weights(Progress(step=step, epoch=epoch, max_steps=10))
+    def at(epoch, step):
+        return w.weights(Progress(step=step, epoch=epoch, max_steps=10))
     assert at(2.0, 0)["a"] == pytest.approx(2.0 * 0.5)  # λ^const (loss_weight 2) at the midpoint
     assert at(3.0, 0)["a"] == pytest.approx(2.0 / (1 + math.exp(-1.0)))
     assert at(0.0, 0)["a"] == pytest.approx(2.0 / (1 + math.exp(2.0)))
@@ -195,7 +197,8 @@ def test_gradvac_reaches_the_target_similarity_and_tracks_it():
     surgery.targets[0] = torch.full((2, 2), 0.5, dtype=torch.float64)
     grads = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # orthogonal: φ = 0 < φ̂ = 0.5
     p = surgery.project(grads, 0, 0)
-    cos = lambda u, v: float(u @ v / (u.norm() * v.norm()))
+    def cos(u, v):
+        return float(u @ v / (u.norm() * v.norm()))
     assert cos(p[0], grads[1]) == pytest.approx(0.5, abs=1e-6) and cos(p[1], grads[0]) == pytest.approx(0.5, abs=1e-6)
     assert p[0].tolist() == pytest.approx([1.0, 0.5 / math.sqrt(0.75)])  # g1 + |g1|·0.5/(|g2|·√0.75)·g2
     assert surgery.targets[0][0, 1] == pytest.approx(0.25)  # φ̂ <- ½·0.5 + ½·0

@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from helpers import launch_two_processes, tiny_bert_config, tiny_tokenizer
 from hf_mtl import DataError, Task, TaskConfigError
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.adversarial import GradientReversal
@@ -22,9 +23,8 @@ from hf_mtl.optim.task_gradients import TaskGradients
 from hf_mtl.tasks import tasks_from_config
 from hf_mtl.trainer import MultiTaskTrainer
 from hf_mtl.training_args import MultiTaskTrainingArguments
-
-from helpers import launch_two_processes, tiny_bert_config, tiny_tokenizer
 from test_trainer import toy_data
+
 
 REPO = Path(__file__).resolve().parents[1]
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}

@@ -14,13 +14,13 @@ import pytest
 import torch
 from transformers import BertConfig, GPT2Config
 
+from helpers import tiny_tokenizer
 from hf_mtl import Task, TaskConfigError
 from hf_mtl.adapters import Routing, build_adapter_method, load_builtin_methods
-from hf_mtl.adapters.per_row import count
 from hf_mtl.adapters.pals.config import default_pal_heads, default_pal_size
+from hf_mtl.adapters.per_row import count
 from hf_mtl.modeling import MultiTaskModel
 
-from helpers import tiny_tokenizer
 
 load_builtin_methods()
 

@@ -14,6 +14,7 @@ from hf_mtl.data.readers import TOKENS_COLUMN, load_task_split
 from hf_mtl.errors import DataError
 from hf_mtl.tasks import Task
 
+
 CONLLU = """# sent_id = 1
 # text = I don't know.
 1\tI\tI\tPRON\tPRP\t_\t4\tnsubj\t_\t_

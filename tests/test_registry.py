@@ -16,6 +16,7 @@ from hf_mtl.optim.weighting import LOSS_WEIGHTINGS
 from hf_mtl.registry import Registry, normalize_name
 from hf_mtl.training_args import MultiTaskTrainingArguments
 
+
 REPO = Path(__file__).resolve().parents[1]
 REGISTRIES = [ADAPTER_METHODS, SAMPLING_STRATEGIES, LOSS_WEIGHTINGS, GRADIENT_SURGERIES]
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from hf_mtl.data.samplers import MultiTaskBatchSampler
-from hf_mtl.optim.schedulers import SAMPLING_STRATEGIES, TaskScheduler, build_scheduler, register_scheduler
 from hf_mtl.errors import DataError, TaskConfigError
+from hf_mtl.optim.schedulers import SAMPLING_STRATEGIES, TaskScheduler, build_scheduler, register_scheduler
+
 
 NAMES = ["a", "b", "c"]
 SIZES = [50, 23, 7]  # c is smaller than a global batch of 8

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_bert_config, tiny_tokenizer
 from hf_mtl.errors import StoreError, TaskConfigError, UnknownTaskError
 from hf_mtl.io_utils import sha256_file
 from hf_mtl.modeling import MultiTaskModel
@@ -16,7 +17,6 @@ from hf_mtl.store.manifest import select_tasks
 from hf_mtl.store.weights import load_exact
 from hf_mtl.tasks import Task
 
-from helpers import tiny_bert_config, tiny_tokenizer
 
 MADX = {"languages": ["en", "pt"], "language_reduction_factor": 4, "task_reduction_factor": 8}
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import BertModel
 
+from helpers import tiny_bert_config, tiny_tokenizer, write_tiny_recipe
 from hf_mtl import HfMtlError, StoreError, Task, TaskConfigError
 from hf_mtl.io_utils import atomic_write_json, read_json, sha256_file
 from hf_mtl.metrics import compute_task_metrics
@@ -22,7 +23,6 @@ from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.modeling.backbone import build_backbone, load_backbone_config
 from hf_mtl.store.layout import CONFIG_NAME
 
-from helpers import tiny_bert_config, tiny_tokenizer, write_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,6 +27,7 @@ from hf_mtl.errors import DataError, TaskConfigError
 from hf_mtl.metrics import known_metric_names, validate_metric_names
 from hf_mtl.tasks import Task
 
+
 SENTIMENT = {"name": "sentiment", "kind": "causal_lm", "prompt_template": "Review: {review}\nIs it good? Answer:",
              "label_words": {"0": "no", "1": "yes"}}
 WORDS = ["<s>", "</s>", "<unk>", "Review", ":", "Is", "it", "good", "?", "Answer", "yes", "no", "great", "film", "dull", "the", "cat"]

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 
 from test_adapter_matrix import batch, build
+
 
 ROUTED_METHODS = ["bottleneck", "madx", "pals", "hyperformer", "hyperformer++", "ca_mtl", "prefix_tuning", "lora"]
 ROUNDS = 50

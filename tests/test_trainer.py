@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from helpers import launch_two_processes, tiny_bert_config, tiny_tokenizer
 from hf_mtl import Task, TaskConfigError
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.trainer import MultiTaskTrainer
 from hf_mtl.training_args import MultiTaskTrainingArguments
 
-from helpers import launch_two_processes, tiny_bert_config, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

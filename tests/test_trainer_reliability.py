@@ -9,21 +9,21 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import write_tiny_recipe
 from hf_mtl import DataError, HfMtlError, Task
 from hf_mtl.modeling import MultiTaskModel
 from hf_mtl.run import load_recipe, run_evaluation, run_training
 from hf_mtl.trainer import CHECKPOINT_COMPLETE_NAME, MultiTaskTrainer, check_world_size
 from hf_mtl.training_args import MultiTaskTrainingArguments
-
-from helpers import write_tiny_recipe
 from test_trainer import make_trainer, toy_data, weights
+
 
 REPO = Path(__file__).resolve().parents[1]
 

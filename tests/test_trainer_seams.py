@@ -21,8 +21,8 @@ import hf_mtl.trainer as trainer_module
 from hf_mtl import DataError, TaskConfigError
 from hf_mtl.io_utils import atomic_write_json
 from hf_mtl.trainer import CHECKPOINT_COMPLETE_NAME, MTL_STATE_NAME, keep_rank_aware_batches, load_checkpoint_state
-
 from test_trainer import make_trainer
+
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,8 @@ at a few named points:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import nn

@@ -13,10 +13,11 @@ nothing about a batch is ever stored on a module.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -83,7 +84,7 @@ class Routing:
 
     @classmethod
     def of(cls, keys: Sequence[Hashable], device: torch.device | str, *, languages: list[str | None] | None = None,
-           owners: Sequence[Hashable] | None = None) -> "Routing":
+           owners: Sequence[Hashable] | None = None) -> Routing:
         """The routing of a batch from one key (task name, language, ...) per row.
 
         Args:
@@ -124,7 +125,7 @@ class Routing:
         position = self.owners.index(owner)
         return host_index([row for row, i in enumerate(self.owner_of_row) if i == position], self.device)
 
-    def reordered(self, order: list[int]) -> "Routing":
+    def reordered(self, order: list[int]) -> Routing:
         """The routing of the batch with its rows taken in the order `order` (same owners, same owner order)."""
         keys = [self.owners[self.owner_of_row[i]] for i in order]
         languages = None if self.languages is None else [self.languages[i] for i in order]
@@ -212,11 +213,11 @@ class RoutedCall:
     values: dict[str, Any] = field(default_factory=dict)
     inputs: dict[Hashable, Any] = field(default_factory=dict)
 
-    def scope(self, owner: object) -> contextlib.AbstractContextManager["RoutedCall"]:
+    def scope(self, owner: object) -> contextlib.AbstractContextManager[RoutedCall]:
         """Make this the current call of `owner` (an adapter method) in this thread's context, until exit."""
         return call_scope(owner, self)
 
     @staticmethod
-    def current(owner: object) -> "RoutedCall | None":
+    def current(owner: object) -> RoutedCall | None:
         """The call `owner` serves in this context; None outside any (the backbone called directly)."""
         return scoped_value(owner)

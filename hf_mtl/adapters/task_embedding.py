@@ -8,7 +8,8 @@ their saving and loading.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from ..store.weights import load_exact
 from ..tasks import Task
 from .per_row import PerRowMethod, stack_parameters, task_key, task_of_key
+
 
 TASK_EMBEDDINGS = "task_embeddings"  # the attribute, and the parameter-name prefix that is not shared
 

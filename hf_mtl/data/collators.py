@@ -10,6 +10,7 @@ from transformers import DataCollatorForLanguageModeling
 from ..errors import DataError, TaskConfigError, UnknownTaskError
 from ..tasks import Task
 
+
 IGNORE_INDEX = -100
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import datasets
 import pyarrow as pa
@@ -13,6 +14,7 @@ import pyarrow.compute as pc
 from ..errors import DataError
 from ..tasks import Task
 from .text2text import PROMPT_LENGTH_COLUMN, REFERENCE_COLUMN, encode_text2text
+
 
 IGNORE_INDEX = -100
 ENCODED_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", PROMPT_LENGTH_COLUMN, REFERENCE_COLUMN)

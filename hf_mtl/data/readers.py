@@ -23,8 +23,9 @@ import codecs
 import csv
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import datasets
 import numpy as np
@@ -36,9 +37,16 @@ from datasets.exceptions import DatasetsError
 
 from ..errors import DataError
 from ..tasks import Task
-from .preprocess import (LABEL_KINDS, add_evaluation_labels, handle_unlabeled, label_values, sorted_labels,
-                         training_labels)
+from .preprocess import (
+    LABEL_KINDS,
+    add_evaluation_labels,
+    handle_unlabeled,
+    label_values,
+    sorted_labels,
+    training_labels,
+)
 from .text2text import check_columns as check_text2text_columns
+
 
 SPLITS = ("train", "validation", "test")
 TOKENS_COLUMN = "tokens"

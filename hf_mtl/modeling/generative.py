@@ -27,6 +27,7 @@ from transformers.models.auto.modeling_auto import (
 from ..errors import TaskConfigError
 from .backbone import resolve_model_path
 
+
 # task kind -> the backbone layout it needs
 GENERATIVE_KINDS = {"causal_lm": "decoder-only", "seq2seq": "encoder-decoder"}
 ENCODER, DECODER_ONLY, ENCODER_DECODER = "encoder", "decoder-only", "encoder-decoder"

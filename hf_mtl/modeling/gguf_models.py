@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import HfMtlError
 
+
 logger = logging.getLogger(__name__)
 
 # written last into the copy: a folder without it is not a finished copy

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..tasks import Task
 
+
 IGNORE_INDEX = -100
 
 

@@ -14,7 +14,7 @@ Gradients of the higher task flow into the lower heads (as in JMT).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from .arch import ARCH_SPECS, layers_of, resolve
 from .backbone import backbone_forward_args, build_backbone, load_backbone_config, load_tokenizer, set_dropout
 from .heads import build_head, task_loss
 from .hierarchy import prediction_features, prediction_width, with_lower_tasks
+
 
 _BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
 
@@ -125,7 +127,7 @@ class MultiTaskModel(nn.Module):
         backbone_dropout: float | None = None,
         trust_remote_code: bool = False,
         **kwargs: Any,
-    ) -> "MultiTaskModel":
+    ) -> MultiTaskModel:
         """Load a pretrained backbone (a Hub id or a folder) and its tokenizer, then add the tasks.
 
         Weights are read from safetensors only; `trust_remote_code=True` lets transformers run custom code
@@ -141,12 +143,12 @@ class MultiTaskModel(nn.Module):
     @classmethod
     def from_config(
         cls, config: PretrainedConfig, tasks: Sequence[Task], *, backbone_dropout: float | None = None, **kwargs: Any
-    ) -> "MultiTaskModel":
+    ) -> MultiTaskModel:
         """A randomly initialised backbone from a config (tests, experiments)."""
         return cls(build_backbone(set_dropout(config, backbone_dropout)), tasks, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> "MultiTaskModel":
+    def from_pretrained(cls, path_or_repo: str, tasks: Sequence[str] | None = None, **kwargs: Any) -> MultiTaskModel:
         """Load a saved store (an output folder, a local adapter store or a Hub repo id); see `hf_mtl.store.load`."""
         from ..store.load import load_model
 

@@ -19,7 +19,8 @@ or float additive (0 = attend, a large negative number = masked).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .fast_dropout import _LEVELS, drop_mask, fast_threshold
+
 
 ATTN_IMPLEMENTATION = "hf_mtl"
 _MODIFIERS = "_hf_mtl_attention_modifiers"

@@ -25,6 +25,7 @@ import ctypes.util
 import logging
 import platform
 
+
 logger = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1  # glibc's <malloc.h>

@@ -32,6 +32,7 @@ import math
 import torch
 from torch import nn
 
+
 _BITS = 16
 _LEVELS = 1 << _BITS
 

@@ -9,7 +9,8 @@ its share of the batches, then reduced, so every rank's scheduler takes the same
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers import TrainerCallback

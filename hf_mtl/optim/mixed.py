@@ -9,11 +9,13 @@ the same way, so that each task's backward pass runs over its own rows only.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from ..tasks import Task
+
 
 _ROW_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 

@@ -29,7 +29,6 @@ from .task_gradients import StepStats, TaskGradients, all_reduce_grads, loss_coe
 from .weighting import LOSS_WEIGHTINGS, LossWeighting, Progress, build_loss_weighting
 
 
-
 def check_optimization_fields(loss_weighting: str, gradient_surgery: str, sampling_strategy: str) -> None:
     """Recipe-level checks (no data or model needed): known names, and what needs `all_tasks`.
 

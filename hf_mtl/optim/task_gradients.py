@@ -20,7 +20,7 @@ micro-batches run under DDP's `no_sync` (the trainer's choice): the per-task bac
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from huggingface_hub import ModelCardData
 
 from ..errors import StoreError
+
 
 # Keys of `eval_results.json` that are bookkeeping, not metrics of the task.
 _NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second")

@@ -42,6 +42,7 @@ from ..io_utils import normal_mode
 from ..modeling import MultiTaskModel
 from ..tasks import Task
 
+
 # model_type -> (target of our head's dense layer, target of its output layer), relative to the model
 SEQUENCE_HEADS = {
     "bert": ("{base}.pooler.dense", "classifier"),

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import StoreError
 
+
 CONFIG_NAME = "mtl_config.json"
 HEAD_NAME = "head.safetensors"
 TASK_NAME = "task.json"

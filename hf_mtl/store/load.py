@@ -7,8 +7,9 @@ Only safetensors and JSON are read: nothing is unpickled, and no code named by a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,19 +17,28 @@ from ..errors import StoreError
 from ..io_utils import load_tensors, read_json
 from ..modeling.backbone import build_backbone, load_backbone_config, load_tokenizer
 from ..tasks import Task, validate_task_name
-from .layout import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BACKBONE_DIR, CONFIG_NAME, HEAD_NAME, LANGUAGES_DIR, SHARED_DIR,
-                     TASK_NAME)
+from .layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    BACKBONE_DIR,
+    CONFIG_NAME,
+    HEAD_NAME,
+    LANGUAGES_DIR,
+    SHARED_DIR,
+    TASK_NAME,
+)
 from .manifest import needed_languages, read_store_config, select_tasks, verify_store_files
 from .save import base_model_config
 from .weights import load_exact
+
 
 if TYPE_CHECKING:
     from ..modeling.model import MultiTaskModel
 
 
-def load_model(cls: type["MultiTaskModel"], path_or_repo: str | os.PathLike, tasks: Sequence[str] | None = None,
+def load_model(cls: type[MultiTaskModel], path_or_repo: str | os.PathLike, tasks: Sequence[str] | None = None,
                revision: str | None = None, device: str | torch.device | None = None, verify_hashes: bool = False,
-               trust_remote_code: bool = False, **kwargs: Any) -> "MultiTaskModel":
+               trust_remote_code: bool = False, **kwargs: Any) -> MultiTaskModel:
     """Rebuild a model from a store: the base backbone (or the saved one) + the tasks' heads and adapters.
 
     Args:
@@ -105,7 +115,7 @@ def _load_backbone(root: Path, config: dict[str, Any], kwargs: dict[str, Any],
     return backbone, tokenizer
 
 
-def _load_weights(model: "MultiTaskModel", root: Path, names: Sequence[str]) -> None:
+def _load_weights(model: MultiTaskModel, root: Path, names: Sequence[str]) -> None:
     for name in names:
         adapter_file = root / name / ADAPTER_WEIGHTS
         if adapter_file.is_file():  # checked first: a foreign base model is named before shapes disagree
@@ -120,7 +130,7 @@ def _load_weights(model: "MultiTaskModel", root: Path, names: Sequence[str]) -> 
     _load_languages(model, root)
 
 
-def _load_languages(model: "MultiTaskModel", root: Path) -> None:
+def _load_languages(model: MultiTaskModel, root: Path) -> None:
     """Load `languages/<lang>/` for every language adapter the rebuilt method has."""
     for language in model.adapter.adapter_languages():
         validate_task_name(language, what="language code")
@@ -136,7 +146,7 @@ def _load_languages(model: "MultiTaskModel", root: Path) -> None:
         model.adapter.load_language_state_dict(language, state)
 
 
-def _check_adapter_config(model: "MultiTaskModel", path: Path, task: str, owner: str = "task") -> None:
+def _check_adapter_config(model: MultiTaskModel, path: Path, task: str, owner: str = "task") -> None:
     saved = read_json(path, f"adapter config of {owner} {task!r}")
     if not isinstance(saved, dict):
         raise StoreError(f"{path} must be a JSON object (the adapter's options), got {type(saved).__name__}. "
@@ -150,7 +160,7 @@ def _check_adapter_config(model: "MultiTaskModel", path: Path, task: str, owner:
     _check_base_model(model, saved.get("base_model_config"), path, f"{owner} {task!r}")
 
 
-def _check_base_model(model: "MultiTaskModel", saved: Any, path: Path, owner: str) -> None:
+def _check_base_model(model: MultiTaskModel, saved: Any, path: Path, owner: str) -> None:
     """An adapter trained on one base model does not fit another: name both, whatever the shapes say."""
     if not isinstance(saved, dict):
         return  # written before this field existed, or by another library (e.g. a plain PEFT adapter)
@@ -167,7 +177,7 @@ def _check_base_model(model: "MultiTaskModel", saved: Any, path: Path, owner: st
         )
 
 
-def load_trainable_state(model: "MultiTaskModel", root: str | os.PathLike) -> None:
+def load_trainable_state(model: MultiTaskModel, root: str | os.PathLike) -> None:
     """Load a checkpoint's weights into an existing model (trainer resume): heads, adapters, backbone."""
     root = Path(root)
     config = read_store_config(root)

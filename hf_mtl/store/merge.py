@@ -8,10 +8,12 @@ because it would silently change what the kept tasks compute.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import StoreError
 from .layout import is_shared_part, owner_of
+
 
 # Store settings every task of one repo must share (they rebuild the one model the tasks run on).
 SHARED_SETTINGS = ("base_model", "base_model_revision", "model_type", "adapter_method", "adapter_config",

@@ -11,15 +11,36 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..io_utils import atomic_write_json, is_staging_name, link_or_copy, normal_mode, save_tensors, staging_folder, swap_in
+from ..io_utils import (
+    atomic_write_json,
+    is_staging_name,
+    link_or_copy,
+    normal_mode,
+    save_tensors,
+    staging_folder,
+    swap_in,
+)
 from ..tasks import validate_task_name
-from .layout import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BACKBONE_DIR, CONFIG_NAME, HEAD_NAME, LANGUAGES_DIR, LIBRARY,
-                     SHARED_DIR, SHARED_OWNERS, TASK_NAME, owner_of)
+from .layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    BACKBONE_DIR,
+    CONFIG_NAME,
+    HEAD_NAME,
+    LANGUAGES_DIR,
+    LIBRARY,
+    SHARED_DIR,
+    SHARED_OWNERS,
+    TASK_NAME,
+    owner_of,
+)
 from .manifest import file_entry, read_store_config
+
 
 if TYPE_CHECKING:
     from ..modeling.model import MultiTaskModel
@@ -29,7 +50,7 @@ DATA_FILE_FIELDS = ("train_file", "validation_file", "test_file")
 logger = logging.getLogger(__name__)
 
 
-def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks: Sequence[str] | None = None,
+def save_model(model: MultiTaskModel, save_directory: str | os.PathLike, tasks: Sequence[str] | None = None,
                extra_config: dict[str, Any] | None = None) -> None:
     """Write `tasks` (default: all with a head) of `model` into `save_directory`, atomically as a whole.
 
@@ -75,7 +96,7 @@ def save_model(model: "MultiTaskModel", save_directory: str | os.PathLike, tasks
         shutil.rmtree(replaced, ignore_errors=True)
 
 
-def _save_in_place(model: "MultiTaskModel", target: Path, names: list[str], previous: dict[str, Any],
+def _save_in_place(model: MultiTaskModel, target: Path, names: list[str], previous: dict[str, Any],
                    extra_config: dict[str, Any] | None, reason: OSError) -> None:
     """Fallback when the folder cannot be swapped: every file atomically, the manifest last. Not atomic as a
     whole: a save killed midway leaves files that the manifest check of the next load refuses."""
@@ -89,7 +110,7 @@ def _save_step(point: str) -> None:
     this to kill a save there."""
 
 
-def _write_store(model: "MultiTaskModel", staging: Path, target: Path | None, names: list[str], previous: dict[str, Any],
+def _write_store(model: MultiTaskModel, staging: Path, target: Path | None, names: list[str], previous: dict[str, Any],
                  extra_config: dict[str, Any] | None) -> dict[str, Any]:
     """Write the saved parts into `staging`, carry over the rest of `target` (if any), and return the new config."""
     written: list[str] = []
@@ -149,7 +170,7 @@ def _carry_over(target: Path | None, staging: Path, rewritten: set[str]) -> None
                 link_or_copy(str(entry), str(dest))
 
 
-def _save_task(model: "MultiTaskModel", root: Path, name: str) -> list[str]:
+def _save_task(model: MultiTaskModel, root: Path, name: str) -> list[str]:
     task = model.tasks[name]
     folder = root / name
     atomic_write_json(folder / TASK_NAME, _with_absolute_data_paths(task.to_dict()))
@@ -174,7 +195,7 @@ def _with_absolute_data_paths(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _save_shared(model: "MultiTaskModel", root: Path) -> list[str]:
+def _save_shared(model: MultiTaskModel, root: Path) -> list[str]:
     state = model.adapter.shared_state_dict()
     if not state:
         return []
@@ -183,7 +204,7 @@ def _save_shared(model: "MultiTaskModel", root: Path) -> list[str]:
     return [f"{SHARED_DIR}/{ADAPTER_WEIGHTS}", f"{SHARED_DIR}/{ADAPTER_CONFIG}"]
 
 
-def _save_languages(model: "MultiTaskModel", root: Path) -> list[str]:
+def _save_languages(model: MultiTaskModel, root: Path) -> list[str]:
     """`languages/<lang>/` for every language adapter of the method (none for most methods)."""
     written: list[str] = []
     for language in model.adapter.adapter_languages():
@@ -199,7 +220,7 @@ def _save_languages(model: "MultiTaskModel", root: Path) -> list[str]:
     return written
 
 
-def base_model_config(model: "MultiTaskModel") -> dict[str, Any]:
+def base_model_config(model: MultiTaskModel) -> dict[str, Any]:
     """What an adapter was trained on, recorded in its `adapter_config.json` and checked when it is loaded."""
     config = model.config
     return {
@@ -210,11 +231,11 @@ def base_model_config(model: "MultiTaskModel") -> dict[str, Any]:
     }
 
 
-def _with_base(model: "MultiTaskModel", adapter_config: dict[str, Any]) -> dict[str, Any]:
+def _with_base(model: MultiTaskModel, adapter_config: dict[str, Any]) -> dict[str, Any]:
     return {**adapter_config, "base_model_config": adapter_config.get("base_model_config") or base_model_config(model)}
 
 
-def _save_backbone(model: "MultiTaskModel", root: Path) -> list[str]:
+def _save_backbone(model: MultiTaskModel, root: Path) -> list[str]:
     if not model.backbone_trained:
         return []
     folder = root / BACKBONE_DIR

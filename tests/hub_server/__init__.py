@@ -53,6 +53,7 @@ from .fixtures import hub, hub_api
 from .model import ALICE, ALICE_TOKEN, BOB, BOB_TOKEN, FailureRule, RequestRecord
 from .server import HubServer
 
+
 __all__ = [
     "ALICE",
     "ALICE_TOKEN",

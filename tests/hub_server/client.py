@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+
 _ENV_TO_REMOVE = (
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",

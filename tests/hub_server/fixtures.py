@@ -6,6 +6,7 @@ from __future__ import annotations
 from .model import ALICE_TOKEN
 from .server import HubServer
 
+
 try:
     import pytest
 except ImportError:  # pragma: no cover

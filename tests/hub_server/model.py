@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
+
 ALICE, ALICE_TOKEN = "alice", "hf_alice_token"
 BOB, BOB_TOKEN = "bob", "hf_bob_token"
 

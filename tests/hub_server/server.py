@@ -70,7 +70,7 @@ class HubServer(
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         if self._server is not None:
             return self
         self._server = _Server(self, "hub", self.host)
@@ -95,7 +95,7 @@ class HubServer(
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .model import FailureRule, HubError, RequestRecord, _json, _Request, _Response
 
+
 if TYPE_CHECKING:
     from .server import HubServer
 
@@ -180,7 +181,7 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, hub: "HubServer", role: str, host: str):
+    def __init__(self, hub: HubServer, role: str, host: str):
         self.hub = hub
         self.role = role
         self.conns: set[socket.socket] = set()

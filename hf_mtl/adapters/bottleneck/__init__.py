@@ -4,4 +4,5 @@ from .config import BottleneckConfig
 from .layer import BottleneckAdapter, routed_adapter
 from .model import BottleneckMethod
 
+
 __all__ = ["BottleneckAdapter", "BottleneckConfig", "BottleneckMethod", "routed_adapter"]

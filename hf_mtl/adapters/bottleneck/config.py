@@ -13,13 +13,15 @@ The defaults are AdapterHub's `SeqBnConfig`, `DoubleSeqBnConfig` and `ParBnConfi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ...errors import TaskConfigError
+
 
 VARIANTS = ("pfeiffer", "houlsby", "parallel")
 INITS = ("identity", "bert", "houlsby")
@@ -68,7 +70,7 @@ class BottleneckConfig:
     ln_after: bool = False
 
     @classmethod
-    def from_options(cls, options: dict[str, Any] | None, method: str = "bottleneck") -> "BottleneckConfig":
+    def from_options(cls, options: dict[str, Any] | None, method: str = "bottleneck") -> BottleneckConfig:
         """Validate `adapter_config` and fill the variant's defaults.
 
         Args:

@@ -35,8 +35,8 @@ The scaling s multiplies W_up and b_up (r x D values), not the output (B x L x D
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ class AdapterTensors:
     ln_after: tuple[torch.Tensor, torch.Tensor] | None = None  # (D_out,), (D_out,)
 
     @classmethod
-    def zeros_like(cls, other: "AdapterTensors") -> "AdapterTensors":
+    def zeros_like(cls, other: AdapterTensors) -> AdapterTensors:
         """An adapter that adds exactly nothing (f(0) = 0 for every supported non-linearity)."""
         return cls(*(torch.zeros_like(t) for t in (other.down, other.down_bias, other.up, other.up_bias)))
 

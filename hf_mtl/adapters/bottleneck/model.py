@@ -8,7 +8,8 @@ He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer Learning
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn

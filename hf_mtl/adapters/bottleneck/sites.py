@@ -12,14 +12,16 @@ block's output), so their input is x for every family of the spec table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ...errors import TaskConfigError
 from ...modeling.arch import ArchSpec, layers_of, resolve
+
 
 POSITIONS = {
     # position: (branch output f, first reader of the residual input x, layer norm of LN(f + x))

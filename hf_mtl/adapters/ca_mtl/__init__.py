@@ -3,4 +3,5 @@
 from .config import CaMtlConfig
 from .model import CaMtlMethod
 
+
 __all__ = ["CaMtlConfig", "CaMtlMethod"]

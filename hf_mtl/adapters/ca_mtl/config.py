@@ -4,11 +4,13 @@ Defaults follow the paper and its reference code (github.com/CAMTL/CA-MTL) where
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ...errors import TaskConfigError
 from ..per_row import check_choice, check_int, parse_options
+
 
 METHOD = "ca_mtl"
 BOTTLENECK_LAYERS = ("top", "all")
@@ -45,7 +47,7 @@ class CaMtlConfig:
     freeze_lower_half: bool = True
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None, hidden_size: int) -> "CaMtlConfig":
+    def from_options(cls, options: Mapping[str, Any] | None, hidden_size: int) -> CaMtlConfig:
         """Validate the user's options and fill the defaults that depend on the backbone.
 
         Args:

@@ -34,6 +34,7 @@ from ..task_embedding import TaskEmbeddingMethod
 from .config import METHOD, CaMtlConfig
 from .layer import CaMtlLayer, ConditionalLayerNorm, FiLM, film
 
+
 REACHABLE_ATTENTION = (None, "eager", "sdpa", "hf_mtl")
 
 

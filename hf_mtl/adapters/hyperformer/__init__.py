@@ -3,4 +3,5 @@
 from .config import HyperformerConfig
 from .model import HyperformerMethod, HyperformerPlusPlusMethod
 
+
 __all__ = ["HyperformerConfig", "HyperformerMethod", "HyperformerPlusPlusMethod"]

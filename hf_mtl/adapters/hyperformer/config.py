@@ -5,11 +5,13 @@ arXiv:2106.04489). Defaults are the paper's (its released recipes `hyperformer.j
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ...errors import TaskConfigError
 from ..per_row import check_choice, check_int, parse_options
+
 
 ACTIVATIONS = ("gelu_new", "gelu", "relu", "swish", "silu", "tanh")
 
@@ -43,7 +45,7 @@ class HyperformerConfig:
     init_std: float = 1e-2
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None, hidden_size: int, method: str) -> "HyperformerConfig":
+    def from_options(cls, options: Mapping[str, Any] | None, hidden_size: int, method: str) -> HyperformerConfig:
         """Validate the user's options.
 
         Args:

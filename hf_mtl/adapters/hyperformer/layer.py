@@ -13,8 +13,8 @@ normalizes its output with a LayerNorm, so one hypernetwork serves every layer a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,7 @@ class GeneratedAdapter:
     ln_weight: torch.Tensor  # (T, H)
     ln_bias: torch.Tensor  # (T, H)
 
-    def per_row(self, routing: Routing) -> "GeneratedAdapter":
+    def per_row(self, routing: Routing) -> GeneratedAdapter:
         return GeneratedAdapter(*(routing.per_row(t) for t in vars(self).values()))
 
 

@@ -39,6 +39,7 @@ from ..task_embedding import TaskEmbeddingMethod
 from .config import HyperformerConfig
 from .layer import GeneratedAdapter, StackedHyperNets, TaskProjector, apply_adapter, hypernet_parameter_count
 
+
 POSITIONS = ("attention", "ffn")  # adapter positions in a layer; their index is the position id p_j
 
 

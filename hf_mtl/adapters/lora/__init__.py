@@ -3,4 +3,5 @@
 from .config import LoraOptions, parse_lora_options
 from .model import LoraMethod
 
+
 __all__ = ["LoraMethod", "LoraOptions", "parse_lora_options"]

@@ -21,6 +21,7 @@ from peft import LoraConfig
 from ...errors import TaskConfigError
 from ...modeling.arch import ArchSpec
 
+
 # hf_mtl's own options of the method, with their defaults.
 LORA_OPTIONS: dict[str, Any] = {
     "language_adapters": False,  # one LoRA adapter per language, stacked under each task's adapter

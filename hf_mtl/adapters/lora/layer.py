@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
+
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -35,7 +37,7 @@ class CallLock:
     def __init__(self) -> None:
         self._lock = threading.RLock()
 
-    def __enter__(self) -> "CallLock":
+    def __enter__(self) -> CallLock:
         self._lock.acquire()
         return self
 

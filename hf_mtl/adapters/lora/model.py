@@ -41,7 +41,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -58,6 +59,7 @@ from ..routing import Routing, host_index
 from .config import build_lora_config, parse_lora_options
 from .fast import FastLoraLinear
 from .layer import CallLock, activate, adapter_parameters, lora_layers, mixed_batch
+
 
 PEFT_PREFIX = "base_model.model."  # key prefix of PEFT's saved LoRA weights for a PeftModel around the backbone
 LANGUAGE_PREFIX = "language:"

@@ -4,4 +4,5 @@ from .config import MadXConfig
 from .invertible import InvertibleAdapter
 from .model import MadXMethod
 
+
 __all__ = ["InvertibleAdapter", "MadXConfig", "MadXMethod"]

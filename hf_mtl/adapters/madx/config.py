@@ -10,6 +10,7 @@ from typing import Any
 from ...errors import TaskConfigError
 from ..bottleneck.config import INITS, NON_LINEARITIES, check_choice, check_reduction_factor
 
+
 _LANGUAGE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -40,7 +41,7 @@ class MadXConfig:
     init: str = "identity"
 
     @classmethod
-    def from_options(cls, options: dict[str, Any] | None, method: str = "madx") -> "MadXConfig":
+    def from_options(cls, options: dict[str, Any] | None, method: str = "madx") -> MadXConfig:
         """Validate `adapter_config` (unknown keys are refused) and fill the defaults."""
         options = dict(options or {})
         valid = [f.name for f in dataclasses.fields(cls)]

@@ -13,7 +13,7 @@ language-specific map (AdapterHub does the same with a pre-hook on the output em
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from torch import nn
 from ..bottleneck.config import bottleneck_size
 from ..bottleneck.layer import AdapterTensors, BottleneckAdapter, routed_adapter
 from ..routing import Routing
+
 
 CouplingTensors = tuple[AdapterTensors, AdapterTensors]  # (F, G)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterator
+from typing import Any
 
 import torch
 from torch import nn

@@ -3,4 +3,5 @@
 from .config import PalsConfig
 from .model import PalsMethod
 
+
 __all__ = ["PalsConfig", "PalsMethod"]

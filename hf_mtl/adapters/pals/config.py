@@ -3,11 +3,13 @@ Efficient Adaptation in Multi-Task Learning", ICML, arXiv:1902.02671)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ...errors import TaskConfigError
 from ..per_row import check_int, parse_options
+
 
 METHOD = "pals"
 PAPER_HIDDEN_SIZE = 768  # BERT-base
@@ -33,7 +35,7 @@ class PalsConfig:
     pal_heads: int | None = None
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None, hidden_size: int) -> "PalsConfig":
+    def from_options(cls, options: Mapping[str, Any] | None, hidden_size: int) -> PalsConfig:
         """Validate the user's options and fill the defaults that depend on the backbone.
 
         Args:

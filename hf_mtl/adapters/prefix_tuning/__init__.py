@@ -3,4 +3,5 @@
 from .config import PrefixTuningOptions
 from .model import PrefixTuningMethod
 
+
 __all__ = ["PrefixTuningMethod", "PrefixTuningOptions"]

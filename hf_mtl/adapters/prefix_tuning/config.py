@@ -27,7 +27,7 @@ class PrefixTuningOptions:
     encoder_hidden_size: int = 512
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "PrefixTuningOptions":
+    def from_config(cls, config: dict[str, Any]) -> PrefixTuningOptions:
         """Validate `adapter_config`: unknown keys and bad values raise errors naming the field and the fix."""
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(config) - set(valid))

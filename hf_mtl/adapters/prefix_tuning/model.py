@@ -18,15 +18,16 @@ stores the computed prefixes only.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from ...errors import StoreError
 from ...modeling.arch import config_value, get_spec, layers_of, resolve
-from ...tasks import Task
 from ...ops.attention import add_attention_modifier
+from ...tasks import Task
 from ..base import AdapterMethod, register_method
 from ..routing import RoutedCall, Routing
 from .config import PrefixTuningOptions

@@ -15,6 +15,7 @@ from .round_robin import RoundRobinScheduler
 from .sequential import SequentialScheduler
 from .uncertainty import UncertaintyScheduler
 
+
 __all__ = [
     "SAMPLING_STRATEGIES",
     "AllTasksScheduler",

@@ -215,7 +215,7 @@ class TaskScheduler(Strategy):
         return f"{type(self).__name__}(tasks={self.task_names}, seed={self.seed}{opts})"
 
 
-SAMPLING_STRATEGIES: Registry[type["TaskScheduler"]] = Registry("sampling_strategy", base=TaskScheduler)
+SAMPLING_STRATEGIES: Registry[type[TaskScheduler]] = Registry("sampling_strategy", base=TaskScheduler)
 
 
 def register_scheduler(cls: type[TaskScheduler]) -> type[TaskScheduler]:

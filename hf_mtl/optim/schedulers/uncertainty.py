@@ -35,6 +35,7 @@ from ..distributed import all_reduce_
 from ..mixed import forward_per_task, rows_by_task, single_task_batch, take_rows
 from .base import TaskScheduler, register_scheduler
 
+
 IGNORE_INDEX = -100
 SHARE_RATE = 0.1
 

@@ -3,4 +3,5 @@
 from . import gradvac, pcgrad  # noqa: F401  (register the built-ins)
 from .base import GRADIENT_SURGERIES, NO_SURGERY, GradientSurgery, build_gradient_surgery, register_surgery
 
+
 __all__ = ["GRADIENT_SURGERIES", "NO_SURGERY", "GradientSurgery", "build_gradient_surgery", "register_surgery"]

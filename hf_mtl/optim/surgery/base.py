@@ -21,6 +21,7 @@ import torch
 from ...registry import Registry
 from ..strategy import Strategy
 
+
 NO_SURGERY = "none"  # the recipe value that turns surgery off
 GRANULARITIES = ("all", "parameter")
 

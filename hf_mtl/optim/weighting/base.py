@@ -102,7 +102,7 @@ class LossWeighting(Strategy, abc.ABC):
         """Learned parameters of the weighting (optimized with the model; none by default)."""
         return []
 
-    def to(self, device: torch.device) -> "LossWeighting":
+    def to(self, device: torch.device) -> LossWeighting:
         """Move learned parameters to `device` (before the optimizer is built)."""
         for param in self.parameters():
             param.data = param.data.to(device)
