@@ -103,11 +103,16 @@ def _check_sizes(model: Any, batch_size: Any, max_length: Any) -> None:
     for field, value in (("batch_size", batch_size), ("max_length", max_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DataError(f"predict({field}={value!r}): {field} must be a positive integer.")
-    limit = max_input_length(model.config)
+    check_max_length(model.config, max_length)
+
+
+def check_max_length(config: Any, max_length: int) -> None:
+    """Refuse a row length the backbone's position embeddings cannot hold (predict and eval)."""
+    limit = max_input_length(config)
     if limit is not None and max_length > limit:
         raise DataError(f"max_length={max_length} is above the {limit} tokens a row of this "
-                        f"{getattr(model.config, 'model_type', 'backbone')} backbone holds (max_position_embeddings="
-                        f"{model.config.max_position_embeddings}). Fix: --max-seq-length (max_length=) {limit} or less.")
+                        f"{getattr(config, 'model_type', 'backbone')} backbone holds (max_position_embeddings="
+                        f"{config.max_position_embeddings}). Fix: --max-seq-length (max_length=) {limit} or less.")
 
 
 def _check_inputs(model: Any, texts: Sequence[Any], names: list[str]) -> None:

@@ -208,10 +208,12 @@ def run_evaluation(store: str, split: str = "validation", tasks: Sequence[str] |
 
     from .data.dataset import load_raw_splits
     from .errors import DataError, UnknownTaskError
+    from .inference import check_max_length
     from .modeling import MultiTaskModel
     from .trainer import MultiTaskTrainer, warn_unevaluated
 
     model = MultiTaskModel.from_pretrained(store, tasks=tasks)
+    check_max_length(model.config, max_seq_length)
     task_list = list(model.tasks.values())
     if max_samples is not None:
         if max_samples < 0:

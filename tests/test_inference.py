@@ -334,6 +334,12 @@ def test_cli_predict_max_seq_length_above_the_model(saved_run, capsys):
     assert err.startswith("error: max_length=1000 is above the 128 tokens") and "\n" not in err
 
 
+def test_cli_eval_max_seq_length_above_the_model(saved_run, capsys):
+    assert main(["eval", saved_run, "--max-seq-length", "1000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: max_length=1000 is above the 128 tokens") and "\n" not in err
+
+
 def test_cli_predict_prints_strict_json_for_nan_scores(tmp_path, base, capsys):
     model = build(base=base, task_list=tasks()[:2])
     with torch.no_grad():
