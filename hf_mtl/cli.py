@@ -198,7 +198,7 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
     from .modeling import MultiTaskModel
 
     model = MultiTaskModel.from_pretrained(args.store, tasks=[args.task] if args.task != "all" else None,
-                                           revision=args.revision, token=args.token)
+                                           revision=args.revision, token=args.token, trust_remote_code=False)
     # --task all: one line per input, {task: prediction}; tasks sharing the backbone share its pass
     for row in model.predict(inputs, task=args.task, batch_size=args.batch_size, max_length=args.max_seq_length,
                              language=args.language):
