@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from transformers import set_seed
+
 from hf_mtl import MultiTaskModel, MultiTaskTrainer, MultiTaskTrainingArguments, Task, load_task_split
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     cli = parse_args(argv)
+    set_seed(42)  # before the model is built: the same seed gives the same adapters, heads and run
     tasks = [
         Task("sentiment", kind="classification", train_file="examples/data/sentiment/train.csv",
              validation_file="examples/data/sentiment/validation.csv"),

@@ -167,11 +167,15 @@ def test_python_block_prints_metrics_and_a_prediction_twice(tiny_model: str, use
     (block,) = code_blocks("python")
     assert MODEL in block and "num_train_epochs=3" in block
     code = compile(block.replace(MODEL, tiny_model).replace("num_train_epochs=3", "max_steps=2"), "README.md", "exec")
+    printed = []
     for _ in range(2):  # re-runnable: the second run overwrites the first's store
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             exec(code, {"__name__": "__readme__"})
         assert "eval_average" in out.getvalue() and "'tags':" in out.getvalue()
+        lines = [line for line in out.getvalue().splitlines() if line.startswith(("{'eval_", "[{"))]
+        printed.append([re.sub(r"'[a-z_]*(runtime|per_second)': '?[0-9.e+-]+'?", "", line) for line in lines])
+    assert printed[0] == printed[1]  # same seed, same run: the same metrics and prediction
     saved = {p.name for p in (user_dir / "outputs" / "two_tasks").iterdir()}
     assert {"sentiment", "ner"} <= saved and "backbone" not in saved
     assert not any(name.startswith("checkpoint-") for name in saved)
