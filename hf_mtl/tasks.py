@@ -420,8 +420,10 @@ class Task:
 
     def never_predicted(self) -> list[int]:
         """Ids of the labels the model must never predict: those only evaluation data has (it cannot learn them)."""
+        if not self.evaluation_only_labels:  # the common case, asked for every predicted row
+            return []
         index = {label: i for i, label in enumerate(self.labels or [])}
-        return [index[label] for label in self.evaluation_only_labels or [] if label in index]
+        return [index[label] for label in self.evaluation_only_labels if label in index]
 
     @property
     def primary_metric(self) -> str:
