@@ -111,6 +111,10 @@ def build_backbone(config: PretrainedConfig, name_or_path: str | None = None, tr
     """
     if name_or_path is not None and _only_pickled_weights(name_or_path):
         raise _pickled_weights_error(name_or_path)
+    from .generative import ENCODER, backbone_layout, build_lm
+
+    if backbone_layout(config) != ENCODER:  # a generative LM keeps its LM head (the tasks' output layer)
+        return build_lm(config, name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     extra = {**kwargs, "trust_remote_code": trust_remote_code}
     model_cls = AutoModel._model_mapping.get(type(config), None)
     drops_pooler = model_cls is not None and "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters

@@ -95,11 +95,15 @@ def build_generative_backbone(config: PretrainedConfig, kind: str, task: str, na
         The model (`*ForCausalLM` or `*ForConditionalGeneration`), and whether it is an encoder-decoder.
     """
     check_backbone_kind(config, kind, task)
-    is_encoder_decoder = backbone_layout(config) == ENCODER_DECODER
-    auto = AutoModelForSeq2SeqLM if is_encoder_decoder else AutoModelForCausalLM
+    return build_lm(config, name_or_path, **kwargs), backbone_layout(config) == ENCODER_DECODER
+
+
+def build_lm(config: PretrainedConfig, name_or_path: str | None = None, trust_remote_code: bool = False,
+             **kwargs: Any) -> PreTrainedModel:
+    """`AutoModelForCausalLM` / `AutoModelForSeq2SeqLM` of a decoder-only / encoder-decoder config: random weights,
+    or pretrained ones from `name_or_path` (safetensors only: a pickled checkpoint is never unpickled)."""
+    auto = AutoModelForSeq2SeqLM if backbone_layout(config) == ENCODER_DECODER else AutoModelForCausalLM
     if name_or_path is None:
-        model = auto.from_config(config, trust_remote_code=False, **kwargs)
-    else:  # safetensors only: a pickled checkpoint is never unpickled
-        model = auto.from_pretrained(resolve_model_path(name_or_path), config=config, trust_remote_code=False,
-                                     use_safetensors=True, **kwargs)
-    return model, is_encoder_decoder
+        return auto.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
+    return auto.from_pretrained(resolve_model_path(name_or_path), config=config, trust_remote_code=trust_remote_code,
+                                use_safetensors=True, **kwargs)

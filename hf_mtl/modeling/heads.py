@@ -58,8 +58,21 @@ class TokenHead(nn.Module):
         return self.out(self.dropout(hidden))  # (B, L, C)
 
 
+class LMHead(nn.Module):
+    """The head of a generative task (`causal_lm`, `seq2seq`): the backbone's own LM head, shared and frozen.
+
+    It holds no weights (its saved state is empty); it stands in `MultiTaskModel.heads` so that a generative task
+    is known to the model like any other (per task there is only the adapter).
+    """
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        raise RuntimeError("A generative task's logits come from the backbone's LM head (MultiTaskModel.forward).")
+
+
 def build_head(task: Task, hidden_size: int, dropout: float, vocab_size: int | None = None) -> nn.Module:
     """The head a task's kind needs."""
+    if task.is_generative:
+        return LMHead()
     if task.kind == "token_classification":
         return TokenHead(hidden_size, task.num_labels, dropout)
     if task.kind == "masked_lm":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
@@ -27,7 +28,8 @@ from ..tasks import Task, check_unique_names, dependency_order
 from .adversarial import TaskDiscriminator
 from .arch import ARCH_SPECS, layers_of, resolve
 from .backbone import backbone_forward_args, build_backbone, load_backbone_config, load_tokenizer, set_dropout
-from .heads import build_head, task_loss
+from .generative import ENCODER, ENCODER_DECODER, backbone_layout, check_backbone_kind
+from .heads import IGNORE_INDEX, build_head, task_loss
 from .hierarchy import prediction_features, prediction_width, with_lower_tasks
 
 
@@ -60,8 +62,12 @@ class MultiTaskOutput(ModelOutput):
 class MultiTaskModel(nn.Module):
     """A frozen (or trained) backbone shared by many tasks.
 
+    The backbone is an encoder (`AutoModel`, no pooler) for encoder tasks, or a generative LM with its LM head
+    (`AutoModelForCausalLM` / `AutoModelForSeq2SeqLM`) for `causal_lm` / `seq2seq` tasks, which train only their
+    adapters and read the backbone's LM head; `generate` runs rows of several generative tasks in one call.
+
     Args:
-        backbone: an encoder built by `AutoModel` (no pooler).
+        backbone: an encoder built by `AutoModel` (no pooler), or a generative LM with its LM head.
         tasks: the tasks; a task without a known label list gets its head when `add_task` is called
             again with labels (the trainer does this after reading the training data).
         adapter_method: name of an adapter method (`hf_mtl.adapters.ADAPTER_METHODS`), `"none"` for
@@ -95,6 +101,7 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config: PretrainedConfig = backbone.config
+        self.layout = backbone_layout(self.config)  # encoder, decoder-only or encoder-decoder
         self.base_model = base_model
         self.base_model_revision = base_model_revision
         self.freeze_backbone = freeze_backbone
@@ -185,7 +192,12 @@ class MultiTaskModel(nn.Module):
         if known is not None and task.name in self.heads:
             _check_same_head(known, task)
             return
+        check_backbone_kind(self.config, task.kind, task.name)  # e.g. a classification head on a decoder-only LM
         self.tasks[task.name] = task
+        if task.is_generative:  # the backbone's LM head serves it: only the adapter is the task's own
+            self.heads[task.name] = build_head(task, 0, 0.0)
+            self.adapter.add_task(task)
+            return
         self._sync_discriminator()
         if task.kind != "masked_lm" and task.kind != "regression" and task.labels is None:
             return  # labels come from the training data; the trainer calls add_task again
@@ -232,6 +244,15 @@ class MultiTaskModel(nn.Module):
     @property
     def task_names(self) -> list[str]:
         return list(self.tasks)
+
+    @property
+    def is_generative(self) -> bool:
+        """The backbone is a generative LM (decoder-only or encoder-decoder) with its LM head."""
+        return self.layout != ENCODER
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.layout == ENCODER_DECODER
 
     def set_task(self, task: str) -> None:
         """Make `task` the default of `forward`/`predict` calls that name none. O(1): no weights move.
@@ -289,6 +310,8 @@ class MultiTaskModel(nn.Module):
         language: str | Sequence[str] | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
     ) -> MultiTaskOutput:
         """Run the backbone once for the whole batch, then each task's head on its rows.
 
@@ -298,12 +321,24 @@ class MultiTaskModel(nn.Module):
                 In a mixed-task batch, sequence-level labels sit in column 0 of a (B, L) tensor.
             task: one task name, or one per row (a mixed-task batch).
             language: overrides the tasks' languages for language adapters (zero-shot transfer).
+            decoder_input_ids, decoder_attention_mask: encoder-decoder LMs: the decoder's inputs (default: the
+                labels shifted right, as the backbone builds them).
+
+        Generative tasks: `labels` are (B, T) target token ids with -100 where nothing is scored (the prompt, the
+        padding); for a decoder-only LM they align with `input_ids` (the model shifts them), for an encoder-decoder
+        they are the decoder's targets. `logits` are the LM head's (B, T, V); a task's loss is the mean cross-entropy
+        over its rows' target tokens.
         """
         reference = input_ids if input_ids is not None else inputs_embeds
         batch_size = reference.shape[0]
         routing = self.routing(task, batch_size, reference.device)
         if language is not None:
             routing.languages = [language] * batch_size if isinstance(language, str) else list(language)
+        if self.is_generative:
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                      "inputs_embeds": inputs_embeds, "decoder_input_ids": decoder_input_ids,
+                      "decoder_attention_mask": decoder_attention_mask}
+            return self._generative_forward(routing, inputs, labels)
         hidden_by_layer = self._encode(routing, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         if routing.single_task is not None:
             name = routing.single_task
@@ -316,6 +351,40 @@ class MultiTaskModel(nn.Module):
             output.adversarial_loss = self.task_discriminator.loss(hidden_by_layer[None], attention_mask,
                                                                    routing.names_per_row())
         return output
+
+    def _generative_forward(self, routing: Routing, inputs: dict[str, torch.Tensor | None],
+                            labels: torch.Tensor | None) -> MultiTaskOutput:
+        """The LM's logits over the whole batch (one forward, rows routed to their tasks' adapters) and each task's
+        mean token cross-entropy over its rows' scored targets."""
+        kwargs = {k: v for k, v in inputs.items() if v is not None}
+        if self.is_encoder_decoder and "decoder_input_ids" not in kwargs:
+            if labels is None:
+                raise TaskConfigError("An encoder-decoder forward needs `labels` or `decoder_input_ids` (the decoder's "
+                                      "inputs). Fix: pass one of them, or call generate() for new text.")
+            kwargs["decoder_input_ids"] = self.backbone.prepare_decoder_input_ids_from_labels(labels=labels)
+        with self.adapter.route(routing):
+            logits = self.backbone(**kwargs, use_cache=False, return_dict=True).logits  # (B, T, V)
+        single = routing.single_task
+        if labels is None:
+            if single is not None:
+                return MultiTaskOutput(logits=logits)
+            rows = {name: routing.rows_of(name) for name in routing.batch_tasks}
+            return MultiTaskOutput(task_logits={n: logits[r] for n, r in rows.items()}, task_rows=rows)
+        scored, targets = (logits, labels) if self.is_encoder_decoder else (logits[:, :-1], labels[:, 1:])
+        token_loss = F.cross_entropy(scored.float().reshape(-1, scored.shape[-1]), targets.reshape(-1).long(),
+                                     ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
+        counts = (targets != IGNORE_INDEX).sum(dim=1)  # (B,) scored tokens per row
+        if single is not None:
+            loss = token_loss.sum() / counts.sum().clamp(min=1)
+            return MultiTaskOutput(loss=loss, logits=logits, task_losses={single: loss})
+        task_losses, task_logits, task_rows, total = {}, {}, {}, None
+        for name in routing.batch_tasks:
+            rows = routing.rows_of(name)
+            task_losses[name] = token_loss[rows].sum() / counts[rows].sum().clamp(min=1)
+            task_logits[name], task_rows[name] = logits[rows], rows
+            share = task_losses[name] * (rows.numel() / routing.size)
+            total = share if total is None else total + share
+        return MultiTaskOutput(loss=total, task_losses=task_losses, task_logits=task_logits, task_rows=task_rows)
 
     def _encode(self, routing: Routing, *inputs: torch.Tensor | None) -> dict[int | None, torch.Tensor]:
         """Backbone hidden states: {None: last layer} plus {k: layer k} for heads that read layer k."""
@@ -417,6 +486,12 @@ class MultiTaskModel(nn.Module):
         from ..inference import predict
 
         return predict(self, texts, task=task, **kwargs)
+
+    def generate(self, inputs: Sequence[Any], task: str | Sequence[str] | None = None, **kwargs: Any) -> list[str]:
+        """Generated texts of generative tasks, rows of several tasks in one call; see `hf_mtl.generation.generate`."""
+        from ..generation import generate
+
+        return generate(self, inputs, task=task, **kwargs)
 
 
 def _labels_for(task: Task, labels: torch.Tensor) -> torch.Tensor:
