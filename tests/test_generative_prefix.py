@@ -175,3 +175,14 @@ def test_t5_prefix_columns_have_no_position_bias_under_eager_and_sdpa() -> None:
         expected = model(input_ids=ids, decoder_input_ids=ids[:, :3], task="sent").logits
         got = eager(input_ids=ids, decoder_input_ids=ids[:, :3], task="sent").logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_gives_the_same_generations(tmp_path) -> None:
+    model = build("t5")
+    model.backbone.save_pretrained(tmp_path / "base")
+    model.base_model = str(tmp_path / "base")
+    model.save_pretrained(tmp_path / "store")
+    loaded = MultiTaskModel.from_pretrained(str(tmp_path / "store"), tokenizer=TOKENIZER).eval()
+    prompts = prompts_of(model)
+    options = {"min_new_tokens": 5, "max_new_tokens": 5}
+    assert generate_ids(loaded, prompts, NAMES, **options) == generate_ids(model, prompts, NAMES, **options)

@@ -46,7 +46,6 @@ from ...modeling.arch import (
     get_generative_spec,
     get_spec,
     head_dim,
-    layers_of,
     num_kv_heads,
     resolve,
 )
