@@ -138,7 +138,10 @@ class PrefixTuningMethod(AdapterMethod):
         routing.check_known(self.prefixes, self.name)
         by_task = [prefixes_by_site(self.prefixes[name](), self.sites) for name in routing.owners]
         # per site (T_batch, 2, h, P, d); row i uses entry routing.rows[i] (the batch's tasks in routing order)
-        prefixes = [torch.stack([task[site] for task in by_task]) for site in range(len(self.sites))]
+        if len(by_task) == 1:  # one task: a view, no copy
+            prefixes = [site.unsqueeze(0) for site in by_task[0]]
+        else:
+            prefixes = [torch.stack([task[site] for task in by_task]) for site in range(len(self.sites))]
         with RoutedCall(routing, values={"prefixes": prefixes}).scope(self):
             yield
 
@@ -173,7 +176,10 @@ class PrefixTuningMethod(AdapterMethod):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             call = self.current_call()
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            if call is None or cache is None:
+            if call is None:
+                return
+            call.inputs.pop(("cached", index), None)  # decided anew for every forward
+            if cache is None:
                 return
             if isinstance(cache, EncoderDecoderCache):
                 cache = cache.cross_attention_cache if site.cross else cache.self_attention_cache
