@@ -95,12 +95,14 @@ class _DroppedAttention(torch.autograd.Function):
 
 def _eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
            attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-           fast_dropout: bool = False, **kwargs: Any):
+           fast_dropout: bool = False, position_bias: torch.Tensor | None = None, **kwargs: Any):
     """softmax(QKᵀ·scaling + M) V with dropout on the probabilities; returns (B, Lq, h, d) and the
     probabilities (None where the fast dropout ran: like SDPA, it keeps no dropped copy of them). The caller
     checked that `fast_dropout` means training with dropout > 0; a p the fast mask cannot represent, or
-    another device, takes torch's dropout."""
+    another device, takes torch's dropout. T5's `position_bias` joins the mask (both are added to the logits)."""
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    if position_bias is not None:
+        attention_mask = position_bias + full_mask(attention_mask, query, key)
     levels = fast_threshold(dropout) if fast_dropout and query.device.type == "cpu" else None
     if levels is not None:
         out = _DroppedAttention.apply(query, key, value, attention_mask, scaling, levels)
@@ -122,6 +124,9 @@ def hf_mtl_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     CPU in training with dropout, the same computation with the fast dropout mask)."""
     for modifier in getattr(module, _MODIFIERS, ()):
         query, key, value, attention_mask = modifier(module, query, key, value, attention_mask)
+    bias = kwargs.get("position_bias")  # T5's relative position bias (B|1, h, Lq, Lk)
+    if bias is not None and bias.shape[-1] < key.shape[2]:  # keys a modifier put first (prefixes) have no position
+        kwargs["position_bias"] = nn.functional.pad(bias, (key.shape[2] - bias.shape[-1], 0))
     base = getattr(module, _BASE, "sdpa")
     fast = getattr(module, _FAST_DROPOUT, False) and query.device.type == "cpu" and kwargs.get("dropout", 0.0) > 0
     if base == "eager" or fast:
