@@ -57,7 +57,7 @@ ARCH_CONFIGS = {
     "bart": lambda: BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                                max_position_embeddings=256, bos_token_id=1, decoder_start_token_id=1,
-                               forced_eos_token_id=None, dropout=0.0, **_COMMON),
+                               forced_eos_token_id=None, dropout=0.0, init_std=0.2, **_COMMON),
 }
 KIND = {"llama": "causal_lm", "gpt2": "causal_lm", "t5": "seq2seq", "bart": "seq2seq"}
 
