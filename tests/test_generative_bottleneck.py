@@ -8,6 +8,8 @@ what is specific to these two methods.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import BartConfig, ByT5Tokenizer, GPT2Config, LlamaConfig, T5Config
@@ -19,7 +21,8 @@ from hf_mtl.data.collators import pad_rows
 from hf_mtl.data.text2text import TextToTextEncoder
 from hf_mtl.generation import generate_ids, prompt_ids
 from hf_mtl.modeling import MultiTaskModel
-from hf_mtl.modeling.arch import layers_of, resolve, residual_reader
+from hf_mtl.modeling.arch import layers_of, residual_reader, resolve
+from hf_mtl.store.load import _load_weights, _read_task
 
 
 TOK = ByT5Tokenizer()  # needs no files: vocab 384, pad 0, eos 1
@@ -229,3 +232,27 @@ def test_madx_language_switch_on_generative_rows(arch: str) -> None:
     assert not torch.allclose(own, other)
     torch.testing.assert_close(mixed[[0, 3]], own[[0, 3]], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mixed[[1, 2]], other[[1, 2]], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+@pytest.mark.parametrize("method,config", [("bottleneck", {"variant": "houlsby"}), ("madx", MADX)])
+def test_save_load_same_generations(arch: str, method: str, config: dict, tmp_path) -> None:
+    """A store of a generative model (task adapters; MAD-X also `languages/<lang>/`) reloads onto the same backbone
+    and generates the same tokens."""
+    extra = [lm_task(arch)] if method == "madx" else []
+    model = build(arch, method, config, extra=extra).eval()
+    model.save_pretrained(str(tmp_path))
+    if method == "madx":
+        assert (tmp_path / "languages" / "pt" / "adapter_model.safetensors").is_file()
+    config_file = json.loads((tmp_path / "mtl_config.json").read_text())
+    fresh = MultiTaskModel.from_config(CONFIGS[arch](), [_read_task(tmp_path, n) for n in config_file["tasks"]],
+                                       tokenizer=TOK, adapter_method=config_file["adapter_method"],
+                                       adapter_config=config_file["adapter_config"])
+    fresh.backbone.load_state_dict(model.backbone.state_dict())
+    _load_weights(fresh, tmp_path, config_file["tasks"])
+    fresh.eval()
+    assert _generate(fresh, NAMES, TEXTS, min_new_tokens=3) == _generate(model, NAMES, TEXTS, min_new_tokens=3)
+    batch = training_batch(model, NAMES)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch, task=NAMES).task_logits["echo"],
+                                   model(**batch, task=NAMES).task_logits["echo"], rtol=0, atol=0)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ...errors import TaskConfigError
-from ...modeling.arch import ArchSpec, config_value, get_generative_spec, get_spec, layers_of, resolve, residual_reader
+from ...modeling.arch import ArchSpec, config_value, get_generative_spec, get_spec, layers_of, residual_reader, resolve
 from ...modeling.generative import ENCODER, backbone_layout
 
 
