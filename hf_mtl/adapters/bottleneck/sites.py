@@ -32,8 +32,8 @@ from ...modeling.arch import ArchSpec, config_value, get_generative_spec, get_sp
 from ...modeling.generative import ENCODER, backbone_layout
 
 
-# position -> the spec field of its branch output f
-BRANCHES = {"attention": "attention_output", "cross_attention": "cross_attention_output", "ffn": "ffn_output"}
+# position -> the spec field of its branch output f (a decoder's cross-attention gets no adapter: see BottleneckMethod)
+BRANCHES = {"attention": "attention_output", "ffn": "ffn_output"}
 
 
 def stack_specs(config: Any) -> tuple[ArchSpec, ...]:
@@ -51,7 +51,7 @@ def total_layers(config: Any, specs: tuple[ArchSpec, ...]) -> int:
 
 @dataclass
 class Site:
-    """One adapter place: layer `layer` (0-based, over every stack), position `attention`, `cross_attention` or `ffn`."""
+    """One adapter place: layer `layer` (0-based, over every stack), position `attention` or `ffn`."""
 
     layer: int
     position: str
@@ -77,8 +77,7 @@ def hook_sites(backbone: nn.Module, specs: tuple[ArchSpec, ...], positions: tupl
     Args:
         backbone: the encoder, or the LM with its head.
         specs: its stacks' specs (`stack_specs`), encoder first.
-        positions: `attention` and/or `ffn` (and `cross_attention`, which only decoders of encoder-decoders have;
-            stacks without it skip it).
+        positions: `attention` (self-attention) and/or `ffn`.
         needs_residual: capture x for every site (Pfeiffer's LN(f + x), parallel adapters' input x).
         apply: `apply(site, f, x)` returns f' (x is None when not captured).
         inputs: the current call's store (`RoutedCall.inputs`), where the pre-hooks leave x until the site's
@@ -93,8 +92,6 @@ def hook_sites(backbone: nn.Module, specs: tuple[ArchSpec, ...], positions: tupl
         for layer in layers_of(backbone, spec):
             for position in positions:
                 branch = getattr(spec, BRANCHES[position])
-                if branch is None:
-                    continue  # cross-attention in a stack without it
                 norm = resolve(layer, getattr(spec, f"{position}_layer_norm")) if spec.post_layer_norm else None
                 site = Site(index, position, norm)
                 hook = SiteHook(site, apply, inputs)
