@@ -3,11 +3,14 @@
 | variant | where | reduction_factor | non_linearity | scaling | paper |
 | --- | --- | --- | --- | --- | --- |
 | `pfeiffer` (default) | after the feed-forward block, input LN(f + x) | 16 | relu | 1.0 | Pfeiffer et al. 2020 (AdapterFusion) |
-| `houlsby` | after attention and after the feed-forward block | 16 | swish | 1.0 | Houlsby et al. 2019 |
+| `houlsby` | after self-attention and after the feed-forward block | 16 | swish | 1.0 | Houlsby et al. 2019 |
 | `parallel` | beside the feed-forward block, input x | 2 | relu | 4.0 | He et al. 2022 |
 
 The defaults are AdapterHub's `SeqBnConfig`, `DoubleSeqBnConfig` and `ParBnConfig`. Houlsby's
-`swish` is AdapterHub's choice too; set `non_linearity` to change it.
+`swish` is AdapterHub's choice too; set `non_linearity` to change it. Generative LMs get adapters in every
+layer of every stack (T5/BART: encoder and decoder); a decoder's cross-attention gets none, as AdapterHub's
+`cross_adapter=False`. In pre-LN layers (Llama, GPT-2, T5) `pfeiffer`'s input is f + x (no norm follows the
+residual there).
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class BottleneckConfig:
 
     @property
     def positions(self) -> tuple[str, ...]:
-        """Where adapters sit in each layer: `attention` and/or `ffn`."""
+        """Where adapters sit in each layer: `attention` (self-attention) and/or `ffn`."""
         return ("attention", "ffn") if self.variant == "houlsby" else ("ffn",)
 
 

@@ -15,29 +15,37 @@ import torch
 from torch import nn
 
 from ...errors import TaskConfigError
-from ...modeling.arch import config_value, get_spec
+from ...modeling.arch import config_value
 from ...store.weights import load_exact
 from ...tasks import Task
 from ..base import AdapterMethod, register_method
 from ..routing import RoutedCall, Routing
 from .config import NON_LINEARITIES, BottleneckConfig, bottleneck_size
 from .layer import BottleneckAdapter, routed_adapter
-from .sites import Site, hook_sites, not_routed_error
+from .sites import Site, hook_sites, not_routed_error, stack_specs, total_layers
 
 
 @register_method
 class BottleneckMethod(AdapterMethod):
     """Bottleneck adapters, one per task per site; a mixed-task batch runs in one forward pass.
 
-    At each site the sub-block's branch output f (before the layer's residual add and LayerNorm of
-    LN(f + x)) becomes
+    At each site the sub-block's branch output f (before the layer's residual add, and the LayerNorm of
+    LN(f + x) in post-LN layers) becomes
 
         pfeiffer:  f' = f + A(LN(f + x))          (residual_before_ln=False: f' = LN(f+x) + A(LN(f+x)))
-        houlsby:   f' = f + A(f)                  after attention and after the feed-forward block
+        houlsby:   f' = f + A(f)                  after (self-)attention and after the feed-forward block
         parallel:  f' = f + s · A(x)              x: the feed-forward block's input
 
     with A(h) = f(h W_down + b_down) W_up + b_up, i.e. h <- h + f(h W_down + b_down) W_up + b_up.
-    These are AdapterHub's computations (SeqBn, DoubleSeqBn, ParBn).
+    These are AdapterHub's computations (SeqBn, DoubleSeqBn, ParBn). In pre-LN layers (Llama, GPT-2, T5),
+    which have no norm after the residual add, LN is the identity: pfeiffer's input is f + x, as AdapterHub
+    computes for those models (`layer_norm=None`).
+
+    Generative backbones: sites sit in every layer of every stack (T5/BART: the encoder's, then the
+    decoder's). A decoder's cross-attention gets no adapter in `houlsby` placement, as AdapterHub's
+    `DoubleSeqBnConfig` (`cross_adapter=False`): the placement is Houlsby's (after self-attention and after
+    the feed-forward block of each layer). Adapters act on each token's hidden state, so a generation step
+    that feeds one new token per row (with the KV cache) is routed like a training forward.
 
     Args:
         backbone_config: the backbone's config (hidden size, layers, model type).
@@ -53,9 +61,9 @@ class BottleneckMethod(AdapterMethod):
         options = BottleneckConfig.from_options(config, self.name)
         super().__init__(backbone_config, options.to_dict())
         self.options = options
-        self.spec = get_spec(backbone_config)
-        self.hidden_size = config_value(backbone_config, self.spec, "hidden_size")
-        self.num_layers = config_value(backbone_config, self.spec, "num_layers")
+        self.specs = stack_specs(backbone_config)  # one stack, or an encoder-decoder's encoder then decoder
+        self.hidden_size = config_value(backbone_config, self.specs[0], "hidden_size")
+        self.num_layers = total_layers(backbone_config, self.specs)
         self.rank = bottleneck_size(self.hidden_size, options.reduction_factor)
         self.act = NON_LINEARITIES[options.non_linearity]
         self.task_adapters = nn.ModuleList()  # slot -> ModuleList over layers of ModuleDict {position: adapter}
@@ -69,7 +77,7 @@ class BottleneckMethod(AdapterMethod):
         """Hook every site of the backbone (a forward hook per site, a pre-hook where x is needed)."""
         needs_x = self.options.variant in ("pfeiffer", "parallel")
         self._sites, self._handles = hook_sites(
-            model.backbone, self.spec, self.options.positions, needs_x, self._site_forward, self._call_inputs
+            model.backbone, self.specs, self.options.positions, needs_x, self._site_forward, self._call_inputs
         )
         self._backbone = (model.backbone,)
 
@@ -110,7 +118,7 @@ class BottleneckMethod(AdapterMethod):
         if o.variant == "parallel":
             a_in, residual = x, f
         elif o.variant == "pfeiffer":
-            a_in = site.layer_norm(f + x)  # the layer's own LN, as AdapterHub's original_ln_before
+            a_in = site.norm(f + x)  # the layer's own LN (pre-LN: none), as AdapterHub's original_ln_before
             residual = f if o.residual_before_ln else a_in
         else:
             a_in, residual = f, f
@@ -137,7 +145,8 @@ class BottleneckMethod(AdapterMethod):
                    f"bottleneck adapter of task {task!r}")
 
     def formula_parameter_count(self, task: str) -> int:
-        """layers x positions x (2 H r + r + H [+ 2H per adapter LayerNorm]), r = H // reduction_factor."""
+        """layers x positions x (2 H r + r + H [+ 2H per adapter LayerNorm]), r = H // reduction_factor; layers
+        counts every stack's (an encoder-decoder's encoder and decoder layers)."""
         o = self.options
         per_site = BottleneckAdapter.parameter_count(self.hidden_size, self.rank, ln_before=o.ln_before, ln_after=o.ln_after)
         return self.num_layers * len(o.positions) * per_site

@@ -25,8 +25,9 @@ class MadXConfig:
         task_reduction_factor: task adapters' bottleneck r = H // 16 (the paper's 16).
         invertible: add an invertible adapter (NICE coupling block) per language on the embeddings.
         invertible_reduction_factor: the coupling block's subnetworks map H/2 -> H/2 // 2 -> H/2.
-        train_language_adapters: `masked_lm` tasks train the language adapter (and invertible
-            adapter) of their language; tasks of every other kind never do.
+        train_language_adapters: language tasks (`masked_lm`, or on a generative LM a task with an empty
+            `prompt_template`: plain LM loss on its text) train the language adapter (and invertible
+            adapter) of their language; other tasks never do.
         non_linearity: `relu` (the paper's), `gelu`, `swish`/`silu` or `tanh`.
         init: `identity` (up-projections zero: an untrained adapter is the identity), `bert` or `houlsby`.
     """

@@ -8,7 +8,8 @@ Split the embedding output e = [e1, e2] (sizes ⌊D/2⌋ and ⌈D/2⌉):
 F and G are bottlenecks without a residual, f(h W_down + b_down) W_up + b_up, with r = input // 2.
 MAD-X applies the inverse to the MLM head's transformed states just before the (tied) output
 embedding matrix, so input and output embeddings see mirrored transformations of the same
-language-specific map (AdapterHub does the same with a pre-hook on the output embeddings).
+language-specific map (AdapterHub does the same with a pre-hook on the output embeddings). A generative
+LM's own LM head serves every row, so there the inverse runs on every row, with the row's language.
 """
 
 from __future__ import annotations
@@ -64,7 +65,14 @@ def coupling_forward(e: torch.Tensor, blocks: Sequence[CouplingTensors], owners:
 def coupling_inverse(y: torch.Tensor, block: CouplingTensors, split: int,
                      act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """The exact inverse of `coupling_forward` for one block: (..., D) -> (..., D)."""
+    return routed_coupling_inverse(y, [block], None, split, act)
+
+
+def routed_coupling_inverse(y: torch.Tensor, blocks: Sequence[CouplingTensors], owners: Routing | None, split: int,
+                            act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The inverse of `coupling_forward` with each row's block (`owners` as in `routed_adapter`): a generative
+    LM's head serves rows of several languages in one batch. (B, L, D) -> (B, L, D)."""
     y1, y2 = y[..., :split], y[..., split:]
-    e2 = y2 - routed_adapter(y1, [block[1]], None, act)
-    e1 = y1 - routed_adapter(e2, [block[0]], None, act)
+    e2 = y2 - routed_adapter(y1, [b[1] for b in blocks], owners, act)
+    e1 = y1 - routed_adapter(e2, [b[0] for b in blocks], owners, act)
     return torch.cat([e1, e2], dim=-1)

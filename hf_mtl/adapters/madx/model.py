@@ -7,6 +7,15 @@ Source: Pfeiffer et al. 2020, "MAD-X: An Adapter-Based Framework for Multi-Task 
 2. Train task adapters on top of the (now frozen) adapter of the training data's language (`en`).
 3. Predict in another language: `model(..., language="pt")` or `hf-mtl predict ... --language pt`
    swaps the language adapter under the same task adapter (zero-shot cross-lingual transfer).
+
+On generative backbones (Llama, GPT-2, T5, BART) a language adapter learns its language with the LM loss: a
+`causal_lm` (or `seq2seq`) task with an empty `prompt_template` is plain language modelling on its target text
+(`{"name": "lm_pt", "kind": "causal_lm", "language": "pt", "prompt_template": "", "target_column": "text"}`) and
+trains its language's adapters, as a `masked_lm` task does on an encoder. Adapters sit after the feed-forward block
+of every layer of every stack (an encoder-decoder's encoder and decoder); the invertible adapter runs on each
+stack's embeddings and its inverse on the input of the LM head, for every row with the row's language (the
+generative LM's own head serves every task). On an encoder-decoder, a language-modelling task's encoder input is
+the empty prompt, so its loss teaches mostly the decoder's language adapters.
 """
 
 from __future__ import annotations
@@ -21,17 +30,18 @@ import torch
 from torch import nn
 
 from ...errors import TaskConfigError
-from ...modeling.arch import config_value, get_spec, resolve
+from ...modeling.arch import config_value, get_generative_spec, resolve
+from ...modeling.generative import ENCODER, backbone_layout
 from ...store.weights import load_exact
 from ...tasks import Task
 from ..base import AdapterMethod, register_method
 from ..bottleneck.config import NON_LINEARITIES, bottleneck_size
 from ..bottleneck.layer import AdapterTensors, BottleneckAdapter, routed_adapter
 from ..bottleneck.model import strip_prefix, to_backbone
-from ..bottleneck.sites import Site, hook_sites, not_routed_error
+from ..bottleneck.sites import Site, hook_sites, not_routed_error, stack_specs, total_layers
 from ..routing import RoutedCall, Routing
 from .config import MadXConfig
-from .invertible import InvertibleAdapter, coupling_forward, coupling_inverse
+from .invertible import InvertibleAdapter, coupling_forward, coupling_inverse, routed_coupling_inverse
 
 
 class LanguageAdapters(nn.Module):
@@ -44,10 +54,16 @@ class LanguageAdapters(nn.Module):
                            if options.invertible else None)
 
 
+def is_language_task(task: Task) -> bool:
+    """A task that trains its language's adapters instead of having a task adapter: `masked_lm` (encoders), or a
+    generative task with an empty `prompt_template`, i.e. plain language modelling on its target text."""
+    return task.kind == "masked_lm" or (task.is_generative and task.prompt_template == "")
+
+
 @dataclass
 class MadXRows:
     """Per-row owners for one forward: language adapters keyed (language, trainable), task adapters
-    keyed by task name (None for rows of `masked_lm` tasks, which have no task adapter)."""
+    keyed by task name (None for rows of language tasks, which have no task adapter)."""
 
     languages: Routing
     tasks: Routing
@@ -62,14 +78,15 @@ class MadXMethod(AdapterMethod):
 
         f <- f + A_lang(LN(f + x))        A(h) = f(h W_down + b_down) W_up + b_up,  r_lang = H // 2
         f <- f + A_task(LN(f + x))        r_task = H // 16
-        (the layer then computes LN(f + x))
+        (the layer then computes LN(f + x); pre-LN layers (Llama, GPT-2, T5) have no LN there: f + x instead)
 
     and the embeddings pass through the language's invertible adapter (see `invertible.py`), whose
-    inverse runs in the `masked_lm` heads before the output projection.
+    inverse runs in the `masked_lm` heads (a generative LM: its LM head) before the output projection.
 
-    Training: a row of a `masked_lm` task trains its language's adapters (`train_language_adapters`);
-    rows of every other task use them detached, so no gradient of a task loss reaches a language
-    adapter, and language adapters without a `masked_lm` task in the model are frozen
+    Training: a row of a language task (`masked_lm`, or a generative task with an empty prompt: plain LM loss)
+    trains its language's adapters (`train_language_adapters`); rows of every other task use them detached,
+    so no gradient of a task loss reaches a language adapter, and language adapters without a language task
+    in the model are frozen
     (`requires_grad=False`). Rows route per task and per language: one batch may mix both.
 
     Args:
@@ -87,9 +104,10 @@ class MadXMethod(AdapterMethod):
         options = MadXConfig.from_options(config, self.name)
         super().__init__(backbone_config, options.to_dict())
         self.options = options
-        self.spec = get_spec(backbone_config)
-        self.hidden_size = config_value(backbone_config, self.spec, "hidden_size")
-        self.num_layers = config_value(backbone_config, self.spec, "num_layers")
+        self.specs = stack_specs(backbone_config)  # one stack, or an encoder-decoder's encoder then decoder
+        self.generative = backbone_layout(backbone_config) != ENCODER
+        self.hidden_size = config_value(backbone_config, self.specs[0], "hidden_size")
+        self.num_layers = total_layers(backbone_config, self.specs)
         self.embedding_size = int(getattr(backbone_config, "embedding_size", None) or self.hidden_size)
         self.language_rank = bottleneck_size(self.hidden_size, options.language_reduction_factor)
         self.task_rank = bottleneck_size(self.hidden_size, options.task_reduction_factor)
@@ -112,21 +130,27 @@ class MadXMethod(AdapterMethod):
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self, model: nn.Module) -> None:
-        """Hook the feed-forward sites and (with `invertible`) the embeddings' output."""
-        _, self._handles = hook_sites(model.backbone, self.spec, ("ffn",), True, self._site_forward, self._call_inputs)
+        """Hook the feed-forward sites and (with `invertible`) each stack's embedding output and, on a generative
+        LM, the input of its LM head (the inverse)."""
+        _, self._handles = hook_sites(model.backbone, self.specs, ("ffn",), True, self._site_forward, self._call_inputs)
         if self.options.invertible:
-            embeddings = resolve(model.backbone, self.spec.embeddings)
-            self._handles.append(embeddings.register_forward_hook(self._embed))
+            # T5's stacks share one embedding module: hook it once
+            embeddings = {id(m): m for m in (resolve(model.backbone, spec.embeddings) for spec in self.specs)}
+            self._handles += [m.register_forward_hook(self._embed) for m in embeddings.values()]
+            if self.generative:
+                lm_head = resolve(model.backbone, get_generative_spec(self.backbone_config).lm_head)
+                self._handles.append(lm_head.register_forward_pre_hook(self._invert_rows))
         self._heads = (model.heads,)
         self._backbone = (model.backbone,)
         to_backbone(self.language_adapters, self._backbone)
 
     def add_task(self, task: Task) -> None:
-        """A task adapter for every task but `masked_lm` ones, which train their language's adapters."""
+        """A task adapter for every task but language tasks (`is_language_task`), which train their language's adapters."""
         language = self.task_language(task)
         self._tasks[task.name] = task
-        if task.kind == "masked_lm":
-            self._tie_inverse(task, language)
+        if is_language_task(task):
+            if task.kind == "masked_lm":
+                self._tie_inverse(task, language)
         elif task.name not in self._slots:
             layers = nn.ModuleList(BottleneckAdapter(self.hidden_size, self.task_rank, init=self.options.init)
                                    for _ in range(self.num_layers))
@@ -156,10 +180,10 @@ class MadXMethod(AdapterMethod):
         self._heads[0][task.name].set_output_transform(functools.partial(self._invert, language))
 
     def _refresh_trainable(self) -> None:
-        """A language adapter trains only when a `masked_lm` task of its language is in the model."""
+        """A language adapter trains only when a language task of its language is in the model."""
         for language, adapters in self.language_adapters.items():
             trainable = self.options.train_language_adapters and any(
-                t.kind == "masked_lm" and self.task_language(t) == language for t in self._tasks.values())
+                is_language_task(t) and self.task_language(t) == language for t in self._tasks.values())
             adapters.requires_grad_(trainable)
 
     # ------------------------------------------------------------------ routing
@@ -179,7 +203,7 @@ class MadXMethod(AdapterMethod):
         names = routing.names_per_row()
         languages = list(routing.languages) if routing.languages is not None else [None] * len(names)
         lang_keys = [self._language_key(name, lang, row) for row, (name, lang) in enumerate(zip(names, languages))]
-        task_keys: list[Hashable] = [None if self._task(name).kind == "masked_lm" else name for name in names]
+        task_keys: list[Hashable] = [None if is_language_task(self._task(name)) else name for name in names]
         return MadXRows(Routing.of(lang_keys, device), Routing.of(task_keys, device))
 
     def _task(self, name: str) -> Task:
@@ -189,7 +213,7 @@ class MadXMethod(AdapterMethod):
         return self._tasks[name]
 
     def _language_key(self, name: str, language: str | None, row: int) -> tuple[str, bool]:
-        """(language, trainable) of one row: only `masked_lm` rows train their language's adapters."""
+        """(language, trainable) of one row: only rows of language tasks train their language's adapters."""
         task = self._task(name)
         own = self.task_language(task)
         language = language or own
@@ -203,7 +227,7 @@ class MadXMethod(AdapterMethod):
                 f"row {row}: masked_lm task {name!r} is in language {own!r}, but language={language!r} was asked; its "
                 f"MLM head inverts the {own!r} invertible adapter. Fix: drop language= for masked_lm tasks."
             )
-        trainable = task.kind == "masked_lm" and self.options.train_language_adapters
+        trainable = is_language_task(task) and self.options.train_language_adapters
         return language, trainable
 
     # ------------------------------------------------------------------ forward (called by hooks and heads)
@@ -212,14 +236,14 @@ class MadXMethod(AdapterMethod):
         active = self._require_active()
         langs = [self.language_adapters[lang].layers[site.layer].tensors(detach=not trainable)
                  for lang, trainable in active.languages.owners]
-        f = f + routed_adapter(site.layer_norm(f + x), langs, active.languages, self.act)
+        f = f + routed_adapter(site.norm(f + x), langs, active.languages, self.act)
         if active.tasks.owners == [None]:
-            return f  # only masked_lm rows: no task adapter
+            return f  # only rows of language tasks: no task adapter
         tasks = [self.task_adapters[self._slots[t]][site.layer].tensors() if t is not None else None
                  for t in active.tasks.owners]
         template = next(t for t in tasks if t is not None)
         tasks = [t if t is not None else AdapterTensors.zeros_like(template) for t in tasks]
-        return f + routed_adapter(site.layer_norm(f + x), tasks, active.tasks, self.act)
+        return f + routed_adapter(site.norm(f + x), tasks, active.tasks, self.act)
 
     def _embed(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         """The invertible adapter of each row's language on the embeddings (B, L, D)."""
@@ -228,6 +252,14 @@ class MadXMethod(AdapterMethod):
                   for lang, trainable in active.languages.owners]
         split = self.embedding_size // 2
         return coupling_forward(output, blocks, active.languages, split, self.act)
+
+    def _invert_rows(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Before a generative LM's head: the inverse of each row's invertible adapter on its states (B, T, H)."""
+        active = self._require_active()
+        blocks = [self.language_adapters[lang].invertible.tensors(detach=not trainable)
+                  for lang, trainable in active.languages.owners]
+        hidden = routed_coupling_inverse(args[0], blocks, active.languages, self.embedding_size // 2, self.act)
+        return (hidden, *args[1:])
 
     def _invert(self, language: str, hidden: torch.Tensor) -> torch.Tensor:
         """The inverse of `language`'s invertible adapter (the MLM head calls it before its output projection)."""
@@ -242,19 +274,20 @@ class MadXMethod(AdapterMethod):
 
     # ------------------------------------------------------------------ parameters and state
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """A task's adapter; for a `masked_lm` task, its language's adapters when it trains them."""
+        """A task's adapter; for a language task, its language's adapters when it trains them."""
         if task in self._slots:
             return list(self.task_adapters[self._slots[task]].parameters())
         spec = self._tasks.get(task)
-        if spec is not None and spec.kind == "masked_lm" and self.options.train_language_adapters:
+        if spec is not None and is_language_task(spec) and self.options.train_language_adapters:
             return self.language_parameters(self.task_language(spec))
         return []
 
     def formula_parameter_count(self, task: str) -> int:
-        """Task: layers x (2 H r_task + r_task + H). masked_lm task training its language:
-        layers x (2 H r_lang + r_lang + H) + the invertible adapter's F and G (D/2 -> D/2 // 2 -> D/2 each)."""
+        """Task: layers x (2 H r_task + r_task + H). Language task training its language:
+        layers x (2 H r_lang + r_lang + H) + the invertible adapter's F and G (D/2 -> D/2 // 2 -> D/2 each).
+        layers counts every stack's (an encoder-decoder's encoder and decoder layers)."""
         spec = self._tasks.get(task)
-        if spec is not None and spec.kind == "masked_lm":
+        if spec is not None and is_language_task(spec):
             if not self.options.train_language_adapters:
                 return 0
             count = self.num_layers * BottleneckAdapter.parameter_count(self.hidden_size, self.language_rank)
@@ -264,7 +297,7 @@ class MadXMethod(AdapterMethod):
         return self.num_layers * BottleneckAdapter.parameter_count(self.hidden_size, self.task_rank)
 
     def task_state_dict(self, task: str) -> dict[str, torch.Tensor]:
-        """Keys `layers.<i>.<down|down_bias|up|up_bias>`; empty for `masked_lm` tasks (no task adapter)."""
+        """Keys `layers.<i>.<down|down_bias|up|up_bias>`; empty for language tasks (no task adapter)."""
         if task not in self._slots:
             return {}
         return {f"layers.{k}": v for k, v in self.task_adapters[self._slots[task]].state_dict().items()}
@@ -272,7 +305,7 @@ class MadXMethod(AdapterMethod):
     def load_task_state_dict(self, task: str, state: dict[str, torch.Tensor]) -> None:
         if task not in self._slots:
             if state:
-                raise TaskConfigError(f"task {task!r} has no MAD-X task adapter (a masked_lm task?), but weights were given.")
+                raise TaskConfigError(f"task {task!r} has no MAD-X task adapter (a language task?), but weights were given.")
             return
         load_exact(self.task_adapters[self._slots[task]].state_dict(), strip_prefix(state, "layers."),
                    f"MAD-X task adapter of task {task!r}")
