@@ -112,6 +112,12 @@ def generate_ids(model: Any, prompts: Sequence[Sequence[int]], names: Sequence[s
     if len(prompts) != len(names):
         raise TaskConfigError(f"`task` has {len(names)} entries for {len(prompts)} inputs. Fix: one task per input.")
     model._check_tasks(dict.fromkeys(names))
+    empty = next((row for row, prompt in enumerate(prompts) if not prompt), None)
+    if empty is not None:  # nothing to continue from (a decoder-only LM without BOS, an empty template)
+        raise TaskConfigError(f"task {names[empty]!r}: input {empty} has an empty prompt, so there is nothing to "
+                              f"generate from. Fix: give the task a `prompt_template` with words of its own, or a "
+                              f"non-empty input (a language task of MAD-X, `prompt_template: \"\"`, is scored by its "
+                              f"loss, not by generation).")
     configs = {name: generation_config(model, model.tasks[name], overrides) for name in dict.fromkeys(names)}
     groups: dict[str, list[int]] = {}
     for row, name in enumerate(names):

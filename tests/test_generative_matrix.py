@@ -211,3 +211,9 @@ def test_mixed_generation_equals_each_row_alone(method: str, arch: str, beams: i
     limits = {name: generation_config(model, model.tasks[name]).max_new_tokens for name in lengths}
     assert limits == {"sent": 5, "echo": 6}  # " yes" is 4 ByT5 tokens, + EOS; echo: its own generation setting
     assert all(lengths[name] <= limits[name] for name in lengths)  # each row stopped at its own task's limit
+
+
+def test_an_empty_prompt_is_refused_by_name() -> None:
+    model = build("none", "llama")
+    with pytest.raises(TaskConfigError, match="task 'echo': input 1 has an empty prompt"):
+        generate_ids(model, [[5, 6], []], ["sent", "echo"])

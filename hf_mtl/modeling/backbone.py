@@ -33,7 +33,9 @@ PACKAGED_MODELS = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": ("hf_mtl.modeling.gguf_models", "smollm2_135m_instruct"),
 }
 
-DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+# every config field of a dropout probability, per family: BERT's, BART's/Llama's, GPT-2's, T5's
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                  "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout_rate")
 
 
 def resolve_model_path(name_or_path: str) -> str:
