@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BartConfig, ByT5Tokenizer, GPT2Config, LlamaConfig, OPTConfig, T5Config
+from transformers import (
+    BartConfig,
+    ByT5Tokenizer,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    Qwen2Config,
+    T5Config,
+)
 
 from hf_mtl import MultiTaskModel, Task
 from hf_mtl.errors import TaskConfigError
@@ -133,11 +142,13 @@ def test_parameter_counts_follow_the_formula(arch: str, method: str) -> None:
 # ---------------------------------------------------------------------------------------------- mixed batches
 @pytest.mark.parametrize("arch", list(CONFIGS))
 @pytest.mark.parametrize("method", METHODS)
-def test_mixed_training_batch_equals_task_by_task(arch: str, method: str) -> None:
+@pytest.mark.parametrize("rows", [["sent", "echo", "sent", "echo", "echo"], ["sent", "sent", "echo", "echo", "echo"]],
+                         ids=["interleaved", "grouped"])  # per-row gathers / each task's range of rows (CPU)
+def test_mixed_training_batch_equals_task_by_task(arch: str, method: str, rows: list[str]) -> None:
     """One forward of a mixed batch in training mode: each task's logits and loss are those of its rows alone,
     and each task's embedding gets exactly the gradient of its own rows."""
     model = build(arch, method).train()
-    inputs, rows = batch(model), ["sent", "echo", "sent", "echo", "echo"]
+    inputs = batch(model)
     mixed = model(**inputs, task=rows)
     mixed.loss.backward()
     grads = {t: model.adapter.task_embeddings[t].grad.clone() for t in ("sent", "echo")}
@@ -164,6 +175,22 @@ def test_mixed_generation_equals_each_row_alone(arch: str, method: str) -> None:
     # the adapters are live in generation: the same prompts give other tokens under the other task
     swapped = ["echo" if n == "sent" else "sent" for n in NAMES]
     assert generate_ids(model, ids, swapped, **options) != mixed
+
+
+@pytest.mark.parametrize("config_cls", [Qwen2Config, MistralConfig])
+def test_qwen2_and_mistral_take_the_llama_layout(config_cls: type) -> None:
+    torch.manual_seed(0)
+    config = config_cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=None, **COMMON)
+    model = MultiTaskModel.from_config(config, tasks("causal_lm"), tokenizer=TOK, adapter_method="hyperformer++",
+                                       adapter_config=OPTIONS).eval()
+    with torch.no_grad():
+        for param in model.adapter.parameters():
+            torch.nn.init.normal_(param, std=0.5)
+    assert all(len(resolve(layer, path)._forward_hooks) == 1 for layer in model.backbone.model.layers
+               for path in ("self_attn", "mlp"))
+    ids = prompts(model, TEXTS, NAMES)
+    assert generate_ids(model, ids, NAMES) == [generate_ids(model, [p], [n])[0] for p, n in zip(ids, NAMES)]
 
 
 @pytest.mark.parametrize("arch", list(CONFIGS))
