@@ -18,9 +18,10 @@ cross-attention); layer ids run over the stacks, encoder first, so the decoder's
 (encoder 0..N_e-1, decoder N_e..N_e+N_d-1): `hyperformer` has a generator pair per block of either stack,
 `hyperformer++` one layer embedding l_i per block of either stack and one hypernetwork for all of them, as the
 paper describes it (its reference code instead builds one controller per T5 stack). The branch a hook rewrites is
-the sub-layer's output before its dropout and residual add, whatever the layer norm's place: T5, Llama, GPT-2
-(pre-LN, x + A(f(LN(x)))) and BART (post-LN, LN(x + A(f(x))), its FFN branch being `fc2`); attention modules that
-return a tuple (output, weights or position bias) get their first element rewritten. In generation each forward
+the sub-layer's output before the residual add, whatever the layer norm's place: T5, Llama, GPT-2 (pre-LN,
+x + A(f(LN(x)))) and BART (post-LN, LN(x + A(f(x))), its FFN branch being `fc2`); before the block's dropout, except
+GPT-2's `attn` and `mlp`, which end with their own. Attention modules that return a tuple (output, weights or
+position bias) get their first element rewritten. In generation each forward
 adapts the hidden states of the tokens it gets (with a KV cache: the new token's), each row with its own task's
 adapter; the cached keys and values were computed from adapted states.
 
@@ -202,7 +203,7 @@ class HyperformerMethod(_Hyperformer):
         return self.hypernets(self.task_projector(z))  # I_τ (T, t) -> (layers x 2, T, G)
 
     def shared_formula_parameter_count(self) -> int:
-        """h(·) on z_τ + N layers × 2 positions × one adapter's generators."""
+        """h(·) on z_τ + N layers (of every stack) × 2 positions × one adapter's generators."""
         return self._projector_count(self.options.task_embedding_dim) + self.num_layers * 2 * self._hypernet_count()
 
 
@@ -242,7 +243,8 @@ class HyperformerPlusPlusMethod(_Hyperformer):
         return generated.view(layers * positions, tasks, -1)
 
     def shared_formula_parameter_count(self) -> int:
-        """N·t' + 2·t' (layer, position embeddings) + h(·) on 3·t' + LN (2·t) + one adapter's generators."""
+        """N·t' + 2·t' (layer embeddings over every stack, position embeddings) + h(·) on 3·t' + LN (2·t) + one
+        adapter's generators."""
         t_in, t = self.options.task_embedding_dim, self.options.projected_task_embedding_dim
         embeddings = (self.num_layers + len(POSITIONS)) * t_in
         return embeddings + self._projector_count(3 * t_in) + 2 * t + self._hypernet_count()
