@@ -12,6 +12,19 @@ branch just before the residual add and layer norm):
 - `hyperformer++`: a single hypernetwork for every layer and position, fed I_τ = LN(h([z_τ; l_i; p_j]))
   with learned layer-id embeddings l_i and position embeddings p_j (attention, feed-forward).
 
+Generative backbones (`GenerativeSpec.stacks`): as in the paper's T5, the adapters sit in every block of the
+encoder *and* the decoder, after the self-attention and after the feed-forward (not after the decoder's
+cross-attention); layer ids run over the stacks, encoder first, so the decoder's blocks get ids of their own
+(encoder 0..N_e-1, decoder N_e..N_e+N_d-1): `hyperformer` has a generator pair per block of either stack,
+`hyperformer++` one layer embedding l_i per block of either stack and one hypernetwork for all of them, as the
+paper describes it (its reference code instead builds one controller per T5 stack). The branch a hook rewrites is
+the sub-layer's output before the residual add, whatever the layer norm's place: T5, Llama, GPT-2 (pre-LN,
+x + A(f(LN(x)))) and BART (post-LN, LN(x + A(f(x))), its FFN branch being `fc2`); before the block's dropout, except
+GPT-2's `attn` and `mlp`, which end with their own. Attention modules that return a tuple (output, weights or
+position bias) get their first element rewritten. In generation each forward
+adapts the hidden states of the tokens it gets (with a KV cache: the new token's), each row with its own task's
+adapter; the cached keys and values were computed from adapted states.
+
 Per task: only z_τ (t' numbers), saved under `<task>/`. Shared: the projector, the hypernetworks and
 the layer/position embeddings, saved under `shared/` and reported as `shared.adapter` by
 `MultiTaskModel.trainable_parameters()`; `parameter_breakdown()` names each part.
@@ -31,7 +44,9 @@ import torch
 from torch import nn
 from transformers.activations import get_activation
 
-from ...modeling.arch import config_value, get_spec, layers_of, resolve
+from ...errors import TaskConfigError
+from ...modeling.arch import ArchSpec, config_value, get_generative_spec, get_spec, layers_of, resolve
+from ...modeling.generative import ENCODER, backbone_layout
 from ..base import register_method
 from ..per_row import count
 from ..routing import RoutedCall
@@ -43,6 +58,23 @@ from .layer import GeneratedAdapter, StackedHyperNets, TaskProjector, apply_adap
 POSITIONS = ("attention", "ffn")  # adapter positions in a layer; their index is the position id p_j
 
 
+def adapted_stacks(backbone_config: Any, method: str) -> tuple[ArchSpec, ...]:
+    """The stacks whose layers get adapters: an encoder's one stack, a decoder-only LM's decoder, an
+    encoder-decoder's encoder then decoder (T5 as in the paper, BART likewise).
+
+    Raises:
+        TaskConfigError: the family has no architecture spec (naming the method, the model type and the fix).
+    """
+    try:
+        if backbone_layout(backbone_config) == ENCODER:
+            return (get_spec(backbone_config),)
+        return get_generative_spec(backbone_config).stacks
+    except TaskConfigError as err:
+        model_type = getattr(backbone_config, "model_type", None)
+        raise TaskConfigError(f"adapter method {method!r} cannot run on model type {model_type!r}: it hooks every "
+                              f"layer's attention and feed-forward through the architecture spec. {err}") from err
+
+
 class _Hyperformer(TaskEmbeddingMethod):
     """What both variants share: task embeddings, hooks, routing, saving, counting."""
 
@@ -52,9 +84,10 @@ class _Hyperformer(TaskEmbeddingMethod):
 
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
         super().__init__(backbone_config, config)
-        self.spec = get_spec(backbone_config)
-        self.hidden_size = config_value(backbone_config, self.spec, "hidden_size")
-        self.num_layers = config_value(backbone_config, self.spec, "num_layers")
+        self.stacks = adapted_stacks(backbone_config, self.name)
+        self.hidden_size = config_value(backbone_config, self.stacks[0], "hidden_size")
+        # layer ids run over every stack: an encoder-decoder's decoder blocks come after its encoder blocks
+        self.num_layers = sum(config_value(backbone_config, stack, "num_layers") for stack in self.stacks)
         self.options = HyperformerConfig.from_options(config, self.hidden_size, self.name)
         self.config = self.options.to_dict()
         self.bottleneck = self.options.bottleneck(self.hidden_size)
@@ -67,14 +100,16 @@ class _Hyperformer(TaskEmbeddingMethod):
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self, model: nn.Module) -> None:
-        """Hook an adapter after the attention and after the feed-forward of every layer."""
+        """Hook an adapter after the (self-)attention and after the feed-forward of every layer of every stack;
+        layer ids count on from one stack to the next (encoder first)."""
         backbone = model.backbone
         reference = next(backbone.parameters())
         self._device, self._dtype = reference.device, reference.dtype
         self.to(device=self._device, dtype=self._dtype)
-        for index, layer in enumerate(layers_of(backbone, self.spec)):
-            self.add_hook(resolve(layer, self.spec.attention_output), self._adapter_hook(index, 0))
-            self.add_hook(resolve(layer, self.spec.ffn_output), self._adapter_hook(index, 1))
+        layers = [(stack, layer) for stack in self.stacks for layer in layers_of(backbone, stack)]
+        for index, (stack, layer) in enumerate(layers):
+            self.add_hook(resolve(layer, stack.attention_output), self._adapter_hook(index, 0))
+            self.add_hook(resolve(layer, stack.ffn_output), self._adapter_hook(index, 1))
 
     # ------------------------------------------------------------------ forward
     def prepare(self, call: RoutedCall) -> None:
@@ -91,17 +126,23 @@ class _Hyperformer(TaskEmbeddingMethod):
         return getattr(self, self.stack_name).unpack(call.values["generated"][layer * len(POSITIONS) + position])
 
     def _adapter_hook(self, layer: int, position: int):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple | None:
             call = self.current_call()
             if call is None:
                 return None
-            adapter, routing = self.generate(call, layer, position), call.routing
-            if routing.segments is not None:  # rows grouped by task (CPU): each task's range on its own
-                def one_task(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-                    return apply_adapter(x, GeneratedAdapter(*weights), self.activation)
-                return routing.segmented(one_task, (output,), list(vars(adapter).values()))
-            return apply_adapter(output, adapter.per_row(routing), self.activation)
+            if isinstance(output, tuple):  # attention modules of generative LMs also return weights / position bias
+                return (self._adapt(call, layer, position, output[0]), *output[1:])
+            return self._adapt(call, layer, position, output)
         return hook
+
+    def _adapt(self, call: RoutedCall, layer: int, position: int, branch: torch.Tensor) -> torch.Tensor:
+        """A_τ(f) for each row's task τ on the sub-layer's branch f (B, L, H); with a KV cache L is the new tokens."""
+        adapter, routing = self.generate(call, layer, position), call.routing
+        if routing.segments is not None:  # rows grouped by task (CPU): each task's range on its own
+            def one_task(x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+                return apply_adapter(x, GeneratedAdapter(*weights), self.activation)
+            return routing.segmented(one_task, (branch,), list(vars(adapter).values()))
+        return apply_adapter(branch, adapter.per_row(routing), self.activation)
 
     # ------------------------------------------------------------------ parameters
     def _saved_key_of(self, k: int) -> str:
@@ -162,7 +203,7 @@ class HyperformerMethod(_Hyperformer):
         return self.hypernets(self.task_projector(z))  # I_τ (T, t) -> (layers x 2, T, G)
 
     def shared_formula_parameter_count(self) -> int:
-        """h(·) on z_τ + N layers × 2 positions × one adapter's generators."""
+        """h(·) on z_τ + N layers (of every stack) × 2 positions × one adapter's generators."""
         return self._projector_count(self.options.task_embedding_dim) + self.num_layers * 2 * self._hypernet_count()
 
 
@@ -202,7 +243,8 @@ class HyperformerPlusPlusMethod(_Hyperformer):
         return generated.view(layers * positions, tasks, -1)
 
     def shared_formula_parameter_count(self) -> int:
-        """N·t' + 2·t' (layer, position embeddings) + h(·) on 3·t' + LN (2·t) + one adapter's generators."""
+        """N·t' + 2·t' (layer embeddings over every stack, position embeddings) + h(·) on 3·t' + LN (2·t) + one
+        adapter's generators."""
         t_in, t = self.options.task_embedding_dim, self.options.projected_task_embedding_dim
         embeddings = (self.num_layers + len(POSITIONS)) * t_in
         return embeddings + self._projector_count(3 * t_in) + 2 * t + self._hypernet_count()
