@@ -42,7 +42,7 @@ from transformers.trainer_utils import (
     set_seed,
 )
 
-from .data.collators import MultiTaskCollator, pad_rows, prompt_rows
+from .data.collators import IGNORE_INDEX, MultiTaskCollator, pad_rows, prompt_rows
 from .data.dataset import MultiTaskDataset, TaskDataset, prepare_datasets
 from .data.samplers import MultiTaskBatchSampler
 from .data.text2text import PROMPT_LENGTH_COLUMN, REFERENCE_COLUMN
@@ -412,32 +412,61 @@ class MultiTaskTrainer(Trainer):
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None) -> Any:
         """A `masked_lm` task is scored by its loss (perplexity): its (B, L, V) logits are not gathered,
-        which would hold rows x length x vocabulary floats in memory. Nor are a generative task's: the pass over its
-        full examples gives the teacher-forced loss (none without targets), and `evaluation_loop` generates."""
-        task = self.tasks[self._eval_task] if self._eval_task is not None else None
-        if task is not None and (task.kind == "masked_lm" or task.is_generative):
+        which would hold rows x length x vocabulary floats in memory."""
+        if self._eval_task is not None and self.tasks[self._eval_task].kind == "masked_lm":
             prediction_loss_only = True
-            if task.is_generative and inputs.get("labels") is None:
-                return None, None, None
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
     def evaluation_loop(self, dataloader: DataLoader, description: str, prediction_loss_only: bool | None = None,
                         ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
-        """The Trainer's loop over the task's batches (its loss; an encoder task's metrics). A generative task then
-        generates a text for every row (`generate_texts`) and is scored on them offline
-        (`hf_mtl.generation_metrics`): the output's predictions are the texts, its label ids the references."""
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        """The Trainer's loop over an encoder task's batches (its loss and metrics). A generative task instead gets
+        `{prefix}_loss`, its teacher-forced loss (`target_loss`), then generates a text for every row
+        (`generate_texts`) and is scored on them offline (`hf_mtl.generation_metrics`): the output's predictions are
+        the texts, its label ids the references (None for data without targets)."""
         task = self.tasks[self._eval_task] if self._eval_task is not None else None
         if task is None or not task.is_generative:
-            return output
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                           metric_key_prefix)
         data: TaskDataset = dataloader.dataset
+        loss = self.target_loss(task.name, data)
         texts = self.generate_texts(task.name, data)
         references = list(data.data[REFERENCE_COLUMN]) if REFERENCE_COLUMN in data.data.column_names else None
-        metrics = dict(output.metrics)
+        metrics = {f"{metric_key_prefix}_loss": loss} if loss is not None else {}
         if references is not None:
             scores = compute_generation_metrics(task, texts, references)
             metrics.update({f"{metric_key_prefix}_{key}": value for key, value in scores.items()})
         return EvalLoopOutput(predictions=texts, label_ids=references, metrics=metrics, num_samples=len(texts))
+
+    @torch.no_grad()
+    def target_loss(self, name: str, data: TaskDataset) -> float | None:
+        """A generative task's teacher-forced loss on a tokenized split: the mean cross-entropy over every target
+        token of the set (prompt + target in, the target tokens scored, as in training), whatever the batch size and
+        the number of processes: each rank sums over its own rows, the sums are added across ranks.
+
+        Returns:
+            The loss, or None when the split has no targets.
+        """
+        if "labels" not in data.data.column_names:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        rows = generation_shard(len(data), self.args.process_index, self.args.world_size, pad=False)
+        size = self.args.per_device_eval_batch_size
+        totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # (Σ token losses, Σ target tokens)
+        try:
+            for start in range(0, len(rows), size):
+                batch = self._prepare_inputs(self.data_collator(data.__getitems__(rows[start:start + size])))
+                with self.compute_loss_context_manager():
+                    loss = model(**batch).task_losses[name]  # the batch's mean over its target tokens
+                labels = batch["labels"] if model.is_encoder_decoder else batch["labels"][:, 1:]  # decoder-only: shifted
+                tokens = (labels != IGNORE_INDEX).sum()
+                totals += torch.stack([loss.double() * tokens, tokens.double()])
+        finally:
+            model.train(was_training)
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        return float(totals[0] / totals[1].clamp(min=1))
 
     def generate_texts(self, name: str, data: TaskDataset) -> list[str]:
         """A text for every row of a generative task's tokenized split: generated from the row's prompt with the
@@ -546,18 +575,20 @@ class MultiTaskTrainer(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
 
-def generation_shard(rows: int, rank: int, world_size: int) -> list[int]:
-    """The rows of an evaluation set that rank `rank` generates: a contiguous block of ceil(rows / world_size) rows,
-    the last block wrapping round to the first rows, so that every rank runs as many batches. The blocks in rank
-    order, cut to `rows`, are the rows in order: each row is scored once.
+def generation_shard(rows: int, rank: int, world_size: int, pad: bool = True) -> list[int]:
+    """The rows of an evaluation set that rank `rank` evaluates: a contiguous block of ceil(rows / world_size) rows.
+    The blocks in rank order, cut to `rows`, are the rows in order: each row is scored once.
 
     Args:
         rows: the set's row count.
         rank: this process's index.
         world_size: the number of processes.
+        pad: let the last blocks wrap round to the first rows, so that every rank runs as many batches (False: the
+            last ranks get fewer rows, or none).
     """
     per_rank = -(-rows // world_size)
-    return [(rank * per_rank + i) % rows for i in range(per_rank)] if rows else []
+    block = range(rank * per_rank, (rank + 1) * per_rank)
+    return [i % rows for i in block] if pad and rows else [i for i in block if i < rows]
 
 
 def keep_rank_aware_batches(loader: DataLoader, sampler: Sampler) -> None:
