@@ -444,7 +444,7 @@ class MultiTaskTrainer(Trainer):
         the number of processes: each rank sums over its own rows, the sums are added across ranks.
 
         Returns:
-            The loss, or None when the split has no targets.
+            The loss, or None when the split has no targets (or no rows).
         """
         if "labels" not in data.data.column_names:
             return None
@@ -466,7 +466,7 @@ class MultiTaskTrainer(Trainer):
             model.train(was_training)
         if self.args.world_size > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
-        return float(totals[0] / totals[1].clamp(min=1))
+        return float(totals[0] / totals[1]) if totals[1] > 0 else None
 
     def generate_texts(self, name: str, data: TaskDataset) -> list[str]:
         """A text for every row of a generative task's tokenized split: generated from the row's prompt with the

@@ -162,6 +162,20 @@ def test_predict_gives_the_generated_texts(tmp_path: Path) -> None:
     assert {"test_sent_accuracy", "test_sent_loss"} <= set(out["sent"].metrics)
 
 
+def test_predict_of_an_encoder_task_gives_its_logits(tmp_path: Path) -> None:
+    """`predict` is per task for encoder tasks too: the logits, the label ids and `test_<task>_<metric>`."""
+    from helpers import TINY_ROWS, tiny_bert_config, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = MultiTaskModel.from_config(tiny_bert_config(tok.vocab_size), [Task("sent")], tokenizer=tok)
+    data = datasets.Dataset.from_dict({"text": [t for t, _ in TINY_ROWS], "label": [lab for _, lab in TINY_ROWS]})
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], disable_tqdm=True)
+    trainer = MultiTaskTrainer(model, args, train_dataset={"sent": data})
+    out = trainer.predict({"sent": data})["sent"]
+    assert out.predictions.shape == (len(TINY_ROWS), 2) and list(out.label_ids) == [1, 0, 1, 0, 1, 0]
+    assert out.metrics["test_sent_accuracy"] == pytest.approx(np.mean(out.predictions.argmax(-1) == out.label_ids))
+
+
 @pytest.mark.parametrize("rows, world", [(5, 2), (6, 2), (1, 2), (7, 3), (4, 1)])
 def test_generation_shards_cover_every_row_once(rows: int, world: int) -> None:
     """Every rank gets as many rows (so ranks run the same number of batches); the shards in rank order, cut to the
