@@ -120,6 +120,7 @@ class MultiTaskTrainer(Trainer):
             eval_dataset={name: TaskDataset(name, data) for name, data in evals.items()} or None,
             compute_metrics=self._compute_metrics, **kwargs,
         )
+        self._refuse_generation_under_fsdp([name for name in evals if self.tasks[name].is_generative])
         if args.cpu_keep_freed_memory and args.device.type == "cpu":
             keep_freed_memory()
         self.state.epoch = None  # not trained yet: an evaluation now (`hf-mtl eval` of a store) has no epoch
@@ -478,11 +479,7 @@ class MultiTaskTrainer(Trainer):
         Raises:
             TaskConfigError: under FSDP, whose sharded weights the generation loop does not gather.
         """
-        if self.is_fsdp_enabled:
-            raise TaskConfigError(
-                f"task {name!r}: evaluation by generation does not run under FSDP (each rank holds a shard of the "
-                f"weights, which generate() does not gather). Fix: train without evaluation data or with "
-                f"eval_strategy=\"no\", then score the saved model with `hf-mtl eval OUTPUT_DIR` (one process, or DDP).")
+        self._refuse_generation_under_fsdp([name])
         model = self.accelerator.unwrap_model(self.model)
         rows = generation_shard(len(data), self.args.process_index, self.args.world_size)
         encoded = data.data.select_columns(["input_ids", PROMPT_LENGTH_COLUMN]).select(rows)
@@ -491,6 +488,16 @@ class MultiTaskTrainer(Trainer):
         if self.args.world_size > 1:
             new_tokens = self._gather_token_rows(new_tokens)[: len(data)]
         return [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_tokens]
+
+    def _refuse_generation_under_fsdp(self, names: Sequence[str]) -> None:
+        """Evaluation by generation reads whole weights on every rank; under FSDP each rank holds a shard of them.
+        Refused when the trainer is built (before any training step) and again when generation is asked for."""
+        if self.is_fsdp_enabled and names:
+            raise TaskConfigError(
+                f"task {names[0]!r}: evaluation by generation does not run under FSDP (each rank holds a shard of the "
+                f"weights, which generate() does not gather). Fix: train the generative tasks without validation data "
+                f"(no `validation_file`, no eval_dataset), then score the saved model with `hf-mtl eval OUTPUT_DIR` "
+                f"(one process, or DDP).")
 
     def _gather_token_rows(self, rows: list[list[int]]) -> list[list[int]]:
         """Every rank's rows of token ids, concatenated in rank order (as tensors: nothing is pickled between ranks)."""

@@ -186,12 +186,24 @@ def test_generation_shards_cover_every_row_once(rows: int, world: int) -> None:
     assert [i for rank in range(world) for i in generation_shard(rows, rank, world, pad=False)] == list(range(rows))
 
 
-def test_evaluation_by_generation_under_fsdp_is_refused_with_the_fix(tmp_path: Path) -> None:
-    model = llama_model()
-    trainer = trainer_for(model, tmp_path, steps=1)
-    trainer.is_fsdp_enabled = True
-    with pytest.raises(TaskConfigError, match=r"task 'sent'.*FSDP.*Fix: .*hf-mtl eval"):
-        trainer.evaluate()
+def test_evaluation_by_generation_under_fsdp_is_refused_with_the_fix(tmp_path: Path, monkeypatch) -> None:
+    """Under FSDP (each rank holds a shard of the weights) generation is refused: when the trainer is built with
+    generative evaluation data, before any step, and when evaluation data comes later."""
+    from transformers import Trainer
+
+    create = Trainer.create_accelerator_and_postprocess
+
+    def as_if_fsdp(self) -> None:
+        create(self)
+        self.is_fsdp_enabled = True
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_if_fsdp)
+    with pytest.raises(TaskConfigError, match=r"task 'sent'.*FSDP.*Fix: .*no `validation_file`.*hf-mtl eval"):
+        trainer_for(llama_model(), tmp_path, steps=1)
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], disable_tqdm=True)
+    trainer = MultiTaskTrainer(llama_model(), args, train_dataset=raw_data())  # training alone is not refused
+    with pytest.raises(TaskConfigError, match=r"task 'sent'.*FSDP"):
+        trainer.evaluate(raw_data())
 
 
 # ------------------------------------------------------------------------------------ hf-mtl train | eval
