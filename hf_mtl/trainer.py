@@ -480,6 +480,8 @@ class MultiTaskTrainer(Trainer):
             TaskConfigError: under FSDP, whose sharded weights the generation loop does not gather.
         """
         self._refuse_generation_under_fsdp([name])
+        if len(data) == 0:
+            return []
         model = self.accelerator.unwrap_model(self.model)
         rows = generation_shard(len(data), self.args.process_index, self.args.world_size)
         encoded = data.data.select_columns(["input_ids", PROMPT_LENGTH_COLUMN]).select(rows)
