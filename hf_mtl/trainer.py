@@ -109,6 +109,7 @@ class MultiTaskTrainer(Trainer):
         train = prepare_datasets(list(self.tasks.values()), train_dataset or {}, tokenizer, args.max_seq_length, "train",
                                  label_data=eval_dataset)  # labels only the evaluation data hold join inferred label sets
         self._attach_tasks(model)
+        check_something_trains(model, list(train))
         evals = prepare_datasets(list(self.tasks.values()), eval_dataset or {}, tokenizer, args.max_seq_length, "validation")
         if evals:
             warn_unevaluated([name for name in self.tasks if name not in evals])
@@ -582,6 +583,25 @@ class MultiTaskTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def check_something_trains(model: MultiTaskModel, names: Sequence[str]) -> None:
+    """Refuse to train tasks that have no trainable parameter at all: a generative task's output layer is the
+    backbone's LM head, so with `adapter_method: "none"` and a frozen backbone nothing of it would learn (the
+    backward pass would fail on a loss without gradient).
+
+    Raises:
+        TaskConfigError: naming the first such task and the fix.
+    """
+    counts = model.trainable_parameters()
+    if counts["shared"]["total"] or any(counts["languages"].values()):
+        return
+    idle = [name for name in names if counts["tasks"].get(name, {}).get("total", 1) == 0]
+    if idle:
+        raise TaskConfigError(
+            f"task {idle[0]!r}: nothing would train: adapter_method {model.adapter.name!r} adds no parameters for it, "
+            f"its output layer is the backbone's own LM head, and freeze_backbone is true. Fix: set adapter_method "
+            f"(e.g. \"lora\") or freeze_backbone false (full fine-tuning).")
 
 
 def generation_shard(rows: int, rank: int, world_size: int, pad: bool = True) -> list[int]:

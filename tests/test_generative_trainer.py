@@ -176,6 +176,21 @@ def test_predict_of_an_encoder_task_gives_its_logits(tmp_path: Path) -> None:
     assert out.metrics["test_sent_accuracy"] == pytest.approx(np.mean(out.predictions.argmax(-1) == out.label_ids))
 
 
+def test_generative_recipe_with_nothing_to_train_is_one_error(tmp_path: Path, capsys) -> None:
+    """The recipe defaults (adapter_method "none", a frozen backbone) leave a generative task no parameter: one line
+    naming the task and the fix, instead of a failing backward pass."""
+    recipe_path = write_generative_recipe(tmp_path)
+    recipe = json.loads(recipe_path.read_text())
+    del recipe["adapter_method"], recipe["freeze_backbone"]
+    recipe_path.write_text(json.dumps(recipe))
+    capsys.readouterr()
+    assert main(["train", str(recipe_path)]) == 2
+    err = error_line(capsys.readouterr().err)
+    for part in ("task 'sent'", "nothing would train", "adapter_method 'none'", "freeze_backbone",
+                 "Fix: set adapter_method"):
+        assert part in err, err
+
+
 @pytest.mark.parametrize("rows, world", [(5, 2), (6, 2), (1, 2), (7, 3), (4, 1)])
 def test_generation_shards_cover_every_row_once(rows: int, world: int) -> None:
     """Every rank gets as many rows (so ranks run the same number of batches); the shards in rank order, cut to the
