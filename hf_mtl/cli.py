@@ -71,8 +71,8 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
             print(interrupted_message(recipe.output_dir, args.recipe, extra), file=sys.stderr)
         return INTERRUPTED
     if _is_main_process():
-        summary = {k: v for k, v in out.get("eval", {}).items() if k.endswith(("_average",)) or "accuracy" in k or "f1" in k
-                   or "pearson" in k}
+        shown = ("accuracy", "f1", "pearson", "exact_match", "rouge", "bleu", "chrf")  # and generated texts' scores
+        summary = {k: v for k, v in out.get("eval", {}).items() if k.endswith("_average") or any(s in k for s in shown)}
         print(_json({"output_dir": recipe.output_dir, "train_loss": out["train"].get("train_loss"), **summary}, indent=2))
     return 0
 

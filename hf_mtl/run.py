@@ -165,6 +165,41 @@ def build_model(args: MultiTaskTrainingArguments, tasks: list) -> Any:
     )
 
 
+def check_backbone_fits(args: MultiTaskTrainingArguments, tasks: Sequence[Task]) -> None:
+    """Refuse, before any data or weights are read, a task whose kind the recipe's backbone cannot serve (only its
+    config is read). Encoder tasks and generative tasks sit in one run only if they share the backbone, which no
+    backbone layout allows: a recipe that mixes them names the task the backbone cannot serve, and the other side.
+
+    Raises:
+        TaskConfigError: naming the task, its kind, the backbone's layout and the fix.
+    """
+    from .modeling.backbone import load_backbone_config
+    from .modeling.generative import ENCODER, GENERATIVE_KINDS, backbone_layout, check_backbone_kind
+
+    if not args.model_name_or_path:
+        return  # `build_model` says what is missing
+    config = load_backbone_config(args.model_name_or_path, revision=args.model_revision,
+                                  trust_remote_code=args.trust_remote_code)
+    generative = sorted(t.name for t in tasks if t.is_generative)
+    encoder = sorted(t.name for t in tasks if not t.is_generative)
+    layout = backbone_layout(config)
+    misfit = next((t for t in tasks if GENERATIVE_KINDS.get(t.kind, ENCODER) != layout), None)
+    if generative and encoder and misfit is not None:
+        if misfit.is_generative:
+            fix = (f"train the generative tasks {generative} in a separate run on a decoder-only LM (kind causal_lm) "
+                   f"or an encoder-decoder (kind seq2seq), or give them encoder kinds")
+        else:
+            kind = next(k for k, v in GENERATIVE_KINDS.items() if v == layout)  # the backbone is an LM
+            fix = (f"give {misfit.name!r} kind {kind!r} (classification as generation: label_column + label_words), or "
+                   f"train the encoder tasks {encoder} in a separate run on an encoder backbone (BERT family)")
+        raise TaskConfigError(
+            f"task {misfit.name!r}: kind={misfit.kind!r} cannot run on the backbone {args.model_name_or_path} (layout "
+            f"{layout!r}): the recipe mixes encoder tasks {encoder} with generative tasks {generative}, which sit in "
+            f"one run only if they share the backbone. Fix: {fix}.")
+    for task in tasks:
+        check_backbone_kind(config, task.kind, task.name)
+
+
 def run_training(args: MultiTaskTrainingArguments) -> dict[str, Any]:
     """Train the recipe's tasks, save the store into `output_dir`, evaluate, write the result files."""
     from .data.dataset import load_raw_splits
@@ -175,6 +210,7 @@ def run_training(args: MultiTaskTrainingArguments) -> dict[str, Any]:
     if not resume:
         check_output_dir(args)
     tasks = args.task_objects()
+    check_backbone_fits(args, tasks)
     train_raw = load_raw_splits(tasks, "train")
     eval_raw = load_raw_splits(tasks, "validation")
     if not eval_raw:  # the trainer names the tasks a partial evaluation leaves out

@@ -4,7 +4,8 @@ Overridden: the train dataloader (task sampler), `compute_loss` (per-task losses
 `training_step` (per-task gradients for gradient surgery, and the once-per-step work of the optimization
 strategies; see `hf_mtl.optim.plan`), `create_optimizer` (a learned loss weighting's parameters),
 `log` (per-task train losses, `weight_<task>`, `prob_<task>`), `evaluate` (one pass per task,
-`eval_<task>_<metric>` + `eval_average`), `_save` / `_load_from_checkpoint` / `_load_best_model` (the
+`eval_<task>_<metric>` + `eval_average`; generative tasks are scored on generated texts, see `evaluation_loop`),
+`predict` (per task: logits, or generated texts), `_save` / `_load_from_checkpoint` / `_load_best_model` (the
 store layout, safetensors only), and `_save_checkpoint`, the one place that orders a checkpoint's files: the
 Trainer's own, then `checkpoint_state()` (the task sampler's and the optimization strategies' states, so a resumed
 run continues exactly; `MTL_STATE_NAME`), then the complete marker, last (`resume_from_checkpoint=True` takes the
@@ -33,16 +34,21 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
+    EvalLoopOutput,
     EvalPrediction,
+    PredictionOutput,
     enable_full_determinism,
     rotate_checkpoints,
     set_seed,
 )
 
-from .data.collators import MultiTaskCollator
+from .data.collators import IGNORE_INDEX, MultiTaskCollator, pad_rows, prompt_rows
 from .data.dataset import MultiTaskDataset, TaskDataset, prepare_datasets
 from .data.samplers import MultiTaskBatchSampler
+from .data.text2text import PROMPT_LENGTH_COLUMN, REFERENCE_COLUMN
 from .errors import DataError, TaskConfigError
+from .generation import generate_ids
+from .generation_metrics import compute_generation_metrics
 from .io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 from .metrics import compute_task_metrics, perplexity, primary_metric_key, validate_metric_names
 from .modeling.model import MultiTaskModel
@@ -98,9 +104,12 @@ class MultiTaskTrainer(Trainer):
         seed_everything(args)
         self.tasks = self._resolve_tasks(model, args, tasks)
         tokenizer = processing_class if processing_class is not None else model.tokenizer
+        if model.tokenizer is None:
+            model.tokenizer = tokenizer  # generation (evaluation of generative tasks) reads the model's tokenizer
         train = prepare_datasets(list(self.tasks.values()), train_dataset or {}, tokenizer, args.max_seq_length, "train",
                                  label_data=eval_dataset)  # labels only the evaluation data hold join inferred label sets
         self._attach_tasks(model)
+        check_something_trains(model, list(train))
         evals = prepare_datasets(list(self.tasks.values()), eval_dataset or {}, tokenizer, args.max_seq_length, "validation")
         if evals:
             warn_unevaluated([name for name in self.tasks if name not in evals])
@@ -112,6 +121,7 @@ class MultiTaskTrainer(Trainer):
             eval_dataset={name: TaskDataset(name, data) for name, data in evals.items()} or None,
             compute_metrics=self._compute_metrics, **kwargs,
         )
+        self._refuse_generation_under_fsdp([name for name in evals if self.tasks[name].is_generative])
         if args.cpu_keep_freed_memory and args.device.type == "cpu":
             keep_freed_memory()
         self.state.epoch = None  # not trained yet: an evaluation now (`hf-mtl eval` of a store) has no epoch
@@ -334,17 +344,15 @@ class MultiTaskTrainer(Trainer):
     def evaluate(self, eval_dataset: dict[str, Any] | None = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
         """Evaluate every task on its own data: `{prefix}_{task}_{metric}` and `{prefix}_average`
-        (the mean of each task's primary metric)."""
+        (the mean of each task's primary metric, encoder and generative tasks alike). A generative task's metrics
+        score the texts it generates (`evaluation_loop`); its `{prefix}_{task}_loss` is the teacher-forced loss."""
         sets = self._eval_sets(eval_dataset, "validation")
         ignore = list(ignore_keys or []) + _IGNORE_OUTPUT_KEYS
         metrics: dict[str, float] = {}
         primaries = []
         for name, data in sets.items():
-            self._eval_task = name
-            try:
+            with self._evaluating(name):
                 task_metrics = super().evaluate(data, ignore, f"{metric_key_prefix}_{name}")
-            finally:
-                self._eval_task = None
             self._add_loss_metrics(name, task_metrics, metric_key_prefix)
             metrics.update(task_metrics)
             value = task_metrics.get(f"{metric_key_prefix}_{name}_{primary_metric_key(self.tasks[name])}")
@@ -354,6 +362,40 @@ class MultiTaskTrainer(Trainer):
             metrics[f"{metric_key_prefix}_average"] = float(np.mean(primaries))
             self.log({f"{metric_key_prefix}_average": metrics[f"{metric_key_prefix}_average"]})
         return metrics
+
+    def predict(self, test_dataset: dict[str, Any], ignore_keys: list[str] | None = None,
+                metric_key_prefix: str = "test") -> dict[str, PredictionOutput]:
+        """Predict every task on its own data.
+
+        Args:
+            test_dataset: `{task: dataset}`, raw (tokenized here as a test split: targets may be absent) or tokenized.
+            ignore_keys: output keys left out of the predictions.
+            metric_key_prefix: metrics are `{prefix}_{task}_{metric}`.
+
+        Returns:
+            `{task: PredictionOutput}`: an encoder task's logits and label ids; a generative task's generated texts
+            (one string per row, in order) and its references (None when the data has no targets). Metrics where the
+            data has labels or targets.
+        """
+        if not isinstance(test_dataset, dict):
+            raise DataError(f"MultiTaskTrainer.predict takes {{task: dataset}}, got {type(test_dataset).__name__}. "
+                            f"Fix: pass test_dataset={{task_name: dataset}}.")
+        ignore = list(ignore_keys or []) + _IGNORE_OUTPUT_KEYS
+        out = {}
+        for name, data in self._eval_sets(test_dataset, "test").items():
+            with self._evaluating(name):
+                out[name] = super().predict(data, ignore, f"{metric_key_prefix}_{name}")
+        return out
+
+    @contextlib.contextmanager
+    def _evaluating(self, name: str) -> Any:
+        """Evaluation or prediction of task `name`: the hooks below (`compute_loss`, `prediction_step`,
+        `evaluation_loop`, `_compute_metrics`) read it."""
+        self._eval_task = name
+        try:
+            yield
+        finally:
+            self._eval_task = None
 
     def _eval_sets(self, eval_dataset: dict[str, Any] | None, split: str) -> dict[str, TaskDataset]:
         if eval_dataset is None:
@@ -376,6 +418,95 @@ class MultiTaskTrainer(Trainer):
         if self._eval_task is not None and self.tasks[self._eval_task].kind == "masked_lm":
             prediction_loss_only = True
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def evaluation_loop(self, dataloader: DataLoader, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
+        """The Trainer's loop over an encoder task's batches (its loss and metrics). A generative task instead gets
+        `{prefix}_loss`, its teacher-forced loss (`target_loss`), then generates a text for every row
+        (`generate_texts`) and is scored on them offline (`hf_mtl.generation_metrics`): the output's predictions are
+        the texts, its label ids the references (None for data without targets)."""
+        task = self.tasks[self._eval_task] if self._eval_task is not None else None
+        if task is None or not task.is_generative:
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                           metric_key_prefix)
+        data: TaskDataset = dataloader.dataset
+        loss = self.target_loss(task.name, data)
+        texts = self.generate_texts(task.name, data)
+        references = list(data.data[REFERENCE_COLUMN]) if REFERENCE_COLUMN in data.data.column_names else None
+        metrics = {f"{metric_key_prefix}_loss": loss} if loss is not None else {}
+        if references is not None:
+            scores = compute_generation_metrics(task, texts, references)
+            metrics.update({f"{metric_key_prefix}_{key}": value for key, value in scores.items()})
+        return EvalLoopOutput(predictions=texts, label_ids=references, metrics=metrics, num_samples=len(texts))
+
+    @torch.no_grad()
+    def target_loss(self, name: str, data: TaskDataset) -> float | None:
+        """A generative task's teacher-forced loss on a tokenized split: the mean cross-entropy over every target
+        token of the set (prompt + target in, the target tokens scored, as in training), whatever the batch size and
+        the number of processes: each rank sums over its own rows, the sums are added across ranks.
+
+        Returns:
+            The loss, or None when the split has no targets (or no rows).
+        """
+        if "labels" not in data.data.column_names:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        rows = generation_shard(len(data), self.args.process_index, self.args.world_size, pad=False)
+        size = self.args.per_device_eval_batch_size
+        totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # (Σ token losses, Σ target tokens)
+        try:
+            for start in range(0, len(rows), size):
+                batch = self._prepare_inputs(self.data_collator(data.__getitems__(rows[start:start + size])))
+                with self.compute_loss_context_manager():
+                    loss = model(**batch).task_losses[name]  # the batch's mean over its target tokens
+                labels = batch["labels"] if model.is_encoder_decoder else batch["labels"][:, 1:]  # decoder-only: shifted
+                tokens = (labels != IGNORE_INDEX).sum()
+                totals += torch.stack([loss.double() * tokens, tokens.double()])
+        finally:
+            model.train(was_training)
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        return float(totals[0] / totals[1]) if totals[1] > 0 else None
+
+    def generate_texts(self, name: str, data: TaskDataset) -> list[str]:
+        """A text for every row of a generative task's tokenized split: generated from the row's prompt with the
+        task's settings (`hf_mtl.generation.generation_config`), in batches of `per_device_eval_batch_size`.
+
+        Under DDP every rank generates its shard of the rows (`generation_shard`) and the new tokens are gathered, so
+        every rank returns every row's text, in order, each row once.
+
+        Raises:
+            TaskConfigError: under FSDP, whose sharded weights the generation loop does not gather.
+        """
+        self._refuse_generation_under_fsdp([name])
+        if len(data) == 0:
+            return []
+        model = self.accelerator.unwrap_model(self.model)
+        rows = generation_shard(len(data), self.args.process_index, self.args.world_size)
+        encoded = data.data.select_columns(["input_ids", PROMPT_LENGTH_COLUMN]).select(rows)
+        new_tokens = generate_ids(model, prompt_rows(list(encoded)), [name] * len(rows),
+                                  batch_size=self.args.per_device_eval_batch_size)
+        if self.args.world_size > 1:
+            new_tokens = self._gather_token_rows(new_tokens)[: len(data)]
+        return [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_tokens]
+
+    def _refuse_generation_under_fsdp(self, names: Sequence[str]) -> None:
+        """Evaluation by generation reads whole weights on every rank; under FSDP each rank holds a shard of them.
+        Refused when the trainer is built (before any training step) and again when generation is asked for."""
+        if self.is_fsdp_enabled and names:
+            raise TaskConfigError(
+                f"task {names[0]!r}: evaluation by generation does not run under FSDP (each rank holds a shard of the "
+                f"weights, which generate() does not gather). Fix: train the generative tasks without validation data "
+                f"(no `validation_file`, no eval_dataset), then score the saved model with `hf-mtl eval OUTPUT_DIR` "
+                f"(one process, or DDP).")
+
+    def _gather_token_rows(self, rows: list[list[int]]) -> list[list[int]]:
+        """Every rank's rows of token ids, concatenated in rank order (as tensors: nothing is pickled between ranks)."""
+        local = pad_rows(rows, -1).to(self.args.device)  # (n, T) with -1 after each row's tokens
+        local = self.accelerator.pad_across_processes(local, dim=1, pad_index=-1)
+        return [[token for token in row if token >= 0] for row in self.accelerator.gather(local).tolist()]
 
     def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
         task = self.tasks[self._eval_task]
@@ -452,6 +583,41 @@ class MultiTaskTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def check_something_trains(model: MultiTaskModel, names: Sequence[str]) -> None:
+    """Refuse to train tasks that have no trainable parameter at all: a generative task's output layer is the
+    backbone's LM head, so with `adapter_method: "none"` and a frozen backbone nothing of it would learn (the
+    backward pass would fail on a loss without gradient).
+
+    Raises:
+        TaskConfigError: naming the first such task and the fix.
+    """
+    counts = model.trainable_parameters()
+    if counts["shared"]["total"] or any(counts["languages"].values()):
+        return
+    idle = [name for name in names if counts["tasks"].get(name, {}).get("total", 1) == 0]
+    if idle:
+        raise TaskConfigError(
+            f"task {idle[0]!r}: nothing would train: adapter_method {model.adapter.name!r} adds no parameters for it, "
+            f"its output layer is the backbone's own LM head, and freeze_backbone is true. Fix: set adapter_method "
+            f"(e.g. \"lora\") or freeze_backbone false (full fine-tuning).")
+
+
+def generation_shard(rows: int, rank: int, world_size: int, pad: bool = True) -> list[int]:
+    """The rows of an evaluation set that rank `rank` evaluates: a contiguous block of ceil(rows / world_size) rows.
+    The blocks in rank order, cut to `rows`, are the rows in order: each row is scored once.
+
+    Args:
+        rows: the set's row count.
+        rank: this process's index.
+        world_size: the number of processes.
+        pad: let the last blocks wrap round to the first rows, so that every rank runs as many batches (False: the
+            last ranks get fewer rows, or none).
+    """
+    per_rank = -(-rows // world_size)
+    block = range(rank * per_rank, (rank + 1) * per_rank)
+    return [i % rows for i in block] if pad and rows else [i for i in block if i < rows]
 
 
 def keep_rank_aware_batches(loader: DataLoader, sampler: Sampler) -> None:

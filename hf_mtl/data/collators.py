@@ -121,6 +121,11 @@ class GenerativeCollator:
         return batch
 
 
+def prompt_rows(features: list[dict[str, Any]]) -> list[list[int]]:
+    """Each encoded text-to-text row's prompt: its first `prompt_length` input ids (what generation starts from)."""
+    return [list(f["input_ids"])[: f["prompt_length"]] for f in features]
+
+
 class PromptCollator:
     """Generation batches: each row's prompt only (its first `prompt_length` ids), padded for `generate`.
 
@@ -135,7 +140,7 @@ class PromptCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        prompts = [list(f["input_ids"])[: f["prompt_length"]] for f in features]
+        prompts = prompt_rows(features)
         batch: dict[str, Any] = {
             "input_ids": pad_rows(prompts, self.pad_id, self.side, self.pad_to_multiple_of),
             "attention_mask": pad_rows([[1] * len(row) for row in prompts], 0, self.side, self.pad_to_multiple_of),
