@@ -295,8 +295,9 @@ def test_export_merges_a_lora_task_into_a_standalone_lm(arch: str, tmp_path: Pat
         exported = auto_of(config).from_pretrained(out).eval()
         assert not any("lora" in key for key in exported.state_dict())
         assert exported.generation_config.num_beams == (2 if name == "echo" else 1)
-        for prompt, expected in zip(prompts_of(model, [name] * 2, rows), generate_ids(model, prompts_of(model, [name] * 2, rows), [name] * 2)):
-            with torch.no_grad():
+        prompts = prompts_of(model, [name] * len(rows), rows)
+        for prompt, expected in zip(prompts, generate_ids(model, prompts, [name] * len(rows))):
+            with torch.no_grad():  # the exported folder's own generation config: the task's settings
                 sequence = exported.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
             new = sequence[0, 1 if config.is_encoder_decoder else len(prompt):].tolist()
             assert new[:len(expected)] == expected and (len(new) == len(expected) or new[len(expected)] == 1)

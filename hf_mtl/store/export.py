@@ -66,6 +66,7 @@ SEQUENCE_HEADS = {
 }
 PROBE = ["hf_mtl export check: the quick brown fox", "a b c"]
 TOLERANCE = 1e-4
+DETERMINISTIC = {"do_sample": False}  # the generation check compares tokens: a task that samples is checked greedily
 
 
 def export_task(store: str | os.PathLike, task: str, output_dir: str | os.PathLike, *, revision: str | None = None,
@@ -220,14 +221,15 @@ def _export_generative(model: MultiTaskModel, task: Task, out: Path) -> None:
     """The backbone (its LM head included) with the task's adapter merged, and the task's generation settings."""
     prompts = [prompt_ids(model, task, {column: text for column in template_columns(task, "prompt_template")}, None)
                for text in PROBE]
-    expected_ids = generate_ids(model, prompts, [task.name] * len(prompts))
-    probe = _generative_probe(model, prompts[0])
+    expected_ids = generate_ids(model, prompts, [task.name] * len(prompts), **DETERMINISTIC)
+    config = generation_config(model, task)
+    probe = _generative_probe(model, prompts[0], config.decoder_start_token_id)
     with torch.no_grad():
         expected = model(**probe, task=task.name).logits
-    config = generation_config(model, task)
     model.adapter.merge_for_export(model, task.name)
     auto = AutoModelForSeq2SeqLM if model.is_encoder_decoder else AutoModelForCausalLM
-    hf_model = auto.from_config(copy.deepcopy(model.config)).eval()  # a plain model: no hook of hf_mtl's survives
+    dtype = next(model.backbone.parameters()).dtype
+    hf_model = auto.from_config(copy.deepcopy(model.config), dtype=dtype).eval()  # plain: no hook of hf_mtl's survives
     hf_model.load_state_dict(model.backbone.state_dict(), strict=True)
     hf_model.generation_config = copy.deepcopy(config)
 
@@ -242,12 +244,11 @@ def _export_generative(model: MultiTaskModel, task: Task, out: Path) -> None:
     _save_checked(hf_model, model.tokenizer, out, task, check)
 
 
-def _generative_probe(model: MultiTaskModel, prompt: list[int]) -> dict[str, torch.Tensor]:
-    """A one-row forward batch: the prompt, and for an encoder-decoder a few decoder tokens after its start token."""
+def _generative_probe(model: MultiTaskModel, prompt: list[int], start: int | None) -> dict[str, torch.Tensor]:
+    """A one-row forward batch: the prompt, and for an encoder-decoder a few decoder tokens after its `start` token."""
     device = next(model.parameters()).device
     probe = {"input_ids": torch.tensor([prompt], device=device)}
     if model.is_encoder_decoder:
-        start = model.backbone.generation_config.decoder_start_token_id or model.config.decoder_start_token_id
         probe["decoder_input_ids"] = torch.tensor([[start, *prompt[:4]]], device=device)
     return probe
 
@@ -256,7 +257,8 @@ def _generate_alone(loaded: PreTrainedModel, prompt: list[int], encoder_decoder:
     """What a user of the exported folder gets from `generate(input_ids)` with its saved generation config: the new
     tokens, up to the first EOS (as hf_mtl returns them)."""
     with torch.no_grad():
-        sequence = loaded.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+        sequence = loaded.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                   **DETERMINISTIC)
     new = sequence[0, 1 if encoder_decoder else len(prompt):].tolist()
     eos = loaded.generation_config.eos_token_id
     stops = set(eos) if isinstance(eos, list) else {eos}

@@ -25,10 +25,17 @@ Mechanics:
   inference only (`layer.mixed_batch`) and raises an error in training. The active adapters are state of
   PEFT's layers, so routed forwards of one model run one at a time (`layer.CallLock`): threads serving
   different tasks each get their own answers.
-- saving: `<task>/adapter_model.safetensors` and `<task>/adapter_config.json` are PEFT's own format,
-  so `PeftModel.from_pretrained(AutoModel.from_pretrained(base), "<store>/<task>")` loads a task alone.
-  hf_mtl's extra keys in the config (`adapter_method`, `hf_mtl_adapter_config`, `base_model_config`)
-  are ignored by PEFT (it warns "Unexpected keyword arguments ... these are ignored").
+- saving: `<task>/adapter_model.safetensors` and `<task>/adapter_config.json` are PEFT's own format (a plain
+  `LoraConfig`, with `task_type` CAUSAL_LM / SEQ_2_SEQ_LM on generative backbones), so
+  `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), "<store>/<task>")` (`AutoModel` for an
+  encoder's tasks) loads a task alone, and servers of LoRA adapters (vLLM, LoRAX) read the folder as it is.
+  hf_mtl's own keys (`adapter_method`, `hf_mtl_adapter_config`, `base_model_config`) go next to it, in
+  `<task>/hf_mtl_adapter.json` (`hf_mtl.store.save`).
+- architectures: the default `target_modules` are the query and value projections of every stack of the
+  architecture spec, the decoder's cross-attention ones included (T5's `q`/`v` in `SelfAttention` and
+  `EncDecAttention`, BART's `q_proj`/`v_proj` in `self_attn` and `encoder_attn`: what PEFT's own defaults match).
+  GPT-2's fused `c_attn` is a `Conv1D` (weight (in, out)): it gets `fan_in_fan_out=True`, as in PEFT, and PEFT's
+  own `lora.Linear` (FastLoraLinear is registered for `nn.Linear` only).
 - language adapters (`language_adapters: true`): one LoRA adapter per language (the tasks' `language`
   fields plus `languages`), stacked under the task's adapter (PEFT sums the active adapters). They are
   frozen while task adapters train; a `masked_lm` task with a `language` trains that language's
