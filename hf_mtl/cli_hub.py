@@ -2,7 +2,7 @@
 
     hf-mtl push OUTPUT_DIR user/repo [--tasks a b] [--private] [--revision BRANCH] [--create-pr] [--token T]
     hf-mtl pull user/repo [--tasks a] [--revision REV] [--local-dir DIR (default: adapters/user/repo)] [--token T]
-    hf-mtl export OUTPUT_DIR --task T OUT
+    hf-mtl export OUTPUT_DIR --task T OUT    (a transformers AutoModelFor... folder; `lora` tasks merged)
 
 This module imports only argparse and json: the Hub client and torch are imported when a command runs.
 """
@@ -82,7 +82,8 @@ def pull_arguments(pull: argparse.ArgumentParser) -> None:
 def export_arguments(export: argparse.ArgumentParser) -> None:
     """The arguments of `hf-mtl export`."""
     export.add_argument("store", help="A store folder or a Hub repo id.")
-    export.add_argument("output", help="New folder for the transformers model.")
+    export.add_argument("output", help="New folder for the transformers model (AutoModelForSequenceClassification / "
+                        "TokenClassification, or AutoModelForCausalLM / Seq2SeqLM with the task's generation_config.json).")
     export.add_argument("--task", required=True, help="The task to export.")
     export.add_argument("--revision", help="Hub revision of the store.")
     export.add_argument("--token", help="Token for private repos.")

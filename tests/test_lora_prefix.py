@@ -8,6 +8,7 @@ adapters, LoRA mixed batches, prefix specifics, option errors and foreign base m
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def hidden(model: MultiTaskModel, inputs: dict, task: str, language: str | None 
 @pytest.mark.parametrize("adapter_config", [{"r": 4}, {"r": 2, "use_dora": True, "lora_alpha": 4}])
 def test_lora_store_loads_with_plain_peft(adapter_config: dict, tmp_path: Path) -> None:
     """`PeftModel.from_pretrained(AutoModel base, "<store>/<task>")` gives the same backbone output."""
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
 
     tok = tiny_tokenizer()
     torch.manual_seed(0)
@@ -74,11 +75,16 @@ def test_lora_store_loads_with_plain_peft(adapter_config: dict, tmp_path: Path) 
             p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(tmp_path / "store")
     saved = json.loads((tmp_path / "store" / "sent" / "adapter_config.json").read_text())
-    assert saved["adapter_method"] == "lora" and saved["peft_type"] == "LORA"
+    assert saved["peft_type"] == "LORA" and saved["task_type"] is None  # the bare PeftModel: the heads are hf_mtl's
     assert saved["base_model_name_or_path"] == str(base_dir) and saved["r"] == adapter_config["r"]
+    assert set(saved) <= set(LoraConfig.__dataclass_fields__)  # a plain PEFT config: hf_mtl's keys are next to it
+    ours = json.loads((tmp_path / "store" / "sent" / "hf_mtl_adapter.json").read_text())
+    assert ours["adapter_method"] == "lora" and ours["hf_mtl_adapter_config"] == adapter_config
     inputs = encode(tok)
     for name in ("sent", "ner"):
-        peft_model = PeftModel.from_pretrained(AutoModel.from_pretrained(base_dir), str(tmp_path / "store" / name)).eval()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*nexpected keyword.*")  # PEFT warned about hf_mtl's keys
+            peft_model = PeftModel.from_pretrained(AutoModel.from_pretrained(base_dir), str(tmp_path / "store" / name)).eval()
         with torch.no_grad():
             expected = peft_model(**inputs).last_hidden_state
         torch.testing.assert_close(hidden(model, inputs, name), expected, rtol=1e-5, atol=1e-6)
@@ -181,7 +187,9 @@ def test_lora_language_adapters_stack_and_stay_frozen(tmp_path: Path) -> None:
 
     model.save_pretrained(tmp_path)
     assert (tmp_path / "languages" / "fr" / "adapter_model.safetensors").is_file()
-    assert json.loads((tmp_path / "languages" / "en" / "adapter_config.json").read_text())["language"] == "en"
+    # the language adapter's folder is a plain PEFT adapter too: hf_mtl's keys sit next to its adapter_config.json
+    assert json.loads((tmp_path / "languages" / "en" / "hf_mtl_adapter.json").read_text())["language"] == "en"
+    assert "language" not in json.loads((tmp_path / "languages" / "en" / "adapter_config.json").read_text())
     assert not (tmp_path / "mlm_en" / "adapter_model.safetensors").exists()
     fresh = MultiTaskModel.from_config(model.config, task_list, tokenizer=tok, adapter_method="lora",
                                        adapter_config=model.adapter.config)

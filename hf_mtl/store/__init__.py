@@ -6,6 +6,8 @@ mtl_config.json                  base model + revision, method, tasks, languages
 <task>/head.safetensors          the task's head
 <task>/adapter_config.json       the task's adapter options   } methods with per-task weights
 <task>/adapter_model.safetensors the task's adapter weights   }
+<task>/hf_mtl_adapter.json       PEFT-format methods (lora): hf_mtl's keys (method, options, base model), so that
+                                 adapter_config.json stays a plain PEFT config
 shared/adapter_model.safetensors parts shared by tasks (a hypernetwork, ...)
 languages/<lang>/adapter_config.json        } language adapters: one folder per language of
 languages/<lang>/adapter_model.safetensors  } `adapter.adapter_languages()` (MAD-X, LoRA language adapters)

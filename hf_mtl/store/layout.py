@@ -18,6 +18,10 @@ HEAD_NAME = "head.safetensors"
 TASK_NAME = "task.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+# Methods that save PEFT adapters (`saves_peft_format`) keep `adapter_config.json` a plain PEFT config (PEFT,
+# vLLM and LoRAX read it as it is) and write hf_mtl's own keys about the adapter next to it, in this file.
+HF_MTL_ADAPTER = "hf_mtl_adapter.json"
+HF_MTL_ADAPTER_KEYS = ("adapter_method", "hf_mtl_adapter_config", "base_model_config", "language")
 BACKBONE_DIR = "backbone"
 SHARED_DIR = "shared"
 LANGUAGES_DIR = "languages"

@@ -23,6 +23,7 @@ from .layout import (
     BACKBONE_DIR,
     CONFIG_NAME,
     HEAD_NAME,
+    HF_MTL_ADAPTER,
     LANGUAGES_DIR,
     SHARED_DIR,
     TASK_NAME,
@@ -147,10 +148,14 @@ def _load_languages(model: MultiTaskModel, root: Path) -> None:
 
 
 def _check_adapter_config(model: MultiTaskModel, path: Path, task: str, owner: str = "task") -> None:
-    saved = read_json(path, f"adapter config of {owner} {task!r}")
-    if not isinstance(saved, dict):
-        raise StoreError(f"{path} must be a JSON object (the adapter's options), got {type(saved).__name__}. "
-                         f"Fix: save or pull {owner} {task!r} again.")
+    """Refuse an adapter saved by another method or for another base model. `path` is its `adapter_config.json`;
+    a PEFT-format adapter keeps hf_mtl's keys next to it in `hf_mtl_adapter.json` (stores written before that
+    file existed have them in `adapter_config.json`)."""
+    saved = _adapter_json(path, task, owner)
+    ours = path.with_name(HF_MTL_ADAPTER)
+    if ours.is_file():
+        saved.update(_adapter_json(ours, task, owner))
+        path = ours  # where hf_mtl's keys are, for the messages
     method = saved.get("adapter_method", saved.get("peft_type"))
     if saved.get("adapter_method") is not None and method != model.adapter.name:
         raise StoreError(
@@ -158,6 +163,14 @@ def _check_adapter_config(model: MultiTaskModel, path: Path, task: str, owner: s
             f"{model.adapter.name!r}. Fix: load it into a model of method {method!r}."
         )
     _check_base_model(model, saved.get("base_model_config"), path, f"{owner} {task!r}")
+
+
+def _adapter_json(path: Path, task: str, owner: str) -> dict[str, Any]:
+    saved = read_json(path, f"adapter config of {owner} {task!r}")
+    if not isinstance(saved, dict):
+        raise StoreError(f"{path} must be a JSON object (the adapter's options), got {type(saved).__name__}. "
+                         f"Fix: save or pull {owner} {task!r} again.")
+    return saved
 
 
 def _check_base_model(model: MultiTaskModel, saved: Any, path: Path, owner: str) -> None:

@@ -32,6 +32,8 @@ from .layout import (
     BACKBONE_DIR,
     CONFIG_NAME,
     HEAD_NAME,
+    HF_MTL_ADAPTER,
+    HF_MTL_ADAPTER_KEYS,
     LANGUAGES_DIR,
     LIBRARY,
     SHARED_DIR,
@@ -180,9 +182,23 @@ def _save_task(model: MultiTaskModel, root: Path, name: str) -> list[str]:
     if adapter_state:
         meta = {"task": name, "adapter_method": model.adapter.name, "library": LIBRARY}
         save_tensors(folder / ADAPTER_WEIGHTS, adapter_state, metadata=meta)
-        atomic_write_json(folder / ADAPTER_CONFIG, _with_base(model, model.adapter.task_config(name)))
-        written += [f"{name}/{ADAPTER_WEIGHTS}", f"{name}/{ADAPTER_CONFIG}"]
+        written += [f"{name}/{ADAPTER_WEIGHTS}"]
+        written += _write_adapter_config(model, root, name, model.adapter.task_config(name))
     return written
+
+
+def _write_adapter_config(model: MultiTaskModel, root: Path, folder: str, adapter_config: dict[str, Any]) -> list[str]:
+    """`<folder>/adapter_config.json` (with the base model it was trained on); for a method that saves PEFT adapters,
+    a plain PEFT config there and hf_mtl's keys (`HF_MTL_ADAPTER_KEYS`) in `<folder>/hf_mtl_adapter.json`, so that
+    PEFT loads the folder without "Unexpected keyword arguments". Returns the written paths, relative to `root`."""
+    config = _with_base(model, adapter_config)
+    if not model.adapter.saves_peft_format:
+        atomic_write_json(root / folder / ADAPTER_CONFIG, config)
+        return [f"{folder}/{ADAPTER_CONFIG}"]
+    ours = {key: config.pop(key) for key in HF_MTL_ADAPTER_KEYS if key in config}
+    atomic_write_json(root / folder / ADAPTER_CONFIG, config)
+    atomic_write_json(root / folder / HF_MTL_ADAPTER, ours)
+    return [f"{folder}/{ADAPTER_CONFIG}", f"{folder}/{HF_MTL_ADAPTER}"]
 
 
 def _with_absolute_data_paths(data: dict[str, Any]) -> dict[str, Any]:
@@ -215,8 +231,8 @@ def _save_languages(model: MultiTaskModel, root: Path) -> list[str]:
         folder = root / LANGUAGES_DIR / language
         meta = {"language": language, "adapter_method": model.adapter.name, "library": LIBRARY}
         save_tensors(folder / ADAPTER_WEIGHTS, state, metadata=meta)
-        atomic_write_json(folder / ADAPTER_CONFIG, _with_base(model, model.adapter.language_config(language)))
-        written += [f"{LANGUAGES_DIR}/{language}/{ADAPTER_WEIGHTS}", f"{LANGUAGES_DIR}/{language}/{ADAPTER_CONFIG}"]
+        written += [f"{LANGUAGES_DIR}/{language}/{ADAPTER_WEIGHTS}"]
+        written += _write_adapter_config(model, root, f"{LANGUAGES_DIR}/{language}", model.adapter.language_config(language))
     return written
 
 

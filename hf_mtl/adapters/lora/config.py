@@ -13,6 +13,7 @@ refused with the reason (`UNSUPPORTED`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,13 +75,24 @@ def lora_config_fields() -> list[str]:
     return sorted(f.name for f in dataclasses.fields(LoraConfig) if f.name not in UNSUPPORTED)
 
 
-def parse_lora_options(config: dict[str, Any], spec: ArchSpec) -> LoraOptions:
+def default_target_modules(stacks: Sequence[ArchSpec]) -> list[str]:
+    """The attention's query and value projections of every stack (Hu et al., 2021, adapt W_q and W_v), the
+    cross-attention's too in an encoder-decoder's decoder: what PEFT's own defaults match for T5 (`["q", "v"]`)
+    and BART (`["q_proj", "v_proj"]`), so a task trained here is the adapter PEFT would have trained. A fused
+    projection (GPT-2's `c_attn` holds q, k and v) is named once."""
+    paths = [p for s in stacks for p in (s.query, s.value, s.cross_query, s.cross_value) if p is not None]
+    return list(dict.fromkeys(paths))
+
+
+def parse_lora_options(config: dict[str, Any], stacks: Sequence[ArchSpec]) -> LoraOptions:
     """Split and validate `adapter_config` (unknown keys -> an error listing the valid ones).
 
     Args:
         config: the method's `adapter_config`.
-        spec: the backbone's architecture spec: the default `target_modules` are its query and value
-            projections (Hu et al., 2021, adapt W_q and W_v).
+        stacks: the backbone's architecture specs, one per stack (an encoder's or a decoder-only LM's one,
+            an encoder-decoder's encoder and decoder): they give the default `target_modules`
+            (`default_target_modules`), and `fan_in_fan_out` defaults to True where the projections are
+            transformers' `Conv1D` (GPT-2 stores their weights (in, out); PEFT's own gpt2 default).
 
     Returns:
         The parsed options; `lora` always holds `target_modules`.
@@ -88,7 +100,9 @@ def parse_lora_options(config: dict[str, Any], spec: ArchSpec) -> LoraOptions:
     valid = lora_config_fields()
     lora = {k: v for k, v in config.items() if k not in LORA_OPTIONS}
     _check_fields(lora, valid, "adapter_config")
-    lora.setdefault("target_modules", [spec.query, spec.value])
+    lora.setdefault("target_modules", default_target_modules(stacks))
+    if any(s.conv1d for s in stacks):
+        lora.setdefault("fan_in_fan_out", True)
     options = LoraOptions(
         lora=lora,
         language_adapters=bool(config.get("language_adapters", False)),

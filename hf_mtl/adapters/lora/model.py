@@ -25,10 +25,17 @@ Mechanics:
   inference only (`layer.mixed_batch`) and raises an error in training. The active adapters are state of
   PEFT's layers, so routed forwards of one model run one at a time (`layer.CallLock`): threads serving
   different tasks each get their own answers.
-- saving: `<task>/adapter_model.safetensors` and `<task>/adapter_config.json` are PEFT's own format,
-  so `PeftModel.from_pretrained(AutoModel.from_pretrained(base), "<store>/<task>")` loads a task alone.
-  hf_mtl's extra keys in the config (`adapter_method`, `hf_mtl_adapter_config`, `base_model_config`)
-  are ignored by PEFT (it warns "Unexpected keyword arguments ... these are ignored").
+- saving: `<task>/adapter_model.safetensors` and `<task>/adapter_config.json` are PEFT's own format (a plain
+  `LoraConfig`, with `task_type` CAUSAL_LM / SEQ_2_SEQ_LM on generative backbones), so
+  `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), "<store>/<task>")` (`AutoModel` for an
+  encoder's tasks) loads a task alone, and servers of LoRA adapters (vLLM, LoRAX) read the folder as it is.
+  hf_mtl's own keys (`adapter_method`, `hf_mtl_adapter_config`, `base_model_config`) go next to it, in
+  `<task>/hf_mtl_adapter.json` (`hf_mtl.store.save`).
+- architectures: the default `target_modules` are the query and value projections of every stack of the
+  architecture spec, the decoder's cross-attention ones included (T5's `q`/`v` in `SelfAttention` and
+  `EncDecAttention`, BART's `q_proj`/`v_proj` in `self_attn` and `encoder_attn`: what PEFT's own defaults match).
+  GPT-2's fused `c_attn` is a `Conv1D` (weight (in, out)): it gets `fan_in_fan_out=True`, as in PEFT, and PEFT's
+  own `lora.Linear` (FastLoraLinear is registered for `nn.Linear` only).
 - language adapters (`language_adapters: true`): one LoRA adapter per language (the tasks' `language`
   fields plus `languages`), stacked under the task's adapter (PEFT sums the active adapters). They are
   frozen while task adapters train; a `masked_lm` task with a `language` trains that language's
@@ -50,19 +57,22 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils.other import get_pattern_key
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from ...errors import StoreError, TaskConfigError
-from ...modeling.arch import get_spec, layers_of
+from ...modeling.arch import ArchSpec, get_generative_spec, get_spec, layers_of
+from ...modeling.generative import DECODER_ONLY, ENCODER, ENCODER_DECODER, backbone_layout
 from ...tasks import Task, validate_task_name
 from ..base import AdapterMethod, register_method
 from ..routing import Routing, host_index
-from .config import build_lora_config, parse_lora_options
+from .config import build_lora_config, default_target_modules, parse_lora_options
 from .fast import FastLoraLinear
 from .layer import CallLock, activate, adapter_parameters, lora_layers, mixed_batch
 
 
 PEFT_PREFIX = "base_model.model."  # key prefix of PEFT's saved LoRA weights for a PeftModel around the backbone
 LANGUAGE_PREFIX = "language:"
+PEFT_TASK_TYPES = {DECODER_ONLY: "CAUSAL_LM", ENCODER_DECODER: "SEQ_2_SEQ_LM"}  # backbone layout -> PEFT's task_type
 RESERVED_NAMES = {"weight", "bias", "base_layer", "__base__"}  # would clash with PEFT's state-dict keys
 
 
@@ -87,8 +97,8 @@ class LoraMethod(AdapterMethod):
 
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
         super().__init__(backbone_config, config)
-        self.spec = get_spec(backbone_config)
-        self.options = parse_lora_options(self.config, self.spec)
+        self.stacks = _stacks_of(backbone_config)  # every stack of layers: the encoder, a decoder, or both
+        self.options = parse_lora_options(self.config, self.stacks)
         self.peft_layers = nn.ModuleDict()  # the LoRA weights of each wrapped layer, owned here (not the base weights)
         self.task_adapters: list[str] = []  # tasks with an adapter of their own
         self.languages: list[str] = []
@@ -158,11 +168,12 @@ class LoraMethod(AdapterMethod):
                 warnings.filterwarnings("ignore", message=".*peft_config.*")  # several adapters are the point
                 inject_adapter_in_model(config, backbone, adapter_name=adapter)
         except (ValueError, TypeError) as err:
-            first = layers_of(backbone, self.spec)[0]
-            linears = [n for n, m in first.named_modules() if isinstance(m, nn.Linear) and ".lora_" not in n]
+            first = layers_of(backbone, self.stacks[-1])[0]
+            linears = [n for n, m in first.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and ".lora_" not in n]
             raise TaskConfigError(
                 f"{owner}: PEFT could not add a LoRA adapter ({err}). Fix: correct that adapter_config option; "
-                f"target_modules defaults to {[self.spec.query, self.spec.value]}, and each layer's Linear modules are {linears}."
+                f"target_modules defaults to {default_target_modules(self.stacks)}, and a {self.stacks[-1].stack} "
+                f"layer's Linear modules are {linears}."
             ) from err
         for p in backbone.parameters():
             if id(p) in flags:
@@ -345,7 +356,17 @@ class LoraMethod(AdapterMethod):
                 out[key] = sorted(value)
         out["peft_type"] = str(getattr(out["peft_type"], "value", out["peft_type"]))
         out.pop("runtime_config", None)
+        # PEFT's model class for the folder: `PeftModelForCausalLM` / `...Seq2SeqLM` (their `generate`), and what
+        # `AutoPeftModelForCausalLM` checks; None (the bare `PeftModel`) for an encoder's tasks, whose heads are ours
+        out["task_type"] = PEFT_TASK_TYPES.get(backbone_layout(self.backbone_config))
         return {**out, "adapter_method": self.name, "hf_mtl_adapter_config": self.config}
+
+
+def _stacks_of(backbone_config: Any) -> tuple[ArchSpec, ...]:
+    """The architecture specs of the backbone's stacks: an encoder's, or a generative LM's (`GenerativeSpec.stacks`)."""
+    if backbone_layout(backbone_config) == ENCODER:
+        return (get_spec(backbone_config),)
+    return get_generative_spec(backbone_config).stacks
 
 
 def _check_adapter_name(name: str) -> None:
@@ -358,7 +379,7 @@ def _check_adapter_name(name: str) -> None:
 
 
 def _targeted_layers(backbone: nn.Module, config: LoraConfig) -> list[tuple[str, int, int]]:
-    """(path, in, out) of every Linear (in/out features) or Embedding (vocabulary/dimension) layer that
+    """(path, in, out) of every Linear or Conv1D (in/out features) or Embedding (vocabulary/dimension) layer that
     `config` targets, LoRA-wrapped or not."""
     found, wrapped = [], []
     for path, module in backbone.named_modules():
@@ -371,6 +392,8 @@ def _targeted_layers(backbone: nn.Module, config: LoraConfig) -> list[tuple[str,
             continue
         if isinstance(module, nn.Linear):
             found.append((path, module.in_features, module.out_features))
+        elif isinstance(module, Conv1D):  # GPT-2's projections: weight (in, out)
+            found.append((path, *module.weight.shape))
         elif isinstance(module, nn.Embedding):
             found.append((path, module.num_embeddings, module.embedding_dim))
     return found
