@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, EncoderDecoderCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from .data.collators import pad_rows, pad_token_id
 from .data.text2text import TextToTextEncoder, eos_token_id, row_from_input
@@ -151,6 +151,8 @@ def _generate_batch(model: Any, prompts: list[list[int]], names: list[str],
     if len(set(limits)) > 1:
         row_limits = torch.tensor([limit for limit in limits for _ in range(beams)], device=device)
         kwargs["stopping_criteria"] = StoppingCriteriaList([RowLimits(row_limits, start)])
+    if _uneven_t5(model.config):
+        kwargs["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
     was_training = model.training
     model.eval()
     try:
@@ -171,6 +173,14 @@ def _generate_batch(model: Any, prompts: list[list[int]], names: list[str],
         cut = next((i for i, token in enumerate(new) if token in stops), len(new))
         results.append(new[:cut])
     return results
+
+
+def _uneven_t5(config: Any) -> bool:
+    """T5 with more (or fewer) decoder blocks than encoder blocks: transformers 5.25's `generate` sizes its cache by
+    the encoder's depth and fails with an IndexError in `cache_utils`; a cache built without the config grows to
+    the decoder's depth."""
+    decoder = getattr(config, "num_decoder_layers", None)
+    return decoder is not None and decoder != getattr(config, "num_layers", decoder)
 
 
 def generate(model: Any, inputs: Sequence[str | dict[str, Any]], task: str | Sequence[str] | None = None, *,

@@ -217,3 +217,17 @@ def test_an_empty_prompt_is_refused_by_name() -> None:
     model = build("none", "llama")
     with pytest.raises(TaskConfigError, match="task 'echo': input 1 has an empty prompt"):
         generate_ids(model, [[5, 6], []], ["sent", "echo"])
+
+
+@pytest.mark.parametrize("method", ["none", "prefix_tuning", "bottleneck"])
+def test_t5_with_more_decoder_than_encoder_blocks_generates(method: str) -> None:
+    """transformers 5.25 sizes generate()'s cache by the encoder's depth (IndexError for a deeper decoder)."""
+    torch.manual_seed(0)
+    config = ARCH_CONFIGS["t5"]()
+    config.num_decoder_layers = 3
+    model = MultiTaskModel.from_config(config, make_tasks("seq2seq"), tokenizer=_TOKENIZER, adapter_method=method,
+                                       adapter_config=dict(METHOD_CONFIGS[method]), freeze_backbone=method != "none")
+    _randomize(model)
+    model.eval()
+    for beams in (1, 2):
+        assert generated(model, num_beams=beams) == [generated(model, [row], num_beams=beams)[0] for row in ROWS]
