@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TaskConfigError
-from ..modeling.arch import ARCH_SPECS, ArchSpec, get_generative_spec, get_spec
+from ..modeling.arch import ArchSpec, get_generative_spec, get_spec
+from ..modeling.generative import ENCODER, backbone_layout
 from .base import AdapterMethod
 from .routing import RoutedCall, Routing
 
@@ -82,8 +83,9 @@ def stack_parameters(params: Mapping[str, nn.Parameter], names: list[str]) -> to
 # ---------------------------------------------------------------------------------------------- architectures
 def stack_specs(backbone_config: Any) -> tuple[ArchSpec, ...]:
     """The stacks of layers a method adapts: an encoder's one stack (`ARCH_SPECS`), or a generative LM's stacks
-    (`GENERATIVE_SPECS`: a decoder-only LM's decoder; an encoder-decoder's encoder, then its decoder)."""
-    if getattr(backbone_config, "model_type", None) in ARCH_SPECS:
+    (`GENERATIVE_SPECS`: a decoder-only LM's decoder; an encoder-decoder's encoder, then its decoder). A family
+    without a spec gets the error of the kind of spec it lacks."""
+    if backbone_layout(backbone_config) == ENCODER:
         return (get_spec(backbone_config),)
     return get_generative_spec(backbone_config).stacks
 

@@ -95,11 +95,14 @@ class _DroppedAttention(torch.autograd.Function):
 
 def _eager(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
            attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-           fast_dropout: bool = False, **kwargs: Any):
+           fast_dropout: bool = False, position_bias: torch.Tensor | None = None, **kwargs: Any):
     """softmax(QKᵀ·scaling + M) V with dropout on the probabilities; returns (B, Lq, h, d) and the
     probabilities (None where the fast dropout ran: like SDPA, it keeps no dropped copy of them). The caller
     checked that `fast_dropout` means training with dropout > 0; a p the fast mask cannot represent, or
-    another device, takes torch's dropout."""
+    another device, takes torch's dropout. T5's relative `position_bias` (B|1, h, Lq, Lk) is part of the
+    logits, as in transformers' own eager T5 attention."""
+    if position_bias is not None:
+        attention_mask = position_bias + full_mask(attention_mask, query, key)
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     levels = fast_threshold(dropout) if fast_dropout and query.device.type == "cpu" else None
     if levels is not None:

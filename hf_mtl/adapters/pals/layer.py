@@ -9,7 +9,8 @@ Stickland & Murray (2019), eq. for a layer l with input h (BERT's post-LN layer)
 - MH_l is multi-head attention in the d_s-wide space with its own query/key/value projections per
   layer (d_s×d_s each, with biases) and no output projection (V^D plays that role).
 
-Parameters per task: 2·H·d_s + d_s + H (V^E, V^D with biases) + N·3·(d_s² + d_s) (q, k, v of N layers).
+Parameters per task: 2·H·d_s + d_s + H (V^E, V^D with biases) + N·3·(d_s² + d_s) (q, k, v of N layers;
+an encoder-decoder counts the layers of both stacks).
 With H=768, d_s=204, N=12 this is 1.82M per task: 8 tasks add 0.13× BERT-base, the paper's "1.13×".
 """
 

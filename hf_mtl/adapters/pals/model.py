@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
 from transformers.cache_utils import DynamicLayer
 
 from ...modeling.arch import ArchSpec, config_value, layers_of, resolve
@@ -172,7 +171,7 @@ class PalsMethod(PerRowMethod):
         load_exact(dict(self._task(task).named_parameters()), state, f"task {task!r} (adapter method 'pals')")
 
     def formula_parameter_count(self, task: str) -> int:
-        """2·H·d_s + d_s + H (V^E, V^D with biases) + N·3·(d_s² + d_s) (q, k, v per layer)."""
+        """2·H·d_s + d_s + H (V^E, V^D with biases) + N·3·(d_s² + d_s) (q, k, v per layer, N over every stack)."""
         hidden, small, layers = self.hidden_size, self.options.pal_size, self.num_layers
         return 2 * hidden * small + small + hidden + layers * 3 * (small * small + small)
 
