@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BartConfig, ByT5Tokenizer, GPT2Config, LlamaConfig, T5Config
+from transformers import BartConfig, ByT5Tokenizer, GPT2Config, LlamaConfig, MistralConfig, T5Config
 
 from hf_mtl import MultiTaskModel
 from hf_mtl.errors import TaskConfigError
@@ -49,9 +49,24 @@ def _model(method: str, arch: str, options: dict | None = None) -> MultiTaskMode
     model = MultiTaskModel.from_config(config, tasks, tokenizer=TOKENIZER, adapter_method=method,
                                        adapter_config=options if options is not None else OPTIONS[method],
                                        backbone_dropout=0.0)
+    if model.is_encoder_decoder:  # the tiny random T5 and BART generate one token whatever the input: spread them
+        for name, parameter in model.backbone.named_parameters():
+            if name.endswith("weight") and parameter.dim() == 2:
+                torch.nn.init.normal_(parameter, std=0.3)
     for name, parameter in model.adapter.named_parameters():  # non-trivial: the tasks really generate differently
-        torch.nn.init.normal_(parameter, std=1.0 if "task_embeddings" in name else 0.3)
+        torch.nn.init.normal_(parameter, std=_init_std(name))
     return model.eval()
+
+
+def _init_std(name: str) -> float:
+    """Large enough that every module changes the output, small enough that the output still follows the input:
+    the tiny LMs' residual streams are small (token embeddings drawn with std 0.02), so CA-MTL's FiLMs and
+    bottlenecks stay small, while its attention bias M is large, so that positions matter."""
+    if name.startswith("pals"):
+        return 0.3
+    if "task_embeddings" in name or name.endswith("attention.blocks"):
+        return 1.0
+    return 0.0005 if name.startswith("alignment") else 0.01
 
 
 def _generate(model: MultiTaskModel, texts: list[str], tasks: list[str], **options) -> list[list[int]]:
@@ -161,3 +176,46 @@ def test_ca_mtl_on_an_eager_t5_keeps_its_relative_position_bias():
 
     ids, decoder_ids = torch.randint(2, 300, (2, 6)), torch.randint(2, 300, (2, 4))
     torch.testing.assert_close(logits("ca_mtl"), logits("none"))
+
+
+@pytest.mark.parametrize("method,arch", [("pals", "t5"), ("ca_mtl", "llama")])
+def test_save_and_load_give_the_same_generations(method, arch, tmp_path):
+    import json
+
+    from hf_mtl.store.load import _load_weights, _read_task
+
+    model = _model(method, arch)
+    model.save_pretrained(str(tmp_path))
+    config = json.loads((tmp_path / "mtl_config.json").read_text())
+    tasks = [_read_task(tmp_path, name) for name in config["tasks"]]
+    torch.manual_seed(5)  # other random adapters: only the loaded weights can make the generations equal
+    loaded = MultiTaskModel.from_config(model.config, tasks, tokenizer=TOKENIZER, adapter_method=method,
+                                        adapter_config=config["adapter_config"])
+    loaded.backbone.load_state_dict(model.backbone.state_dict())
+    _load_weights(loaded, tmp_path, config["tasks"])
+    loaded.eval()
+    for options in ({}, {"num_beams": 2}):
+        assert _generate(loaded, TEXTS, TASKS, **options) == _generate(model, TEXTS, TASKS, **options)
+
+
+def _windowed() -> MistralConfig:
+    """A Mistral whose sliding window (4 positions) is shorter than the prompts: its KV cache drops keys."""
+    return MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=256, bos_token_id=None, sliding_window=4,
+                         **COMMON)
+
+
+def test_pals_follow_a_sliding_window_through_the_kv_cache(monkeypatch):
+    monkeypatch.setitem(CONFIGS, "mistral-window", _windowed)
+    model = _model("pals", "mistral-window")
+    mixed = _generate(model, TEXTS, TASKS, min_new_tokens=4)
+    assert mixed == [_generate(model, [text], [task], min_new_tokens=4)[0] for text, task in zip(TEXTS, TASKS)]
+    assert _generate(model, TEXTS, TASKS, use_cache=False, min_new_tokens=4) == mixed
+
+
+def test_ca_mtl_refuses_a_sliding_window_shorter_than_its_positions(monkeypatch):
+    monkeypatch.setitem(CONFIGS, "mistral-window", _windowed)
+    with pytest.raises(TaskConfigError, match=r"'ca_mtl' on this mistral backbone: .*sliding window of 4 .*"
+                                              r"max_seq_length=128.*Fix: set adapter_config max_seq_length"):
+        _model("ca_mtl", "mistral-window")
+    assert _model("ca_mtl", "mistral-window", options={"max_seq_length": 4, "num_blocks": 2}).adapter is not None

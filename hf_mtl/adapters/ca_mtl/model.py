@@ -68,6 +68,7 @@ class CaMtlMethod(TaskEmbeddingMethod):
         self.embedding_dim = int(getattr(backbone_config, "embedding_size", None) or self.hidden_size)
         self.options = CaMtlConfig.from_options(config, self.hidden_size)
         self.config = self.options.to_dict()
+        _check_sliding_window(backbone_config, self.options)
         o, hidden = self.options, self.hidden_size
         self.embedding_init_scale = o.task_embedding_dim ** -0.5  # z_i: unit norm on average
         self.alignment = FiLM(o.task_embedding_dim, self.embedding_dim)
@@ -214,6 +215,20 @@ def _stacks_for_ca_mtl(backbone_config: Any) -> tuple[ArchSpec, ...]:
         raise TaskConfigError(
             f"adapter method 'ca_mtl' cannot reach the self-attention of this backbone: {err}"
         ) from err
+
+
+def _check_sliding_window(backbone_config: Any, options: CaMtlConfig) -> None:
+    """M places each token by its position in the row, which a decoder reads from the keys its KV cache holds; a
+    sliding window (Mistral) drops the oldest keys once a row is longer than the window."""
+    window = getattr(backbone_config, "sliding_window", None)
+    if window and window < options.max_seq_length:
+        raise TaskConfigError(
+            f"adapter method 'ca_mtl' on this {backbone_config.model_type} backbone: its attention keeps a sliding "
+            f"window of {window} positions, shorter than the max_seq_length={options.max_seq_length} the conditional "
+            f"attention bias covers; past the window the KV cache no longer holds the positions that place a token "
+            f"in the bias's blocks. Fix: set adapter_config max_seq_length to at most {window} (a multiple of "
+            f"num_blocks), or use a backbone without a sliding window."
+        )
 
 
 def _positions(mask: torch.Tensor | None, query_length: int, key_length: int, causal: bool,

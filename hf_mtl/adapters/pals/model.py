@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ...modeling.arch import ArchSpec, config_value, layers_of, resolve
 from ...store.weights import load_exact
@@ -79,11 +79,11 @@ class PalsMethod(PerRowMethod):
         self._device, self._dtype = reference.device, reference.dtype
         index = 0
         for spec in self.stacks:
-            layers = layers_of(backbone, spec)
+            layers, first = layers_of(backbone, spec), index
             for position, layer in enumerate(layers):
                 if spec.attention_output == spec.attention:  # the attention module returns the branch
                     cache_slot = len(layers) + position if spec.stack == "decoder" else None
-                    self.add_hook(resolve(layer, spec.attention), self._pal_beside(index, spec, cache_slot),
+                    self.add_hook(resolve(layer, spec.attention), self._pal_beside(index, first, spec, cache_slot),
                                   with_kwargs=True)
                 else:
                     self.add_hook(layer, self._record_input(index), pre=True)
@@ -140,11 +140,12 @@ class PalsMethod(PerRowMethod):
             return output + self._pal(call, index, hidden, mask)
         return hook
 
-    def _pal_beside(self, index: int, spec: ArchSpec, cache_slot: int | None):
+    def _pal_beside(self, index: int, first: int, spec: ArchSpec, cache_slot: int | None):
         """A generative layer's hook on its self-attention: (branch, ...) -> (branch + TS(input), ...).
 
         transformers calls these modules with the input first (or as `hidden_states`), the mask as
-        `attention_mask` (T5: `mask`) and the KV cache as `cache`."""
+        `attention_mask` (T5: `mask`) and the KV cache as `cache`. `first`: the number of the stack's first
+        layer (`index - first`: the layer's place in its stack)."""
         causal = spec.stack == "decoder"
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple | None:
@@ -153,7 +154,7 @@ class PalsMethod(PerRowMethod):
                 return None
             hidden = args[0] if args else kwargs["hidden_states"]
             mask = kwargs.get("attention_mask", kwargs.get("mask"))
-            past = _pal_cache(kwargs.get("cache"), cache_slot) if causal else None
+            past = _pal_cache(kwargs.get("cache"), cache_slot, index - first) if causal else None
             pal = self._pal(call, index, hidden, mask, causal=causal, past=past)
             return (output[0] + pal, *output[1:])
         return hook
@@ -189,12 +190,13 @@ class PalsMethod(PerRowMethod):
         return {"adapter_method": self.name, **self.config, "parameters": self.formula_parameter_count(task)}
 
 
-def _pal_cache(cache: Any, slot: int | None):
+def _pal_cache(cache: Any, slot: int | None, mirror: int):
     """The `update` of a PAL's place in the model's own KV cache (None without a cache: training, a forward
     without `use_cache`).
 
-    The PAL of decoder layer i keeps its projected keys/values in layer `N + i` of the cache (N: the decoder's
-    layers; an encoder-decoder's self-attention cache), appended as plain `DynamicLayer`s the first time. What
+    The PAL of decoder layer i (`mirror`) keeps its projected keys/values in layer `N + i` of the cache (N: the
+    decoder's layers; an encoder-decoder's self-attention cache), appended the first time as the same kind of
+    layer as layer i's (a sliding window keeps as many keys as the layer's, which its mask covers). What
     generation does to the model's cache (beam reordering, cropping, batch selection) loops over every layer of
     the cache, so it does the same to the PALs'.
     """
@@ -202,5 +204,7 @@ def _pal_cache(cache: Any, slot: int | None):
         return None
     cache = getattr(cache, "self_attention_cache", cache)
     while len(cache.layers) <= slot:
-        cache.layers.append(DynamicLayer())
+        model_layer = len(cache.layers) - (slot - mirror)  # the layer of the model this new cache layer mirrors
+        window = getattr(cache.layers[model_layer], "sliding_window", None) if model_layer >= 0 else None
+        cache.layers.append(DynamicSlidingWindowLayer(sliding_window=window) if window else DynamicLayer())
     return lambda key, value: cache.update(key, value, slot)
