@@ -14,6 +14,7 @@ Learning in NLP Using Fewer Parameters & Less Data" (ICLR). From a learned task 
 
 `freeze_lower_half` (default, as the paper): the conditional layer modules go into the upper half of
 the layers only. Per task: z_i (d_z numbers) under `<task>/`; everything else is shared (`shared/`).
+The uncertainty-based task sampling of the paper is a sampler strategy, not part of this method.
 
 Generative LMs (Llama/Qwen2/Mistral, GPT-2, T5, BART), through their specs: every stack is conditioned
 (its upper half; the bottleneck in each stack's top layer), one alignment FiLM on each stack's input
@@ -23,8 +24,8 @@ through transformers' attention interface: T5's relative bias and unscaled logit
 added beside them. In a decoder M must follow the token's position in its row, not its index in the batch:
 prompts are padded on the left when rows generate together, and with a KV cache a step's query is the
 newest position; `_positions` reads both from the layer's mask. A decoder's causal mask, which transformers
-leaves implicit when nothing is padded, is made explicit before M is added.
-The uncertainty-based task sampling of the paper is a sampler strategy, not part of this method.
+leaves implicit when nothing is padded, is made explicit before M is added. A sliding window shorter than
+`max_seq_length` (Mistral's option) is refused: its cache drops the keys that give a token its position.
 """
 
 from __future__ import annotations
