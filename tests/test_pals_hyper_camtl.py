@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, GPT2Config
+from transformers import AlbertConfig, BertConfig, OPTConfig
 
 from helpers import tiny_tokenizer
 from hf_mtl import Task, TaskConfigError
@@ -108,8 +108,10 @@ def test_ca_mtl_rejects_unreachable_attention() -> None:
     flash = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="flash_attention_2", model_type="bert"))
     with pytest.raises(TaskConfigError, match=r"'ca_mtl'.*'flash_attention_2' attention implementation.*attn_implementation='sdpa'"):
         method.attach(types.SimpleNamespace(backbone=flash))
-    with pytest.raises(TaskConfigError, match=r"'ca_mtl' cannot reach the self-attention.*'gpt2' has no architecture spec"):
-        build_adapter_method("ca_mtl", GPT2Config())
+    with pytest.raises(TaskConfigError, match=r"'ca_mtl' cannot reach the self-attention.*'albert' has no architecture spec"):
+        build_adapter_method("ca_mtl", AlbertConfig())
+    with pytest.raises(TaskConfigError, match=r"'ca_mtl' cannot reach the self-attention.*'opt' has no generative"):
+        build_adapter_method("ca_mtl", OPTConfig())
 
 
 def test_ca_mtl_sequence_longer_than_max_seq_length() -> None:

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TaskConfigError
+from ..modeling.arch import ArchSpec, get_generative_spec, get_spec
+from ..modeling.generative import ENCODER, backbone_layout
 from .base import AdapterMethod
 from .routing import RoutedCall, Routing
 
@@ -55,11 +57,61 @@ def row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
+def routed_linear(routing: Routing, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """y = x Wᵀ + b with each row's task's (W, b), for a mixed batch in one pass.
+
+    Args:
+        routing: the batch's routing.
+        x: (B, L, in).
+        weight: (T, out, in) the stacked weights of the batch's tasks; bias (T, out).
+
+    Returns:
+        (B, L, out): each task's range of rows on its own where the rows come grouped (CPU), else per-row weights.
+    """
+    if routing.segments is not None:
+        return routing.segmented(row_linear, (x,), (weight, bias))
+    return row_linear(x, routing.per_row(weight), routing.per_row(bias))
+
+
 def stack_parameters(params: Mapping[str, nn.Parameter], names: list[str]) -> torch.Tensor:
     """(T, ...) stack of the parameters of `names` (a view for a single task: no copy)."""
     if len(names) == 1:
         return params[names[0]].unsqueeze(0)
     return torch.stack([params[n] for n in names])
+
+
+# ---------------------------------------------------------------------------------------------- architectures
+def stack_specs(backbone_config: Any) -> tuple[ArchSpec, ...]:
+    """The stacks of layers a method adapts: an encoder's one stack (`ARCH_SPECS`), or a generative LM's stacks
+    (`GENERATIVE_SPECS`: a decoder-only LM's decoder; an encoder-decoder's encoder, then its decoder). A family
+    without a spec gets the error of the kind of spec it lacks."""
+    if backbone_layout(backbone_config) == ENCODER:
+        return (get_spec(backbone_config),)
+    return get_generative_spec(backbone_config).stacks
+
+
+def mask_or_causal(mask: torch.Tensor | None, query_length: int, key_length: int, causal: bool,
+                   device: torch.device) -> torch.Tensor | None:
+    """The mask a self-attention received, cut to its `key_length` keys, or the causal mask it stands for.
+
+    Decoders attend causally; transformers passes them no mask when nothing is padded (SDPA's `is_causal`
+    shortcut, a property of the attention module that another attention computed beside it does not get).
+
+    Args:
+        mask: None, bool (B|1, 1, Lq, ≥Lk) with True = attend, or float additive.
+        query_length, key_length: Lq, Lk; the queries are the last Lq of the Lk positions (a KV cache holds
+            the earlier ones).
+        causal: the stack is a decoder.
+
+    Returns:
+        `mask[..., :Lk]`; for a causal stack without a mask, bool (Lq, Lk) with query i seeing keys up to
+        Lk - Lq + i (None for one query, which sees every key); else None.
+    """
+    if mask is not None:
+        return mask[..., :key_length]
+    if not causal or query_length == 1:
+        return None
+    return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -134,12 +186,13 @@ class PerRowMethod(AdapterMethod):
     def prepare(self, call: RoutedCall) -> None:
         """Compute per-forward values for the batch's tasks into `call.values` (default: nothing)."""
 
-    def add_hook(self, module: nn.Module, hook: Any, *, pre: bool = False) -> None:
-        """Register a forward hook (or a forward pre-hook with kwargs) on a backbone module."""
+    def add_hook(self, module: nn.Module, hook: Any, *, pre: bool = False, with_kwargs: bool = False) -> None:
+        """Register a forward hook (or a forward pre-hook with kwargs) on a backbone module; `with_kwargs`: a
+        forward hook that also gets the call's args and kwargs, `hook(module, args, kwargs, output)`."""
         if pre:
             handle = module.register_forward_pre_hook(hook, with_kwargs=True)
         else:
-            handle = module.register_forward_hook(hook)
+            handle = module.register_forward_hook(hook, with_kwargs=with_kwargs)
         self._handles.append(handle)
 
 

@@ -48,8 +48,9 @@ class ConditionalAttentionBias(nn.Module):
     code's CBDA), A_n ∈ R^{b×b} learned, b = max_seq_length / N. M is shared by all heads.
 
     Variable sequence lengths: M is defined over the positions 0 .. max_seq_length-1 and cropped to
-    the batch's (Lq, Lk): position p lies in block p // b at offset p % b, so a position keeps its
-    block whatever the padding, and off-block entries are 0 (attend normally, no extra bias).
+    the batch's queries and keys (`crop`): position p lies in block p // b at offset p % b, so a position
+    keeps its block whatever the padding, and off-block entries are 0 (attend normally, no extra bias).
+    A position is the token's place in its row (a decoder's left padding and KV cache shift the index).
 
     Args:
         condition_dim: size of the condition (the transformed task embedding).
@@ -65,16 +66,28 @@ class ConditionalAttentionBias(nn.Module):
         self.blocks = nn.Parameter(torch.zeros(max_seq_length, self.block_size))  # row p = block p//b, row p%b
         self.film = FiLM(condition_dim, self.block_size)
 
-    def forward(self, condition: torch.Tensor, query_length: int, key_length: int) -> torch.Tensor:
-        """(T, c) -> M cropped to (T, Lq, Lk)."""
+    def rows(self, condition: torch.Tensor) -> torch.Tensor:
+        """(T, c) -> the FiLM-ed blocks A'(z) of each task, stacked by position: (T, L, b), row p = A'_{p//b}[p % b]."""
         gamma, beta = self.film(condition)  # (T, b) each
-        rows = self.blocks[:query_length].unsqueeze(0) * (1 + gamma.unsqueeze(1)) + beta.unsqueeze(1)  # (T, Lq, b)
-        device = self.blocks.device
-        query_pos = torch.arange(query_length, device=device)
-        key_pos = torch.arange(key_length, device=device)
-        offsets = (key_pos % self.block_size).expand(rows.shape[0], query_length, key_length)
-        values = rows.gather(2, offsets)  # (T, Lq, Lk): entry (p, q) = A'[p, q % b]
-        same_block = (query_pos.unsqueeze(1) // self.block_size) == (key_pos.unsqueeze(0) // self.block_size)
+        return self.blocks.unsqueeze(0) * (1 + gamma.unsqueeze(1)) + beta.unsqueeze(1)
+
+    def crop(self, rows: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        """M at the given positions: entry (p, q) = A'[p, q % b] where p and q share a block, else 0.
+
+        Args:
+            rows: (N|1, L, b) `rows` of each row's task (or one task's for all rows).
+            query_positions: (N|1, Lq) and key_positions (N|1, Lk): positions in 0 .. L-1 (long).
+
+        Returns:
+            (N|1, Lq, Lk).
+        """
+        size = max(rows.shape[0], query_positions.shape[0])
+        rows = rows.expand(size, -1, -1)
+        query_positions, key_positions = query_positions.expand(size, -1), key_positions.expand(size, -1)
+        picked = rows.gather(1, query_positions.unsqueeze(2).expand(-1, -1, self.block_size))  # (N, Lq, b)
+        offsets = (key_positions % self.block_size).unsqueeze(1).expand(-1, query_positions.shape[1], -1)
+        values = picked.gather(2, offsets)  # (N, Lq, Lk)
+        same_block = (query_positions // self.block_size).unsqueeze(2) == (key_positions // self.block_size).unsqueeze(1)
         return values * same_block.to(values.dtype)
 
 
