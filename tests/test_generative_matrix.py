@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BartConfig, ByT5Tokenizer, GPT2Config, LlamaConfig, T5Config
+from transformers import BartConfig, ByT5Tokenizer, GPT2Config, LlamaConfig, OPTConfig, T5Config
 
 from hf_mtl import Task
 from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
@@ -42,8 +42,9 @@ METHOD_CONFIGS: dict[str, dict] = {
     "ca_mtl": {"max_seq_length": 64, "num_blocks": 4, "freeze_lower_half": False, "bottleneck_layers": "all"},
 }
 
-# (method, architecture) -> a phrase of the error that refuses it when the model is built
-REFUSED: dict[tuple[str, str], str] = {}
+# (method, architecture) -> a phrase of the error that refuses it when the model is built. OPT has no architecture
+# spec: every method that inserts modules is refused by name; `none` (full fine-tuning) needs no spec and runs.
+REFUSED: dict[tuple[str, str], str] = {(method, "opt"): "'opt'" for method in METHOD_CONFIGS if method != "none"}
 
 _TOKENIZER = ByT5Tokenizer()
 _COMMON = dict(vocab_size=len(_TOKENIZER), pad_token_id=0, eos_token_id=1)
@@ -58,8 +59,11 @@ ARCH_CONFIGS = {
                                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                                max_position_embeddings=256, bos_token_id=1, decoder_start_token_id=1,
                                forced_eos_token_id=None, dropout=0.0, init_std=0.2, **_COMMON),
+    "opt": lambda: OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                             word_embed_proj_dim=32, max_position_embeddings=256, bos_token_id=1, dropout=0.0,
+                             init_std=0.2, **_COMMON),
 }
-KIND = {"llama": "causal_lm", "gpt2": "causal_lm", "t5": "seq2seq", "bart": "seq2seq"}
+KIND = {"llama": "causal_lm", "gpt2": "causal_lm", "t5": "seq2seq", "bart": "seq2seq", "opt": "causal_lm"}
 
 ALL_CASES = [(m, a) for m, a in itertools.product(sorted(METHOD_CONFIGS), sorted(ARCH_CONFIGS))
              if m in ADAPTER_METHODS]

@@ -162,4 +162,18 @@ def build_adapter_method(name: str, backbone_config: Any, config: dict[str, Any]
     Returns:
         The method, not yet attached.
     """
-    return ADAPTER_METHODS.get(name)(backbone_config, config)
+    cls = ADAPTER_METHODS.get(name)
+    with naming_method(cls.name):
+        return cls(backbone_config, config)
+
+
+@contextlib.contextmanager
+def naming_method(method: str) -> Iterator[None]:
+    """Errors raised while a method is built or attached name the method (a backbone it cannot run on, a bad
+    option), unless they already do."""
+    try:
+        yield
+    except TaskConfigError as err:
+        if repr(method) in str(err):
+            raise
+        raise TaskConfigError(f"adapter_method {method!r}: {err}") from err

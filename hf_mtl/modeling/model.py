@@ -20,6 +20,7 @@ from transformers import PretrainedConfig
 from transformers.utils import ModelOutput
 
 from ..adapters import AdapterMethod, Routing, build_adapter_method
+from ..adapters.base import naming_method
 from ..adapters.routing import call_scope, host_index, inverse_permutation, scoped_value
 from ..errors import TaskConfigError, UnknownTaskError
 from ..ops.attention import route_attention
@@ -117,7 +118,8 @@ class MultiTaskModel(nn.Module):
         if fast_dropout:  # before the adapter method hooks any dropout module
             _use_fast_dropout(self.backbone)
         self.adapter: AdapterMethod = build_adapter_method(adapter_method, self.config, adapter_config)
-        self.adapter.attach(self)
+        with naming_method(self.adapter.name):
+            self.adapter.attach(self)
         self._forward_args = backbone_forward_args(self.backbone)
         check_unique_names(list(tasks))
         for task in dependency_order(list(tasks)):  # lower tasks first: their sizes shape the heads that read them
