@@ -197,3 +197,37 @@ def test_cli_predict_input_errors_are_one_line(saved, tmp_path, capsys, lines, a
     assert main(["predict", saved, "--input", str(path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' own loading progress bar
     assert err.startswith("error: ") and message in err, err
+
+
+# ------------------------------------------------------------------------------------------------ store, card, Hub
+try:  # tests/ as a package, or tests/ on sys.path (rootdir conftest)
+    from tests.hub_server import ALICE_TOKEN, hub, hub_api  # noqa: F401
+except ImportError:
+    from hub_server import ALICE_TOKEN, hub, hub_api  # noqa: F401
+
+REPO = "alice/tiny-generative"
+
+
+def test_generative_store_pushes_and_pulls_per_task_with_the_same_generations(model, saved, hub, tmp_path):
+    from hf_mtl.hub import pull, push
+    from hf_mtl.modeling import MultiTaskModel
+
+    texts, names = [TEXTS[0], TEXTS[1], ("it rains", "it is wet")], ["sent", "echo", "nli"]
+    before = model.predict(texts, task=names, num_beams=2)
+    push(saved, REPO, tasks=["sent", "echo"], token=ALICE_TOKEN)
+    push(saved, REPO, tasks=["nli"], token=ALICE_TOKEN)  # a second task pushed later keeps the first ones
+    files = set(hub.list_files(REPO))
+    assert {f"{t}/task.json" for t in names} <= files and "backbone/model.safetensors" in files
+
+    card = hub.read_file(REPO, "README.md").decode()
+    meta = card.split("---")[1]
+    assert "pipeline_tag: text-generation" in meta and "- text-generation" in meta
+    assert '- prompt template: `"Review: {text} Answer:"`' in card
+    assert "- label words (2, label column `label`): `0` → `neg`, `1` → `pos`" in card
+    assert "- target column: `out`" in card and '- generation: `{"max_new_tokens": 7}`' in card
+    assert "- generation: greedy" in card
+
+    one = MultiTaskModel.from_pretrained(pull(REPO, tasks=["nli"], local_dir=tmp_path / "nli"))
+    assert one.task_names == ["nli"] and one.predict(texts[2:], task="nli", num_beams=2) == before[2:]
+    every = MultiTaskModel.from_pretrained(pull(REPO, local_dir=tmp_path / "all"))
+    assert every.predict(texts, task=names, num_beams=2) == before
