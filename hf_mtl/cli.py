@@ -3,6 +3,7 @@
     hf-mtl train RECIPE.json [--field value ...]
     hf-mtl eval OUTPUT_DIR [--split validation|test] [--tasks a b] [--data TASK=PATH ...]
     hf-mtl predict OUTPUT_DIR|REPO_ID --task T|all [TEXT ... | --input FILE] [--language X] [--revision R]
+                   [--num-beams N] [--max-new-tokens N]   (generative tasks)
     hf-mtl push | pull | export   (arguments and backends in `hf_mtl.cli_hub`)
 
 `hf-mtl ...` and `python -m hf_mtl.cli ...` (the form `accelerate launch -m hf_mtl.cli` needs) read the same
@@ -179,15 +180,26 @@ def parse_data_files(values: Sequence[str], tasks: Sequence[str] | None) -> dict
 # ---------------------------------------------------------------------------------------------------- predict
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="An output folder or a Hub repo id (only the task's files are pulled).")
-    parser.add_argument("--task", required=True, help="Task name, or 'all' for every task of the store (one line per input).")
+    parser.add_argument("--task", help="Task name, or 'all' for every task of the store (one line per input). "
+                                       "Optional when every --input line names its `task`.")
     parser.add_argument("texts", nargs="*", help="Input texts (token tasks: words separated by spaces).")
-    parser.add_argument("--input", help="A UTF-8 file with one text per line, or JSON lines with text/text_pair/tokens.")
+    parser.add_argument("--input", help="A UTF-8 file with one text per line, or JSON lines with text/text_pair/tokens, "
+                                        "or `columns` ({column: value}: the prompt template's columns of a generative "
+                                        "task); a line's `task` names its task (rows of several tasks in one file).")
     parser.add_argument("--language", help="Language adapter to use (zero-shot cross-lingual transfer).")
     parser.add_argument("--revision", help="Hub revision of the store.")
     parser.add_argument("--token", help="Hub token for a private repo (default: HF_TOKEN or `hf auth login`).")
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--max-seq-length", type=positive_int, default=128,
-                        help="Tokens per input (at most the model's positions); longer token-task inputs run in windows.")
+                        help="Tokens per input (at most the model's positions); longer token-task inputs run in windows. "
+                             "A decoder-only LM's new tokens count towards it.")
+    parser.add_argument("--num-beams", type=positive_int, default=None,
+                        help="Generative tasks: beam search with N beams (default: each task's `generation`, else 1).")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="Generative tasks: at most N new tokens per row (default: each task's `generation`).")
+
+
+_GENERATION_ARGUMENTS = ("num_beams", "max_new_tokens")  # predict's options that go to generation as they are
 
 
 def _predict(args: argparse.Namespace, extra: list[str]) -> int:
@@ -195,15 +207,43 @@ def _predict(args: argparse.Namespace, extra: list[str]) -> int:
     _no_extra([e for e in extra if e.startswith("--")])
     args.texts = list(args.texts) + extra
     inputs = _read_inputs(args)
+    task = _predict_tasks(args.task, inputs)
+    inputs = [row.value if isinstance(row, _Row) else row for row in inputs]
+    names = None if task == "all" else list(dict.fromkeys([task] if isinstance(task, str) else task))
+    generation = {name: getattr(args, name) for name in _GENERATION_ARGUMENTS if getattr(args, name) is not None}
     from .modeling import MultiTaskModel
 
-    model = MultiTaskModel.from_pretrained(args.store, tasks=[args.task] if args.task != "all" else None,
-                                           revision=args.revision, token=args.token, trust_remote_code=False)
+    model = MultiTaskModel.from_pretrained(args.store, tasks=names, revision=args.revision, token=args.token,
+                                           trust_remote_code=False)
     # --task all: one line per input, {task: prediction}; tasks sharing the backbone share its pass
-    for row in model.predict(inputs, task=args.task, batch_size=args.batch_size, max_length=args.max_seq_length,
-                             language=args.language):
+    for row in model.predict(inputs, task=task, batch_size=args.batch_size, max_length=args.max_seq_length,
+                             language=args.language, **generation):
         print(_json(row, ensure_ascii=False))
     return 0
+
+
+@dataclass(frozen=True)
+class _Row:
+    """An --input JSON line that names its task."""
+
+    task: str
+    value: Any
+
+
+def _predict_tasks(default: str | None, inputs: list[Any]) -> str | list[str]:
+    """The task of every input: `--task`, or a line's own `task` (rows of several tasks in one file)."""
+    if not any(isinstance(row, _Row) for row in inputs):
+        if default is None:
+            raise HfMtlError("No task. Fix: give --task T (or 'all'), or a `task` on every --input JSON line.")
+        return default
+    if default == "all":
+        raise HfMtlError("--task all asks every task of the store, but --input lines name their own `task`. Fix: drop "
+                         "--task all, or the lines' `task`.")
+    missing = [number for number, row in enumerate(inputs, 1) if not isinstance(row, _Row)]
+    if missing and default is None:
+        raise HfMtlError(f"--input: input {missing[0]} (counting non-blank lines) names no `task`, and there is no "
+                         f"--task. Fix: give --task T (the task of the inputs without one), or a `task` on every line.")
+    return [row.task if isinstance(row, _Row) else default for row in inputs]
 
 
 def _read_inputs(args: argparse.Namespace) -> list[Any]:
@@ -233,7 +273,7 @@ def _decode_line(raw: bytes, path: str, number: int) -> str:
     return line.removeprefix("\ufeff") if number == 1 else line
 
 
-_INPUT_FIELDS = ("text", "text_pair", "tokens")
+_INPUT_FIELDS = ("text", "text_pair", "tokens", "columns", "task")
 
 
 def _parse_input_line(line: str, path: str, number: int) -> Any:
@@ -246,7 +286,26 @@ def _parse_input_line(line: str, path: str, number: int) -> Any:
         raise HfMtlError(f"{where} is not valid JSON: {err}.") from None
     unknown = sorted(set(obj) - set(_INPUT_FIELDS))
     if unknown:
-        raise HfMtlError(f"{where}: unknown field(s) {unknown}. Fix: a JSON input has `text` (and `text_pair`) or `tokens`.")
+        raise HfMtlError(f"{where}: unknown field(s) {unknown}. Fix: a JSON input has `text` (and `text_pair`), "
+                         f"`tokens` or `columns` (generative tasks), and optionally its `task`.")
+    if "task" not in obj:
+        return _input_value(obj, where)
+    if not isinstance(obj["task"], str) or not obj["task"]:
+        raise HfMtlError(f"{where}: `task` must be a task name, got {json.dumps(obj['task'])[:60]}.")
+    return _Row(obj.pop("task"), _input_value(obj, where))
+
+
+def _input_value(obj: dict[str, Any], where: str) -> Any:
+    """The input of one JSON line: a text, a (text, text_pair) pair, a word list, or a {column: value} row."""
+    if "columns" in obj:
+        columns = obj["columns"]
+        if len(obj) > 1:
+            raise HfMtlError(f"{where}: give `columns` alone (a generative task's prompt columns), not with "
+                             f"{sorted(set(obj) - {'columns'})}.")
+        if not isinstance(columns, dict) or not columns or not all(isinstance(v, str) for v in columns.values()):
+            raise HfMtlError(f"{where}: `columns` must be an object of strings ({{column: value}}), got "
+                             f"{json.dumps(columns)[:60]}.")
+        return columns
     if "tokens" in obj:
         tokens = obj["tokens"]
         if "text" in obj or "text_pair" in obj:
@@ -255,7 +314,7 @@ def _parse_input_line(line: str, path: str, number: int) -> Any:
             raise HfMtlError(f"{where}: `tokens` must be a list of strings, got {json.dumps(tokens)[:60]}.")
         return tokens
     if "text" not in obj:
-        raise HfMtlError(f"{where}: a JSON input needs `text` (and `text_pair`) or `tokens`.")
+        raise HfMtlError(f"{where}: a JSON input needs `text` (and `text_pair`), `tokens` or `columns`.")
     for field in ("text", "text_pair"):
         if field in obj and not isinstance(obj[field], str):
             raise HfMtlError(f"{where}: `{field}` must be a string, got {json.dumps(obj[field])[:60]}. "

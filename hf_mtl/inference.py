@@ -10,6 +10,10 @@ How a chunk of rows runs depends on the adapter method:
   (method `none`: heads over one backbone), each input goes through the backbone once and every
   head reads that pass; otherwise each (input, task) pair is a row of the routes above.
 
+Rows of generative tasks (`causal_lm`, `seq2seq`) are generated instead (`hf_mtl.generation.generate`): the rows of
+every generative task in the call run as one batched generation, each row with its task's adapter and generation
+settings; each result is the generated text, and for tasks with `label_words` also the label that text maps to.
+
 Each row is tokenized the way its task was trained (words for token tasks, pairs for pair tasks),
 then the rows of a chunk are padded together. A token-task input longer than `max_length` tokens runs
 as consecutive windows of whole words, so every word gets a tag; sequence tasks read the first
@@ -43,35 +47,47 @@ def predict(
     max_length: int = 128,
     language: str | None = None,
     tokenizer: Any = None,
+    **generation: Any,
 ) -> list[dict[str, Any]]:
-    """Predict labels for raw inputs.
+    """Predict labels (encoder tasks) or generate texts (generative tasks) for raw inputs.
 
     Args:
         model: a `MultiTaskModel`.
         texts: strings; `(text, text_pair)` pairs for pair tasks; for token tasks a string (split on
-            whitespace) or a list of words.
+            whitespace) or a list of words; for generative tasks a string (a template over one column), a
+            `{column: value}` row (the columns of its `prompt_template`), or a `(text, text_pair)` pair.
         task: one task name for all rows, one per row, or `"all"` (every task; a task named `all`
             takes precedence). Default: the model's active task (`set_task`).
         batch_size: rows per forward pass.
         max_length: tokens per row, at most the backbone's positions. Sequence-task inputs are truncated to
-            it; longer token-task inputs run in windows of whole words, so every word gets a tag.
+            it; longer token-task inputs run in windows of whole words, so every word gets a tag. A generative
+            row's prompt is cut as in training (the template's own words stay); a decoder-only LM's new tokens
+            count towards it.
         language: language adapter to use for every row (MAD-X / language adapters), overriding the
-            tasks' own: zero-shot transfer to another language.
-        tokenizer: defaults to `model.tokenizer`.
+            tasks' own: zero-shot transfer to another language (encoder tasks).
+        tokenizer: defaults to `model.tokenizer` (generative tasks always use `model.tokenizer`).
+        generation: `GenerationConfig` options for the generative rows (e.g. `num_beams=4`,
+            `max_new_tokens=8`), over their tasks' own `generation`.
 
     Returns:
         One dict per input: `{"task", "label", "score", "scores"}` for classification, `{"task", "score"}`
-        for regression, `{"task", "tokens", "tags", "scores"}` for token tasks. With `task="all"`:
-        `{task name: that dict}` per input.
+        for regression, `{"task", "tokens", "tags", "scores"}` for token tasks, `{"task", "text"}` for
+        generative tasks, plus `"label"` with `label_words` (the label whose word was generated; None when the
+        text matches no word). With `task="all"`: `{task name: that dict}` per input.
     """
     tokenizer = tokenizer or model.tokenizer
     if tokenizer is None:
         raise DataError("predict() needs a tokenizer: the model has none. Fix: pass tokenizer=.")
     _check_sizes(model, batch_size, max_length)
     if isinstance(task, str) and task == ALL and ALL not in model.heads:
-        return _predict_all(model, tokenizer, texts, batch_size, max_length, language)
+        return _predict_all(model, tokenizer, texts, batch_size, max_length, language, generation)
     names = _per_row_tasks(model, task, len(texts))
     _check_inputs(model, texts, names)
+    generative = [i for i, name in enumerate(names) if model.tasks[name].is_generative]
+    _check_generative_call(model, names, generative, language, tokenizer, generation)
+    if generative:
+        return _predict_with_generation(model, texts, names, generative, batch_size, max_length, language,
+                                        tokenizer, generation)
     # long token-task inputs become several rows (windows), merged back after the forwards
     texts, names, owners = _windows_of_rows(model, tokenizer, texts, names, max_length)
     results: list[dict[str, Any] | None] = [None] * len(texts)
@@ -116,7 +132,8 @@ def check_max_length(config: Any, max_length: int) -> None:
 
 
 def _check_inputs(model: Any, texts: Sequence[Any], names: list[str]) -> None:
-    """Each input as its task reads it: a string; a word list (token tasks); a (text, text_pair) pair."""
+    """Each input as its task reads it: a string; a word list (token tasks); a (text, text_pair) pair; a
+    `{column: value}` row (generative tasks)."""
     for i, (text, name) in enumerate(zip(texts, names)):
         if isinstance(text, str):
             continue
@@ -124,9 +141,30 @@ def _check_inputs(model: Any, texts: Sequence[Any], names: list[str]) -> None:
         if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
             if task.is_token_level or (task.text_pair_column and len(text) == 2):
                 continue
+        if task.is_generative and isinstance(text, dict) and all(isinstance(k, str) for k in text):
+            continue
         want = "a string or a list of words" if task.is_token_level else (
             "a string or a (text, text_pair) pair of strings" if task.text_pair_column else "a string")
+        if task.is_generative:
+            want += " or a {column: value} row"
         raise DataError(f"input {i} for task {name!r} is {type(text).__name__} {str(text)[:40]!r}: give {want}.")
+
+
+def _check_generative_call(model: Any, names: list[str], generative: list[int], language: str | None,
+                           tokenizer: Any, generation: dict[str, Any]) -> None:
+    """Options that only one family of tasks reads must find rows of that family (none is dropped unread)."""
+    if generation and not generative:
+        raise DataError(f"predict() got generation options {sorted(generation)}, but no input is for a generative "
+                        f"task (tasks: {sorted(set(names))}). Fix: drop them, or predict with a generative task.")
+    if not generative:
+        return
+    first = names[generative[0]]
+    if language is not None:
+        raise DataError(f"predict(language={language!r}): task {first!r} is generative and generates with its own "
+                        f"task's language adapter. Fix: drop language= (--language) for generative tasks.")
+    if tokenizer is not model.tokenizer:
+        raise DataError(f"predict(tokenizer=...): task {first!r} is generative and its prompts and outputs use the "
+                        f"model's own tokenizer. Fix: drop tokenizer=.")
 
 
 def shares_backbone(model: Any) -> bool:
@@ -194,17 +232,59 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+# ---------------------------------------------------------------------------------------------------- generation
+def _predict_with_generation(model: Any, texts: Sequence[Any], names: list[str], generative: list[int],
+                             batch_size: int, max_length: int, language: str | None, tokenizer: Any,
+                             generation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The generative rows as one batched generation (their tasks mixed); other rows (if any) as usual."""
+    from .generation import generate
+
+    results: list[dict[str, Any] | None] = [None] * len(texts)
+    rows = [_generative_row(model.tasks[names[i]], texts[i]) for i in generative]
+    outputs = generate(model, rows, task=[names[i] for i in generative], max_length=max_length,
+                       batch_size=batch_size, **generation)
+    for i, text in zip(generative, outputs):
+        results[i] = generated_result(model.tasks[names[i]], text)
+    others = [i for i in range(len(texts)) if results[i] is None]
+    if others:
+        rest = predict(model, [texts[i] for i in others], task=[names[i] for i in others], batch_size=batch_size,
+                       max_length=max_length, language=language, tokenizer=tokenizer)
+        for i, result in zip(others, rest):
+            results[i] = result
+    return results  # type: ignore[return-value]
+
+
+def _generative_row(task: Task, value: Any) -> str | dict[str, Any]:
+    """A generative input as `generate` reads it: a `(text, text_pair)` pair becomes the row of the two columns."""
+    if isinstance(value, (list, tuple)):
+        return {task.text_column: value[0], task.text_pair_column: value[1]}
+    return value
+
+
+def generated_result(task: Task, text: str) -> dict[str, Any]:
+    """One generative row's prediction: its text, and with `label_words` the label that text is the word of (None
+    when it matches no word)."""
+    result: dict[str, Any] = {"task": task.name, "text": text}
+    if task.label_words:
+        from .generation_metrics import output_to_label
+
+        result["label"] = output_to_label(task, text)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------- task="all"
 def _predict_all(model: Any, tokenizer: Any, texts: Sequence[Any], batch_size: int, max_length: int,
-                 language: str | None) -> list[dict[str, Any]]:
+                 language: str | None, generation: dict[str, Any]) -> list[dict[str, Any]]:
     names = [n for n in model.heads if model.tasks[n].kind != "masked_lm"]
     if not names:
         raise DataError("predict(task='all'): the model has no task to predict with (only masked_lm tasks).")
-    if not shares_backbone(model):
+    # generative tasks each generate their own text: only encoder heads can share one backbone pass
+    if not shares_backbone(model) or any(model.tasks[n].is_generative for n in names):
         pairs = [(i, n) for i in range(len(texts)) for n in names]
         flat = predict(model, [texts[i] for i, _ in pairs], task=[n for _, n in pairs], batch_size=batch_size,
-                       max_length=max_length, language=language, tokenizer=tokenizer)
+                       max_length=max_length, language=language, tokenizer=tokenizer, **generation)
         return [{n: flat[k * len(names) + j] for j, n in enumerate(names)} for k in range(len(texts))]
+    _check_generative_call(model, names, [], language, tokenizer, generation)
     out: list[dict[str, Any]] = []
     with _eval_mode(model):
         for start in range(0, len(texts), batch_size):

@@ -504,8 +504,9 @@ def check_generation_options(options: dict[str, Any], where: str) -> None:
         where: names the task in messages.
 
     Raises:
-        TaskConfigError: an option that `GenerationConfig` does not have (named, with the closest field), or values
-            that `GenerationConfig.validate(strict=True)` refuses.
+        TaskConfigError: an option that `GenerationConfig` does not have (named, with the closest field), values
+            that `GenerationConfig.validate(strict=True)` refuses, `num_return_sequences` other than 1 (each row
+            yields one text: scored, predicted, pushed) or `num_beams` below 1.
     """
     import difflib
 
@@ -519,10 +520,24 @@ def check_generation_options(options: dict[str, Any], where: str) -> None:
             raise TaskConfigError(
                 f"{where}: unknown generation option {option!r} in `generation`{hint}. Fix: use fields of "
                 f"transformers.GenerationConfig, e.g. max_new_tokens, num_beams, do_sample, temperature.")
+    _check_one_text_per_row(options, where)
     try:
         GenerationConfig(**options).validate(strict=True)
     except (ValueError, TypeError) as err:
         raise TaskConfigError(f"{where}: `generation` {options} is invalid: {err} Fix: correct these settings.") from err
+
+
+def _check_one_text_per_row(options: dict[str, Any], where: str) -> None:
+    """Refuse settings under which a row would not yield exactly one text. GenerationConfig accepts both below
+    (beam search may return several beams; `num_beams=0` only fails deep inside `generate`)."""
+    returned = options.get("num_return_sequences")
+    if returned is not None and returned != 1:
+        raise TaskConfigError(f"{where}: `generation` sets num_return_sequences={returned!r}, but each row yields one "
+                              f"text (scored, predicted, pushed). Fix: remove num_return_sequences (or set it to 1).")
+    beams = options.get("num_beams")
+    if beams is not None and (isinstance(beams, bool) or not isinstance(beams, int) or beams < 1):
+        raise TaskConfigError(f"{where}: `generation` sets num_beams={beams!r}; it must be a whole number of at "
+                              f"least 1 (1 is greedy search). Fix: set num_beams to 1 or more, or remove it.")
 
 
 def _looks_like_iob(labels: list[str] | None) -> bool:

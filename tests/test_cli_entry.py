@@ -88,7 +88,7 @@ def test_the_table_is_the_parser():
         (["predict", "x", "--task", "t", "--batch-size", "0", "hi"], "argument --batch-size: '0' is not a positive integer"),
         (["predict", "x", "--task", "t", "--max-seq-length", "-5", "hi"], "argument --max-seq-length: '-5' is not a positive"),
         (["eval", "x", "--batch-size", "zero"], "argument --batch-size: 'zero' is not a positive integer"),
-        (["predict", "x", "hi"], "the following arguments are required: --task"),
+        (["predict", "x", "hi"], "No task. Fix: give --task T"),  # optional: --input lines may name their task
         (["pull", "a/b", "--nope"], "unrecognized arguments: --nope"),
         (["nope"], "invalid choice: 'nope'"),
     ],

@@ -25,7 +25,10 @@ _KIND_TAGS = {
     "regression": "text-classification",
     "token_classification": "token-classification",
     "masked_lm": "fill-mask",
+    "causal_lm": "text-generation",
+    "seq2seq": "text2text-generation",
 }
+_GENERATIVE_KINDS = ("causal_lm", "seq2seq")
 _MAX_LABELS = 20
 
 
@@ -101,8 +104,11 @@ def _metadata(config: dict[str, Any], tasks: dict[str, dict[str, Any]]) -> Model
     metrics = sorted({m for t in tasks.values() for m in (t.get("metrics") or [])})
     languages = sorted(set(config.get("languages") or []))
     base = config.get("base_model")
+    # the Hub's widget and search read one pipeline: a store of generative tasks generates text
+    generative = sorted({_KIND_TAGS[k] for k in kinds if k in _GENERATIVE_KINDS})
     return ModelCardData(
         base_model=base if _is_hub_id(base) else None,
+        pipeline_tag=generative[0] if len(generative) == 1 else None,
         library_name="hf_mtl",
         tags=list(dict.fromkeys(tags)),
         datasets=datasets or None,
@@ -152,7 +158,9 @@ def _task_section(config: dict[str, Any], name: str, task: dict[str, Any]) -> st
     lines = [f"### `{name}`\n"]
     if task.get("kind"):
         lines.append(f"- kind: {task['kind']}" + (f" (sentence pairs: `{task['text_pair_column']}`)" if task.get("text_pair_column") else ""))
-    if task.get("labels"):
+    if task.get("kind") in _GENERATIVE_KINDS:
+        lines += _generative_lines(task)
+    elif task.get("labels"):
         labels = task["labels"]
         shown = ", ".join(f"`{label}`" for label in labels[:_MAX_LABELS])
         lines.append(f"- labels ({len(labels)}): {shown}" + (", ..." if len(labels) > _MAX_LABELS else ""))
@@ -168,6 +176,24 @@ def _task_section(config: dict[str, Any], name: str, task: dict[str, Any]) -> st
     if results:
         lines += ["", "| metric | value |", "| --- | --- |", *(f"| {k} | {v:.4f} |" for k, v in sorted(results.items()))]
     return "\n".join(lines) + "\n"
+
+
+def _generative_lines(task: dict[str, Any]) -> list[str]:
+    """What a generative task reads and writes: its prompt, its target, its label words and generation settings."""
+    lines = [f"- prompt template: `{json.dumps(task.get('prompt_template'), ensure_ascii=False)}`"]
+    if task.get("label_words"):
+        words = list(task["label_words"].items())
+        shown = ", ".join(f"`{label}` → `{word}`" for label, word in words[:_MAX_LABELS])
+        lines.append(f"- label words ({len(words)}, label column `{task.get('label_column')}`): {shown}"
+                     + (", ..." if len(words) > _MAX_LABELS else ""))
+    elif task.get("target_template"):
+        lines.append(f"- target template: `{json.dumps(task['target_template'], ensure_ascii=False)}`")
+    else:
+        lines.append(f"- target column: `{task.get('target_column') or task.get('label_column')}`")
+    generation = task.get("generation") or {}
+    lines.append(f"- generation: `{json.dumps(generation, sort_keys=True)}`" if generation else
+                 "- generation: greedy (the library's defaults)")
+    return lines
 
 
 def _usage(config: dict[str, Any], repo_id: str, names: list[str]) -> str:
