@@ -231,3 +231,16 @@ def test_generative_store_pushes_and_pulls_per_task_with_the_same_generations(mo
     assert one.task_names == ["nli"] and one.predict(texts[2:], task="nli", num_beams=2) == before[2:]
     every = MultiTaskModel.from_pretrained(pull(REPO, local_dir=tmp_path / "all"))
     assert every.predict(texts, task=names, num_beams=2) == before
+
+
+def test_card_shows_peft_loading_on_the_lm_class_of_the_task_kind():
+    """A LoRA task of a generative store is a PEFT adapter of the LM (with its head), not of the bare AutoModel."""
+    from hf_mtl.store.card import render_card
+
+    config = {"tasks": ["sent"], "adapter_method": "lora", "peft_adapters": True, "base_model": "org/lm"}
+    causal = render_card(config, {"sent": {"name": "sent", "kind": "causal_lm"}}, "alice/lm-tasks")
+    assert 'base = AutoModelForCausalLM.from_pretrained("org/lm")' in causal
+    seq2seq = render_card(config, {"sent": {"name": "sent", "kind": "seq2seq"}}, "alice/t5-tasks")
+    assert "AutoModelForSeq2SeqLM.from_pretrained" in seq2seq
+    encoder = render_card(config, {"sent": {"name": "sent", "kind": "classification", "labels": ["a", "b"]}}, "a/b")
+    assert 'base = AutoModel.from_pretrained("org/lm")' in encoder

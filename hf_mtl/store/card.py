@@ -87,7 +87,7 @@ def render_card(config: dict[str, Any], tasks: dict[str, dict[str, Any]], repo_i
         _intro(config, repo_id),
         _task_table(config, tasks, names),
         *(_task_section(config, name, tasks.get(name, {})) for name in names),
-        _usage(config, repo_id, names),
+        _usage(config, repo_id, names, tasks),
     ]
     return "\n".join(sections).rstrip() + "\n"
 
@@ -196,7 +196,10 @@ def _generative_lines(task: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _usage(config: dict[str, Any], repo_id: str, names: list[str]) -> str:
+_PEFT_BASE_CLASS = {"causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}
+
+
+def _usage(config: dict[str, Any], repo_id: str, names: list[str], tasks: dict[str, dict[str, Any]]) -> str:
     first = names[0] if names else "TASK"
     text = (
         "## Use with hf_mtl\n\n"
@@ -212,13 +215,15 @@ def _usage(config: dict[str, Any], repo_id: str, names: list[str]) -> str:
     )
     if config.get("peft_adapters"):  # the method saves each task folder as a PEFT adapter (`saves_peft_format`)
         base = config.get("base_model") or "BASE_MODEL"
+        kind = tasks.get(first, {}).get("kind")  # the base class a task's adapter sits on: the LM for generative kinds
+        auto = _PEFT_BASE_CLASS.get(kind, "AutoModel")
         text += (
             "\n## Use a task's LoRA adapter with PEFT alone\n\n"
             "Each task folder is a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`); the task's head "
             "is `head.safetensors` in the same folder.\n\n"
             "```python\n"
-            "from peft import PeftModel\nfrom transformers import AutoModel\n\n"
-            f"base = AutoModel.from_pretrained(\"{base}\")\n"
+            f"from peft import PeftModel\nfrom transformers import {auto}\n\n"
+            f"base = {auto}.from_pretrained(\"{base}\")\n"
             f"model = PeftModel.from_pretrained(base, \"{repo_id}\", subfolder=\"{first}\")\n"
             "```\n"
         )
