@@ -114,3 +114,31 @@ def write_tiny_recipe(root: Path, validation: bool = True, **fields) -> Path:
     path = root / "recipe.json"
     path.write_text(json.dumps(recipe))
     return path
+
+
+# ----------------------------------------------------------------- tiny generative LMs (ByT5 bytes: no files)
+def tiny_lm_config(arch: str, decoder_layers: int = 2, **overrides):
+    """A tiny random config of a generative family for the ByT5 tokenizer (vocab 384, pad 0, eos 1), every dropout
+    off: `llama`, `gpt2` (decoder-only), `t5`, `bart` (encoder-decoder, `decoder_layers` decoder blocks)."""
+    from transformers import BartConfig, GPT2Config, LlamaConfig, T5Config
+
+    common = {"vocab_size": 384, "pad_token_id": 0, "eos_token_id": 1}
+    if arch == "llama":
+        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=256, bos_token_id=None, **common)
+    elif arch == "gpt2":
+        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    elif arch == "t5":
+        config = T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=decoder_layers, num_heads=4,
+                          decoder_start_token_id=0, dropout_rate=0.0, **common)
+    elif arch == "bart":
+        config = BartConfig(d_model=32, encoder_layers=2, decoder_layers=decoder_layers, encoder_attention_heads=4,
+                            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                            max_position_embeddings=256, bos_token_id=1, decoder_start_token_id=1,
+                            forced_eos_token_id=None, dropout=0.0, **common)
+    else:
+        raise ValueError(f"no tiny config for {arch!r}")
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config

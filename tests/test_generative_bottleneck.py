@@ -12,8 +12,9 @@ import json
 
 import pytest
 import torch
-from transformers import BartConfig, ByT5Tokenizer, GPT2Config, LlamaConfig, T5Config
+from transformers import ByT5Tokenizer
 
+from helpers import tiny_lm_config
 from hf_mtl import Task
 from hf_mtl.adapters.bottleneck.layer import routed_adapter
 from hf_mtl.adapters.bottleneck.sites import stack_specs
@@ -28,19 +29,10 @@ from hf_mtl.store.load import _load_weights, _read_task
 TOK = ByT5Tokenizer()  # needs no files: vocab 384, pad 0, eos 1
 COMMON = {"vocab_size": len(TOK), "pad_token_id": 0, "eos_token_id": 1}
 CONFIGS = {
-    "llama": lambda: LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, max_position_embeddings=256, bos_token_id=None, **COMMON),
-    # backbone_dropout=0.0 does not reach GPT-2's and T5's own dropout fields: set them here
-    "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, resid_pdrop=0.0,
-                               embd_pdrop=0.0, attn_pdrop=0.0, **COMMON),
-    # (a T5 whose decoder has more layers than its encoder fails in transformers' generate: its cache has
-    # `num_layers` entries)
-    "t5": lambda: T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0,
-                           dropout_rate=0.0, **COMMON),
-    "bart": lambda: BartConfig(d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
-                               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                               max_position_embeddings=256, bos_token_id=1, decoder_start_token_id=1,
-                               forced_eos_token_id=None, **COMMON),
+    "llama": lambda: tiny_lm_config("llama"),
+    "gpt2": lambda: tiny_lm_config("gpt2"),
+    "t5": lambda: tiny_lm_config("t5"),
+    "bart": lambda: tiny_lm_config("bart", decoder_layers=3),
 }
 LAYERS = {"llama": 2, "gpt2": 2, "t5": 4, "bart": 5}  # every stack's layers (T5: 2 + 2, BART: 2 encoder + 3 decoder)
 ARCHS = list(CONFIGS)

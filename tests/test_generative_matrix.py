@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BartConfig, ByT5Tokenizer, GPT2Config, LlamaConfig, OPTConfig, T5Config
+from transformers import ByT5Tokenizer, OPTConfig
 
+from helpers import tiny_lm_config
 from hf_mtl import Task
 from hf_mtl.adapters import ADAPTER_METHODS, load_builtin_methods
 from hf_mtl.data.collators import GenerativeCollator
@@ -49,16 +50,10 @@ REFUSED: dict[tuple[str, str], str] = {(method, "opt"): "'opt'" for method in ME
 _TOKENIZER = ByT5Tokenizer()
 _COMMON = dict(vocab_size=len(_TOKENIZER), pad_token_id=0, eos_token_id=1)
 ARCH_CONFIGS = {
-    "llama": lambda: LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, max_position_embeddings=256, bos_token_id=None, **_COMMON),
-    "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, resid_pdrop=0.0,
-                               embd_pdrop=0.0, attn_pdrop=0.0, **_COMMON),
-    "t5": lambda: T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0,
-                           dropout_rate=0.0, **_COMMON),
-    "bart": lambda: BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                               max_position_embeddings=256, bos_token_id=1, decoder_start_token_id=1,
-                               forced_eos_token_id=None, dropout=0.0, init_std=0.2, **_COMMON),
+    "llama": lambda: tiny_lm_config("llama"),
+    "gpt2": lambda: tiny_lm_config("gpt2"),
+    "t5": lambda: tiny_lm_config("t5"),
+    "bart": lambda: tiny_lm_config("bart", init_std=0.2),  # near-uniform random logits end every row at once
     "opt": lambda: OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
                              word_embed_proj_dim=32, max_position_embeddings=256, bos_token_id=1, dropout=0.0,
                              init_std=0.2, **_COMMON),

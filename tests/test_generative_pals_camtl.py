@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BartConfig, ByT5Tokenizer, GPT2Config, LlamaConfig, MistralConfig, T5Config
+from transformers import ByT5Tokenizer, MistralConfig
 
+from helpers import tiny_lm_config
 from hf_mtl import MultiTaskModel
 from hf_mtl.errors import TaskConfigError
 from hf_mtl.generation import generate_ids, prompt_ids
@@ -20,18 +21,7 @@ from hf_mtl.tasks import Task
 
 TOKENIZER = ByT5Tokenizer()
 COMMON = dict(vocab_size=len(TOKENIZER), pad_token_id=0, eos_token_id=1)
-CONFIGS = {
-    "llama": lambda: LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, max_position_embeddings=256, bos_token_id=None, **COMMON),
-    "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, resid_pdrop=0.0,
-                               embd_pdrop=0.0, attn_pdrop=0.0, **COMMON),  # GPT-2 names its dropouts its own way
-    "t5": lambda: T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0,
-                           dropout_rate=0.0, **COMMON),
-    "bart": lambda: BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                               max_position_embeddings=256, bos_token_id=1, decoder_start_token_id=1,
-                               forced_eos_token_id=None, **COMMON),
-}
+CONFIGS = {arch: (lambda arch=arch: tiny_lm_config(arch)) for arch in ("llama", "gpt2", "t5", "bart")}
 # every layer conditioned and every conditioned layer with a bottleneck: all of CA-MTL's modules in both stacks
 OPTIONS = {"pals": None, "ca_mtl": {"freeze_lower_half": False, "bottleneck_layers": "all"}}
 TEXTS = ["a good film", "bad", "hello world!", "xyz"]  # prompts of different lengths: left padding when mixed
