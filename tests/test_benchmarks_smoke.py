@@ -161,3 +161,17 @@ def test_speed_script_runs_both_ways(form: str, tmp_path: Path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--local-in" in done.stdout
+
+
+def test_generation_speed_quick_run(tmp_path: Path):
+    """`benchmarks/generation_speed.py --quick`: every configuration generates on a tiny Llama, hf_mtl's mixed batch
+    generates PEFT's tokens, and the table, JSON and plot are written with finite numbers (no timing asserted)."""
+    from benchmarks import generation_speed
+
+    results = generation_speed.main(["--quick", "--out", str(tmp_path)])
+    assert set(results["runs"]) == {"greedy", "beam 2"}
+    assert all(run["same_tokens_as_peft"] for run in results["runs"].values())
+    assert generation_speed.finite(results)
+    table = (tmp_path / "table.md").read_text()
+    assert table.count("| greedy |") == len(generation_speed.CONFIGS) == table.count("| beam 2 |")
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == 8 and (tmp_path / "plot.png").stat().st_size
