@@ -16,7 +16,7 @@ sampling), or agree in full (beam search), run as one batch through the backbone
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -202,10 +202,9 @@ def generate(model: Any, inputs: Sequence[str | dict[str, Any]], task: str | Seq
     if not model.is_generative:
         raise TaskConfigError("generate() needs a generative backbone (decoder-only or encoder-decoder LM); this "
                               "model's backbone is an encoder. Fix: use predict() for encoder tasks.")
-    names = _task_per_row(model, task, len(inputs))
-    model._check_tasks(dict.fromkeys(names))
-    prompts = [prompt_ids(model, model.tasks[name], value, max_length, overrides)
-               for name, value in zip(names, inputs)]
+    names = model.tasks_per_row(task, len(inputs), caller="generate()")
+    encoders = {name: _prompt_encoder(model, model.tasks[name], max_length, overrides) for name in dict.fromkeys(names)}
+    prompts = [encoders[name](value) for name, value in zip(names, inputs)]
     outputs = generate_ids(model, prompts, names, batch_size=batch_size, **overrides)
     return [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
 
@@ -213,6 +212,13 @@ def generate(model: Any, inputs: Sequence[str | dict[str, Any]], task: str | Seq
 def prompt_ids(model: Any, task: Task, value: str | dict[str, Any], max_length: int | None,
                overrides: dict[str, Any] | None = None) -> list[int]:
     """One input's prompt tokens for `task` (its template filled, cut to fit)."""
+    return _prompt_encoder(model, task, max_length, overrides)(value)
+
+
+def _prompt_encoder(model: Any, task: Task, max_length: int | None,
+                    overrides: dict[str, Any] | None) -> Callable[[str | dict[str, Any]], list[int]]:
+    """`input -> prompt ids` for `task`'s inputs: the template parsed, the tokenizer probed and the room kept for new
+    tokens worked out once per task, not per input."""
     limit = max_length or backbone_positions(model)
     reserve = 0
     if not model.is_encoder_decoder:  # a decoder-only LM's new tokens take positions too
@@ -220,7 +226,8 @@ def prompt_ids(model: Any, task: Task, value: str | dict[str, Any], max_length: 
     if limit - reserve < 1:
         raise TaskConfigError(f"task {task.name!r}: max_length={limit} leaves no room for {reserve} new tokens. "
                               f"Fix: raise max_length or lower generation.max_new_tokens.")
-    return TextToTextEncoder(task, model.tokenizer, limit).prompt(row_from_input(task, value), reserve)[0]
+    encoder = TextToTextEncoder(task, model.tokenizer, limit)
+    return lambda value: encoder.prompt(row_from_input(task, value), reserve)[0]
 
 
 def backbone_positions(model: Any) -> int:
@@ -233,15 +240,3 @@ def backbone_positions(model: Any) -> int:
             return value
     value = getattr(model.tokenizer, "model_max_length", None)
     return value if isinstance(value, int) and 0 < value < 1_000_000 else 512
-
-
-def _task_per_row(model: Any, task: str | Sequence[str] | None, count: int) -> list[str]:
-    if task is None:
-        task = model.active_task or (model.task_names[0] if len(model.tasks) == 1 else None)
-        if task is None:
-            raise TaskConfigError(f"generate() needs task=... (one name or one per input); known tasks: "
-                                  f"{model.task_names}. Fix: pass task=, or call set_task().")
-    names = [task] * count if isinstance(task, str) else list(task)
-    if len(names) != count:
-        raise TaskConfigError(f"`task` has {len(names)} entries for {count} inputs. Fix: one task per input.")
-    return names

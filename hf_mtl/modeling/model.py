@@ -282,18 +282,29 @@ class MultiTaskModel(nn.Module):
     def routing(self, task: str | Sequence[str] | None, batch_size: int, device: torch.device) -> Routing:
         """Turn the `task` argument (one name, or one per row) into the batch's routing (per call: nothing of it
         is kept on the model)."""
+        names = self.tasks_per_row(task, batch_size)
+        return Routing.of(names, device, languages=[self.tasks[n].language for n in names])
+
+    def tasks_per_row(self, task: str | Sequence[str] | None, rows: int, caller: str = "forward()") -> list[str]:
+        """Each row's task from a call's `task` argument: one name for every row, one name per row, or None for the
+        default (`active_task`, or the model's only task); every name checked.
+
+        Raises:
+            UnknownTaskError: no task given and no default, or a task the model does not have.
+            TaskConfigError: a list of names whose length is not the row count.
+        """
         if task is None:
             task = self.active_task or (self.task_names[0] if len(self.tasks) == 1 else None)
             if task is None:
                 raise UnknownTaskError(
-                    f"forward() needs task=... (one name or one per row); known tasks: {self.task_names}. "
+                    f"{caller} needs task=... (one name or one per row); known tasks: {self.task_names}. "
                     f"Fix: pass task=, or call set_task()."
                 )
-        names = [task] * batch_size if isinstance(task, str) else list(task)
-        if len(names) != batch_size:
-            raise TaskConfigError(f"`task` has {len(names)} entries for a batch of {batch_size} rows.")
+        names = [task] * rows if isinstance(task, str) else list(task)
+        if len(names) != rows:
+            raise TaskConfigError(f"`task` has {len(names)} entries for {rows} rows. Fix: one task per row.")
         self._check_tasks(dict.fromkeys(names))
-        return Routing.of(names, device, languages=[self.tasks[n].language for n in names])
+        return names
 
     def _check_tasks(self, names: Iterable[str]) -> None:
         for name in names:
