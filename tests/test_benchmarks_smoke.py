@@ -175,3 +175,32 @@ def test_generation_speed_quick_run(tmp_path: Path):
     table = (tmp_path / "table.md").read_text()
     assert table.count("| greedy |") == len(generation_speed.CONFIGS) == table.count("| beam 2 |")
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == 8 and (tmp_path / "plot.png").stat().st_size
+
+
+def test_generation_quality_quick_run(shared_data: Path, tmp_path: Path):
+    """`benchmarks/generation_quality.py --quick`: every run of the t2t5 suite trains (or prompts) a tiny Llama on
+    slices of the real data and is scored on all five tasks; the table has one row per run, the numbers are finite,
+    and the shared run's training rows follow the temperature proportions (no quality or timing asserted)."""
+    from benchmarks import generation_quality as gq
+
+    report = gq.main(["--quick", "--data-dir", str(shared_data), "--work", str(tmp_path / "work"),
+                      "--out", str(tmp_path / "out")])
+    assert [r["run"] for r in report["runs"]] == [r.name for r in gq.RUNS]
+    assert all(r["complete"] and set(r["tasks"]) == set(gq.TASKS) for r in report["runs"])
+    assert gq.finite(report)
+    params = {r["run"]: r["params_per_task"] for r in report["runs"]}
+    assert params["zero_shot"] == 0 and params["mtl_shared_lora"] * len(gq.TASKS) == params["mtl_lora"]
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert all(f"| {r.name} |" in table for r in gq.RUNS) and (tmp_path / "out" / "plot.png").stat().st_size
+    shared = [json.loads(line) for line in (tmp_path / "work" / "data" / "t2t" / "train.jsonl").read_text().splitlines()]
+    assert len(shared) == gq.QUICK.steps * gq.QUICK.batch
+
+
+def test_generation_quality_shared_rows_follow_temperature():
+    """The shared adapter's rows are drawn per task in proportion to |D_t|^(1/T)."""
+    from benchmarks.generation_quality import shared_rows
+
+    rendered = {"big": [{"prompt": f"b{i}", "target": "x"} for i in range(400)],
+                "small": [{"prompt": f"s{i}", "target": "y"} for i in range(100)]}
+    rows = shared_rows(rendered, 300, temperature=2.0)
+    assert len(rows) == 300 and sum(r["target"] == "x" for r in rows) == 200  # 20 : 10
