@@ -1,14 +1,51 @@
-"""Mixed-task generation speed: hf_mtl's one-call `generate` over rows of 4 LoRA tasks against the same rows as one
-single-task batch, against 4 separate single-task calls, and against PEFT's `generate(adapter_names=...)` on the same
-weights (issue 23, the generation half of its speed benchmark).
+"""Mixed-task generation and training speed on a generative LM (issue 23, "2. Speed"): hf_mtl's one-call `generate`
+over rows of 4 LoRA tasks against the same rows as one single-task batch, 4 separate single-task calls and PEFT's
+`generate(adapter_names=...)` on the same weights; hf_mtl's training step against PEFT's, a 4-task batch against a
+single-task one, and the adapter methods against the frozen-backbone floor; the peak memory of each.
 
-    python benchmarks/generation_speed.py                 # SmolLM2-135M-Instruct (offline copy), float32, CPU
+    python benchmarks/generation_speed.py                 # SmolLM2-135M-Instruct (offline copy), float32, CPU, 2 threads
     python benchmarks/generation_speed.py --quick         # a tiny random Llama (CI smoke: shapes and finite numbers)
+    python benchmarks/generation_speed.py --parts train,memory      # a subset of generate,train,memory
+    python benchmarks/generation_speed.py --device cuda --bf16      # on a GPU
 
-Every row generates exactly `--new-tokens` tokens (`min_new_tokens` = `max_new_tokens`), greedy and with 2 beams.
-Configurations are timed in interleaved rounds (each round runs every configuration once, in a rotated order);
-ratios are paired medians over rounds with bootstrap 90% intervals. Time to first token is a 1-token generation of
-the same rows. Writes `results.json`, `table.md` and `plot.png` under `--out`.
+Generation (`--prompts` 32 rows, 4 tasks interleaved, `--rounds` 5): every row generates exactly `--new-tokens` (32)
+tokens (`min_new_tokens` = `max_new_tokens`), greedy and with 2 beams; time to first token is a 1-token generation
+of the same rows. Configurations: `hf_mtl_mixed` (one call, rows routed to their tasks' LoRA), `hf_mtl_single` (the
+same rows all as one task), `hf_mtl_separate` (one call per task), `peft_mixed` (PEFT's mixed-adapter generate on
+the adapters hf_mtl saved). Ratios: hf_mtl_mixed / each.
+
+Training (`--train-batch` 16 x `--train-seq` 256 tokens, `--train-rounds` 5): one step = forward + backward + AdamW
+step + zero_grad (`adapterhub_runner.Bench.step`, the encoder benchmark's step) on one fixed batch: random ids,
+half of the rows right-padded over their last quarter, the labels scoring the last quarter of each row's real
+tokens (a prompt + target row; the rest -100). Every configuration's loss is the mean token cross-entropy of the
+shifted labels over the scored tokens: hf_mtl's per-task LM loss, and for PEFT the LM's own loss (`labels=`),
+which computes the same.
+- `hf_mtl/lora`: LoRA r=8 on hf_mtl's default target modules (q_proj, v_proj for Llama), a single-task batch;
+  `peft/lora`: `get_peft_model` on a plain AutoModelForCausalLM with the same LoraConfig (built by hf_mtl's own
+  `parse_lora_options`/`build_lora_config`: same r, alpha, targets, dropout). Goal: hf_mtl / PEFT ≤ 1.0.
+- `hf_mtl/bottleneck/mixed`: the Pfeiffer bottleneck on a batch of 4 tasks (4 rows each at 16 rows, interleaved)
+  against the same model on a single-task batch (one model, one optimizer). Goal ≤ 1.05. hf_mtl's LoRA trains one
+  task per batch (PEFT's layers run one adapter stack per forward), so the mixed batch uses a per-row method.
+- `hf_mtl/floor`: the frozen backbone (adapter_method none), the input embeddings' output requiring grad so the
+  backward runs through every layer (as it must for any adapter) with no weight gradient: the least any adapter
+  costs. `hf_mtl/bottleneck` (Pfeiffer), `hf_mtl/prefix_tuning`, `hf_mtl/hyperformer++` as ratios to it (issue 23
+  gives these no goal).
+Configurations are built once, each warmed up by one step, then timed in interleaved rounds (each round runs
+every configuration once, in an order rotated each round); ratios are paired medians over rounds with bootstrap
+90% intervals (benchmarks/stats.py) and a verdict against the goal.
+
+Peak memory (`--parts` memory): measured after the timings in a probe process (this script with a hidden
+`--memory-probe`, started by `runner.probe` with MALLOC_MMAP_THRESHOLD_ fixed so freed tensors return to the OS),
+one model at a time: one unmeasured call, then the peak over one call above the memory before it. On the CPU the
+process's RSS (`peak_rss_delta_mib`: activations kept for backward, gradients, the optimizer's temporaries, the
+generation caches); on a GPU the allocator's peak (`peak_cuda_delta_mib`, `torch.cuda.max_memory_allocated`).
+
+On a GPU (`--device cuda`): every timed call ends with `torch.cuda.synchronize()` (a training step is timed between
+two, as `Bench.step` does); with `--bf16` training runs the forward under `torch.autocast(bfloat16)` (float32
+weights and AdamW, as the Trainer's bf16 does) and generation casts both models to bfloat16.
+
+Writes `results.json`, `table.md` (a generation table and a training table) and `plot.png` (one panel each) under
+`--out`.
 """
 
 from __future__ import annotations
