@@ -164,16 +164,25 @@ def test_speed_script_runs_both_ways(form: str, tmp_path: Path):
 
 
 def test_generation_speed_quick_run(tmp_path: Path):
-    """`benchmarks/generation_speed.py --quick`: every configuration generates on a tiny Llama, hf_mtl's mixed batch
-    generates PEFT's tokens, and the table, JSON and plot are written with finite numbers (no timing asserted)."""
+    """`benchmarks/generation_speed.py --quick`: every configuration generates and trains on a tiny Llama, hf_mtl's
+    mixed batch generates PEFT's tokens, the memory probe measures every configuration, and the tables, JSON and
+    plot are written with finite numbers (no timing asserted)."""
     from benchmarks import generation_speed
 
     results = generation_speed.main(["--quick", "--out", str(tmp_path)])
     assert set(results["runs"]) == {"greedy", "beam 2"}
     assert all(run["same_tokens_as_peft"] for run in results["runs"].values())
+    assert all(set(run["peak_mib"]) == set(generation_speed.CONFIGS) for run in results["runs"].values())
+    train = results["train"]
+    assert set(train["seconds"]) == set(train["peak_mib"]) == set(generation_speed.TRAIN_CONFIGS)
+    assert set(train["ratios"]) == set(generation_speed.TRAIN_REFERENCES) and len(train["rounds"]) == 2
     assert generation_speed.finite(results)
     table = (tmp_path / "table.md").read_text()
     assert table.count("| greedy |") == len(generation_speed.CONFIGS) == table.count("| beam 2 |")
+    train_rows = [line for line in table.splitlines() if line.startswith(("| hf_mtl/", "| peft/"))]
+    assert [row.split(" | ")[0][2:] for row in train_rows] == list(generation_speed.TRAIN_CONFIGS)
+    # seconds/step, tokens/s and peak MiB filled in on every row
+    assert all(float(cell) >= 0 for row in train_rows for cell in row.split(" | ")[1:4])
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == 8 and (tmp_path / "plot.png").stat().st_size
 
 
