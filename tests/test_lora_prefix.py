@@ -114,14 +114,60 @@ def test_lora_formula_follows_rank_pattern_targets_and_embeddings(adapter_config
     assert_mixed_equals_single(model, encode(tok), ["sent", "ner", "topic", "sent"])
 
 
-def test_lora_mixed_batch_inference_and_error_in_training() -> None:
-    model, tok = make("lora", {"r": 2})
+def _row_gradients(model: MultiTaskModel, inputs: dict, rows: list[str], weight: torch.Tensor, mixed: bool):
+    """Gradients of every adapter parameter for sum(hidden * weight) over the rows, from one mixed-task forward
+    or from one single-task forward per task (the reference), and the hidden states."""
+    model.zero_grad()
+    names = list(dict.fromkeys(rows))
+    if mixed:
+        routing = model.routing(rows, len(rows), inputs["input_ids"].device)
+        with model.adapter.route(routing):
+            out = model.backbone(**inputs).last_hidden_state
+        (out * weight).sum().backward()
+    else:
+        out = torch.zeros(len(rows), inputs["input_ids"].shape[1], weight.shape[-1])
+        for name in names:
+            idx = torch.tensor([i for i, r in enumerate(rows) if r == name])
+            routing = model.routing(name, len(idx), inputs["input_ids"].device)
+            with model.adapter.route(routing):
+                part = model.backbone(**{k: v[idx] for k, v in inputs.items()}).last_hidden_state
+            (part * weight[idx]).sum().backward()
+            out[idx] = part.detach()
+    grads = {(n, i): p.grad.clone() for n in names for i, p in enumerate(model.adapter.task_parameters(n))}
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("adapter_config", [{"r": 2}, {"r": 2, "rank_pattern": {"query": 4}, "lora_dropout": 0.0}])
+def test_lora_mixed_batch_trains_each_row_through_its_task(adapter_config: dict) -> None:
+    """Plain LoRA runs a mixed-task batch in one forward in training too: each row gets its task's adapter, and
+    every task's adapter gets exactly the gradient of its rows (as from a single-task forward per task)."""
+    model, tok = make("lora", adapter_config)
     inputs = encode(tok)
-    assert_mixed_equals_single(model, inputs, ["sent", "ner", "topic", "sent"])  # PEFT's adapter_names path
+    rows = ["sent", "ner", "topic", "sent"]
+    assert model.adapter.routes_per_row
+    assert_mixed_equals_single(model, inputs, rows)
     model.train()
-    with pytest.raises(TaskConfigError, match="one task per batch"):
+    weight = torch.randn(4, inputs["input_ids"].shape[1], 32)
+    mixed_out, mixed_grads = _row_gradients(model, inputs, rows, weight, mixed=True)
+    single_out, single_grads = _row_gradients(model, inputs, rows, weight, mixed=False)
+    torch.testing.assert_close(mixed_out, single_out, rtol=1e-5, atol=1e-5)
+    assert mixed_grads.keys() == single_grads.keys() and all(g.abs().sum() > 0 for g in single_grads.values())
+    for key, grad in single_grads.items():
+        torch.testing.assert_close(mixed_grads[key], grad, rtol=1e-4, atol=1e-6)
+    for layer in model.adapter._layers:  # after the forward, no adapter stays active or routed per row
+        assert layer.active_adapters == [] and layer._row_stacks is None
+
+
+def test_lora_mixed_batch_of_dora_runs_at_inference_and_is_refused_in_training() -> None:
+    """DoRA (and other LoRA variants) cannot run per row: a mixed batch takes PEFT's grouped path at inference,
+    and in training it is one clear error; after either, no adapter stays active."""
+    model, tok = make("lora", {"r": 2, "use_dora": True})
+    inputs = encode(tok)
+    assert not model.adapter.routes_per_row
+    assert_mixed_equals_single(model, inputs, ["sent", "ner", "topic", "sent"])
+    model.train()
+    with pytest.raises(TaskConfigError, match="not all plain LoRA"):
         model(**inputs, task=["sent", "ner", "topic", "sent"])
-    # after either, no adapter stays active: the backbone alone is the base model
     for layer in model.adapter._layers:
         assert layer.active_adapters == []
 

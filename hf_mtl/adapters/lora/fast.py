@@ -20,10 +20,21 @@ Everything else (DoRA and other variants, LoRA dropout while training, `lora_bia
 adapters, PEFT's mixed-batch `adapter_names`, autocast, a trainable base weight, hooks on the base
 layer) takes PEFT's own forward unchanged. Weights, names and saved files are PEFT's: the class only
 changes how a forward is computed, so a saved adapter loads into plain PEFT as before.
+
+Rows of different tasks in one batch (`RowStacks`, set by `row_batch`): each row runs through its own adapter
+stack, in training as at inference. The stacks' factors are gathered per row and applied as two batched products,
+
+    y_b = W₀x_b + b + B_(b) A_(b) x_b,    A_(b) = A_s (R × in), B_(b) = [s_a B_a]_s (out × R) for row b's stack s
+
+(a stack of several adapters, language + task, is one adapter of rank Σ r_a, its factors concatenated; stacks of
+lower rank are padded with zeros, a row without adapter gets zero factors). That is a fixed number of kernels
+whatever the number of tasks, where PEFT's mixed batch (`adapter_names`) runs one slice, two products and an
+index-add per adapter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -58,11 +69,25 @@ class _MergedLoraProduct(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_b
 
 
+class RowStacks:
+    """The adapter stack of every row of a batch: `stacks[index[b]]` is row b's stack (() = no adapter)."""
+
+    def __init__(self, stacks: Sequence[tuple[str, ...]], index: torch.Tensor, dropout: float):
+        self.stacks = list(stacks)
+        self.index = index  # (B,) long, on the batch's device
+        self.dropout = dropout  # the one LoRA dropout of every adapter in the batch (see `row_batch_fits`)
+
+
 class FastLoraLinear(PeftLoraLinear):
     """PEFT's `lora.Linear` (same constructor, parameters and state dict) with the merged-product forward
-    for plain LoRA adapters; see the module docstring for when PEFT's own forward runs instead."""
+    for plain LoRA adapters and a per-row forward for mixed-task batches; see the module docstring for when PEFT's
+    own forward runs instead."""
+
+    _row_stacks: RowStacks | None = None  # set by `row_batch` for one forward
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._row_stacks is not None and not args and not kwargs:
+            return self._per_row_forward(x, self._row_stacks)
         adapters = self._plain_active_adapters(x, args, kwargs)
         if adapters is None:
             return super().forward(x, *args, **kwargs)
@@ -73,6 +98,57 @@ class FastLoraLinear(PeftLoraLinear):
         lora_a = torch.cat([self.lora_A[a].weight for a in adapters])  # (R, in)
         lora_b = torch.cat([self.lora_B[a].weight * self.scaling[a] for a in adapters], dim=1)  # (out, R)
         return _MergedLoraProduct.apply(x, base.weight, base.bias, lora_a, lora_b)
+
+    def _per_row_forward(self, x: torch.Tensor, rows: RowStacks) -> torch.Tensor:
+        """y_b = base(x_b) + B_(b) A_(b) x_b with row b's stack's factors (module docstring)."""
+        out = self.get_base_layer()(x)
+        lora_a, lora_b = self._stack_factors(rows.stacks)  # (S, R, in), (S, out, R)
+        if lora_a is None:
+            return out
+        size = x.shape[0]
+        h = x.reshape(size, -1, x.shape[-1]).to(lora_a.dtype)  # (B, L, in)
+        if rows.dropout and self.training:
+            h = F.dropout(h, rows.dropout)
+        low = torch.bmm(h, lora_a[rows.index].transpose(1, 2))  # (B, L, R)
+        return out + torch.bmm(low, lora_b[rows.index].transpose(1, 2)).view(out.shape).to(out.dtype)
+
+    def _stack_factors(self, stacks: list[tuple[str, ...]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Every stack's A (R_s x in) and scaled B (out x R_s), zero-padded to the largest R and stacked; (None,
+        None) when no stack has an adapter in this layer."""
+        factors = []
+        for stack in stacks:
+            names = [a for a in stack if a in self.lora_A]
+            factors.append((torch.cat([self.lora_A[a].weight for a in names]) if names else None,
+                            torch.cat([self.lora_B[a].weight * self.scaling[a] for a in names], dim=1) if names else None))
+        rank = max((a.shape[0] for a, _ in factors if a is not None), default=0)
+        if not rank:
+            return None, None
+        weight = self.get_base_layer().weight
+        like = next(a for a, _ in factors if a is not None)
+        a_rows, b_rows = [], []
+        for a, b in factors:
+            if a is None:
+                a, b = like.new_zeros(rank, weight.shape[1]), like.new_zeros(weight.shape[0], rank)
+            elif a.shape[0] < rank:
+                a, b = F.pad(a, (0, 0, 0, rank - a.shape[0])), F.pad(b, (0, rank - b.shape[1]))
+            a_rows.append(a)
+            b_rows.append(b)
+        return torch.stack(a_rows), torch.stack(b_rows)
+
+    def row_batch_fits(self, adapters: set[str]) -> float | None:
+        """The LoRA dropout of `adapters` when the per-row forward computes exactly PEFT's sum for them here (plain
+        LoRA on an nn.Linear, no variant, bias or merge, one dropout probability), else None."""
+        base = self.get_base_layer()
+        if (self.disable_adapters or self.merged or self.fan_in_fan_out or type(base) is not nn.Linear
+                or base._forward_hooks or base._forward_pre_hooks):
+            return None
+        rates = set()
+        for a in adapters & set(self.lora_A):
+            if a in self.lora_variant or self.lora_bias.get(a, False):
+                return None
+            dropout = self.lora_dropout[a]
+            rates.add(0.0 if isinstance(dropout, nn.Identity) else float(dropout.p))
+        return rates.pop() if len(rates) == 1 else 0.0 if not rates else None
 
     def _plain_active_adapters(self, x: torch.Tensor, args: tuple, kwargs: dict) -> list[str] | None:
         """The active adapters when all of them are plain LoRA and the merged product applies, else None."""

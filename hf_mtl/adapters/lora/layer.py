@@ -6,7 +6,9 @@ one per language) in every targeted layer and chooses the *active* ones around e
 
 - a batch whose rows share one adapter stack (one task, one language): that stack is made active;
   PEFT sums the stacked adapters (language + task);
-- a batch whose rows need different stacks, at inference only: see `mixed_batch`.
+- a batch whose rows need different stacks: each row runs through its own stack (`row_batch`, in training as at
+  inference) where every adapter of the batch is plain LoRA; otherwise (DoRA, other variants, `lora_bias`), at
+  inference only, through PEFT's own mixed-batch code (`mixed_batch`).
 
 The active adapters are state of PEFT's layers (`_active_adapter`, and `mixed_batch`'s temporary hooks),
 shared by every thread that calls the model; PEFT has no per-call way that covers training, stacked
@@ -25,6 +27,8 @@ from typing import Any
 import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
+
+from .fast import FastLoraLinear, RowStacks
 
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -118,6 +122,51 @@ def mixed_batch(layers: Sequence[LoraLayer], stacks: list[tuple[str, ...]], rows
     finally:
         for handle in handles:
             handle.remove()
+
+
+def row_batch_dropout(layers: Sequence[LoraLayer], stacks: list[tuple[str, ...]], training: bool) -> float | None:
+    """The LoRA dropout under which `row_batch` computes exactly what PEFT would for each row, or None when it
+    cannot: a layer that is not a FastLoraLinear, an adapter that is not plain LoRA, adapters with different
+    dropouts, or dropout in training on a stack of several adapters (PEFT draws one mask per adapter)."""
+    adapters = {a for stack in stacks for a in stack}
+    rates = set()
+    for layer in layers:
+        rate = layer.row_batch_fits(adapters) if isinstance(layer, FastLoraLinear) else None
+        if rate is None:
+            return None
+        rates.add(rate)
+    if len(rates) > 1:
+        return None
+    rate = rates.pop() if rates else 0.0
+    if rate and training and any(len(stack) > 1 for stack in stacks):
+        return None
+    return rate
+
+
+@contextlib.contextmanager
+def row_batch(layers: Sequence[LoraLayer], stacks: list[tuple[str, ...]], rows: list[torch.Tensor],
+              dropout: float) -> Iterator[None]:
+    """Run each row through its own adapter stack in one forward (`fast.FastLoraLinear._per_row_forward`).
+
+    Args:
+        layers: the LoRA layers (all FastLoraLinear: see `row_batch_dropout`).
+        stacks: the distinct adapter stacks of the batch (() = base model only).
+        rows: for each stack, the (n_s,) indices of its rows.
+        dropout: the adapters' LoRA dropout (`row_batch_dropout`).
+    """
+    size = sum(int(r.numel()) for r in rows)
+    index = torch.empty(size, dtype=torch.long, device=rows[0].device)
+    for position, idx in enumerate(rows):
+        index[idx] = position
+    state = RowStacks(stacks, index, dropout)
+    activate(layers, [])
+    for layer in layers:
+        layer._row_stacks = state
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._row_stacks = None
 
 
 def _adapter_names_hook(stacks: list[tuple[str, ...]], rows: list[torch.Tensor]):

@@ -67,7 +67,7 @@ from ..base import AdapterMethod, register_method
 from ..routing import Routing, host_index
 from .config import build_lora_config, default_target_modules, parse_lora_options
 from .fast import FastLoraLinear
-from .layer import CallLock, activate, adapter_parameters, lora_layers, mixed_batch
+from .layer import CallLock, activate, adapter_parameters, lora_layers, mixed_batch, row_batch, row_batch_dropout
 
 
 PEFT_PREFIX = "base_model.model."  # key prefix of PEFT's saved LoRA weights for a PeftModel around the backbone
@@ -91,7 +91,6 @@ class LoraMethod(AdapterMethod):
     """
 
     name = "lora"
-    routes_per_row = False
     exportable = True  # each LoRA update merges into its weight (`merge_for_export`)
     saves_peft_format = True
 
@@ -220,27 +219,37 @@ class LoraMethod(AdapterMethod):
     @contextlib.contextmanager
     def _route(self, routing: Routing) -> Iterator[None]:
         groups = self._stacks(routing)
+        training = self.training and torch.is_grad_enabled()
         if len(groups) > 1:
-            if self.training and torch.is_grad_enabled():
-                raise TaskConfigError(
-                    f"adapter_method 'lora' trains one task per batch (PEFT's LoRA layers run one adapter stack per "
-                    f"forward in training), but this batch mixes tasks/languages {routing.batch_tasks}. Fix: use "
-                    f"single-task batches (every sampling strategy gives them), or a per-row method such as "
-                    f"prefix_tuning; mixed batches work with lora at inference (model.eval())."
-                )
             stacks = list(groups)
-            with mixed_batch(self._layers, stacks, [groups[s] for s in stacks]):
+            rows = [groups[s] for s in stacks]
+            dropout = row_batch_dropout(self._layers, stacks, training)
+            if dropout is not None:
+                with self._languages_frozen(routing), row_batch(self._layers, stacks, rows, dropout):
+                    yield
+                return
+            if training:
+                raise TaskConfigError(
+                    f"adapter_method 'lora': this batch mixes tasks/languages {routing.batch_tasks}, and its adapters "
+                    f"are not all plain LoRA with one dropout (DoRA or another variant, lora_bias, or different "
+                    f"lora_dropout values), which PEFT's layers train one adapter stack per forward. Fix: use "
+                    f"single-task batches (every sampling strategy gives them), or plain LoRA adapters."
+                )
+            with mixed_batch(self._layers, stacks, rows):
                 yield
             return
-        stack = next(iter(groups))
-        frozen = self._freeze_untrained_languages(routing)
-        activate(self._layers, stack)
-        try:
-            yield
-        finally:
-            activate(self._layers, [])
-            for p in frozen:
-                p.requires_grad_(True)
+        with self._languages_frozen(routing):
+            activate(self._layers, next(iter(groups)))
+            try:
+                yield
+            finally:
+                activate(self._layers, [])
+
+    @property
+    def routes_per_row(self) -> bool:  # type: ignore[override]
+        """Whether a batch mixing every task runs in one forward (in training too): plain LoRA adapters."""
+        stacks = [(a,) for a in self.task_adapters] + [(language_adapter_name(lang),) for lang in self.languages]
+        return bool(stacks) and row_batch_dropout(self._layers, stacks, training=False) is not None
 
     def _stacks(self, routing: Routing) -> dict[tuple[str, ...], torch.Tensor]:
         """{adapter stack: (n,) row indices}, the stack being (language adapter?, task adapter?)."""
@@ -265,7 +274,8 @@ class LoraMethod(AdapterMethod):
             stack.append(task)
         return tuple(stack)
 
-    def _freeze_untrained_languages(self, routing: Routing) -> list[nn.Parameter]:
+    @contextlib.contextmanager
+    def _languages_frozen(self, routing: Routing) -> Iterator[None]:
         """Language adapters that this batch does not train get no gradient (their flags are restored
         on exit, so optimizers built with them keep them)."""
         trains = {self.language_tasks[t] for t in routing.batch_tasks if t in self.language_tasks}
@@ -275,7 +285,11 @@ class LoraMethod(AdapterMethod):
                 if p.requires_grad:
                     p.requires_grad_(False)
                     frozen.append(p)
-        return frozen
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
 
     # ------------------------------------------------------------------ parameters
     def task_parameters(self, task: str) -> list[nn.Parameter]:
