@@ -253,13 +253,16 @@ def prepare_data(data_dir: Path, work: Path, scale: Scale) -> dict[str, Any]:
 
 def shared_rows(rendered: dict[str, list[dict[str, str]]], total: int, temperature: float = 2.0) -> list[dict[str, str]]:
     """`total` rows for the shared adapter, drawn per task in the temperature strategy's proportions
-    (p_t ∝ |D_t|^(1/T)), each task's rows in turn from its sample, shuffled (seeded)."""
+    (p_t ∝ |D_t|^(1/T), largest remainders), each task's rows in turn from its sample, shuffled (seeded)."""
     weights = {name: len(rows) ** (1 / temperature) for name, rows in rendered.items()}
-    norm = sum(weights.values())
+    shares = {name: total * w / sum(weights.values()) for name, w in weights.items()}
+    counts = {name: math.floor(share) for name, share in shares.items()}
+    # largest remainders: the counts add up to `total` exactly
+    for name in sorted(shares, key=lambda n: counts[n] - shares[n])[: total - sum(counts.values())]:
+        counts[name] += 1
     rows: list[dict[str, str]] = []
     for name, task_rows in rendered.items():
-        count = round(total * weights[name] / norm)
-        rows += [task_rows[i % len(task_rows)] for i in range(count)]
+        rows += [task_rows[i % len(task_rows)] for i in range(counts[name])]
     random.Random(0).shuffle(rows)
     return rows
 

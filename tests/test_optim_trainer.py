@@ -184,13 +184,21 @@ def test_split_forward_gives_the_mixed_forward_losses() -> None:
         torch.testing.assert_close(one[name], split[name], atol=1e-6, rtol=0)
 
 
-def test_lora_trains_all_tasks_through_split_forwards(tmp_path: Path) -> None:
+@pytest.mark.parametrize("adapter_config, split", [({"r": 2}, False), ({"r": 2, "use_dora": True}, True)])
+def test_lora_trains_mixed_batches_per_row_or_through_split_forwards(tmp_path: Path, adapter_config: dict,
+                                                                     split: bool) -> None:
+    """Plain LoRA runs a mixed batch in one forward (per-row adapters); DoRA, which cannot, one forward per task."""
     trainer = make(tmp_path / "lora", max_steps=2, sampling_strategy="all_tasks", adapter_method="lora",
-                   adapter_config={"r": 2}, freeze_backbone=True)
-    assert trainer.optim_plan.split_forward and trainer.optim_plan.manual_sync
+                   adapter_config=adapter_config, freeze_backbone=True)
+    assert trainer.optim_plan.split_forward is split and trainer.optim_plan.manual_sync is split
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert {"train_sent_loss", "train_sim_loss", "train_ner_loss"} <= logged
+    for task in ("sent", "sim", "ner"):  # every task's adapter trained
+        changed = [n for n, p in trainer.model.named_parameters()
+                   if n in before and f".{task}." in n and "lora_" in n and not torch.equal(p, before[n])]
+        assert changed, task
 
 
 def test_bf16_autocast_with_pcgrad(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ class RowStacks:
         self.stacks = list(stacks)
         self.index = index  # (B,) long, on the batch's device
         self.dropout = dropout  # the one LoRA dropout of every adapter in the batch (see `row_batch_fits`)
+        self.factors: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
 
 
 class FastLoraLinear(PeftLoraLinear):
@@ -102,15 +103,27 @@ class FastLoraLinear(PeftLoraLinear):
     def _per_row_forward(self, x: torch.Tensor, rows: RowStacks) -> torch.Tensor:
         """y_b = base(x_b) + B_(b) A_(b) x_b with row b's stack's factors (module docstring)."""
         out = self.get_base_layer()(x)
-        lora_a, lora_b = self._stack_factors(rows.stacks)  # (S, R, in), (S, out, R)
+        if torch.is_grad_enabled():
+            lora_a, lora_b = self._row_factors(rows)
+        else:  # generation: one routing for every decoding step, so each layer gathers its rows' factors once
+            if id(self) not in rows.factors:
+                rows.factors[id(self)] = self._row_factors(rows)
+            lora_a, lora_b = rows.factors[id(self)]
         if lora_a is None:
             return out
         size = x.shape[0]
         h = x.reshape(size, -1, x.shape[-1]).to(lora_a.dtype)  # (B, L, in)
         if rows.dropout and self.training:
             h = F.dropout(h, rows.dropout)
-        low = torch.bmm(h, lora_a[rows.index].transpose(1, 2))  # (B, L, R)
-        return out + torch.bmm(low, lora_b[rows.index].transpose(1, 2)).view(out.shape).to(out.dtype)
+        low = torch.bmm(h, lora_a)  # (B, L, R)
+        return out + torch.bmm(low, lora_b).view(out.shape).to(out.dtype)
+
+    def _row_factors(self, rows: RowStacks) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Each row's A_(b)ᵀ (B x in x R) and B_(b)ᵀ (B x R x out), or (None, None) when no stack has an adapter here."""
+        lora_a, lora_b = self._stack_factors(rows.stacks)  # (S, R, in), (S, out, R)
+        if lora_a is None:
+            return None, None
+        return lora_a[rows.index].transpose(1, 2), lora_b[rows.index].transpose(1, 2)
 
     def _stack_factors(self, stacks: list[tuple[str, ...]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Every stack's A (R_s x in) and scaled B (out x R_s), zero-padded to the largest R and stacked; (None,

@@ -19,10 +19,12 @@ Mechanics:
 - compute: the wrapped Linear layers are `fast.FastLoraLinear`, PEFT's own `lora.Linear` registered through
   PEFT's custom-module API, whose plain-LoRA forward runs one product with W₀ + s·BA and a hand-written
   backward (about 1.7% off a MiniLM train step on the CPU, 40% of LoRA's extra cost per layer); DoRA,
-  dropout while training, `lora_bias`, autocast and mixed batches take PEFT's forward unchanged.
-- routing (`routes_per_row = False`: PEFT trains one adapter per batch): a batch's single task (with its
-  language adapter under it, when `language_adapters` is on) is made active; a mixed-task batch runs at
-  inference only (`layer.mixed_batch`) and raises an error in training. The active adapters are state of
+  dropout while training, `lora_bias` and autocast take PEFT's forward unchanged.
+- routing: a batch's single task (with its language adapter under it, when `language_adapters` is on) is made
+  active; a mixed-task batch of plain LoRA adapters runs each row through its own stack in one forward, in
+  training as at inference (`layer.row_batch`: the stacks' factors gathered per row, two batched products;
+  `routes_per_row` is then True). With DoRA, another variant or `lora_bias` a mixed batch runs at inference only,
+  through PEFT's own mixed-batch code (`layer.mixed_batch`), and the trainer splits it per task. The active adapters are state of
   PEFT's layers, so routed forwards of one model run one at a time (`layer.CallLock`): threads serving
   different tasks each get their own answers.
 - saving: `<task>/adapter_model.safetensors` and `<task>/adapter_config.json` are PEFT's own format (a plain
