@@ -41,7 +41,7 @@ HF_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "hyperformer++": ("hyperformer++", {}),
     "ca_mtl": ("ca_mtl", {}),
 }
-PER_ROW = {"prefix_tuning", "bottleneck/pfeiffer", "bottleneck/houlsby", "bottleneck/parallel", "madx",
+PER_ROW = {"lora", "prefix_tuning", "bottleneck/pfeiffer", "bottleneck/houlsby", "bottleneck/parallel", "madx",
            "pals", "hyperformer", "hyperformer++", "ca_mtl"}
 # goal on the ratio to the floor (the issues "Adapter methods I" and "II")
 FLOOR_GOALS = {"pals": 1.10, "ca_mtl": 1.10, "hyperformer": 1.15, "hyperformer++": 1.15}  # by adapter_method
@@ -53,7 +53,7 @@ GROUPS: list[list[str]] = [
     ["hf_mtl/bottleneck/pfeiffer", "hf_mtl/bottleneck/pfeiffer/mixed", "adapterhub/bottleneck/pfeiffer",
      "adapterhub/bottleneck/pfeiffer/mixed", "hf_mtl/bottleneck/pfeiffer@nodrop"],
     ["hf_mtl/full_ft", "hf_mtl/floor@nodrop", "hf_mtl/floor_torch_dropout", "adapterhub/floor"],
-    ["hf_mtl/lora", "peft/lora", "adapterhub/lora", "hf_mtl/lora@nodrop", "peft/ia3"],
+    ["hf_mtl/lora", "hf_mtl/lora/mixed", "peft/lora", "adapterhub/lora", "hf_mtl/lora@nodrop", "peft/ia3"],
     ["hf_mtl/pals", "hf_mtl/pals/mixed", "hf_mtl/pals@nodrop", "hf_mtl/pals_d66", "hf_mtl/pals_h3"],
     ["hf_mtl/hyperformer", "hf_mtl/hyperformer/mixed", "hf_mtl/hyperformer@nodrop"],
     ["hf_mtl/ca_mtl", "hf_mtl/ca_mtl/mixed", "hf_mtl/ca_mtl@nodrop"],
