@@ -115,15 +115,16 @@ def test_per_row_methods_answer_a_mixed_batch_in_one_forward(method):
         assert_same(a, b)
 
 
-@pytest.mark.parametrize("method", available("lora"))
-def test_peft_methods_run_one_forward_per_task_group(method):
-    model = build(method, config={"init_lora_weights": False})
-    assert not model.adapter.routes_per_row
+@pytest.mark.parametrize("config, forwards", [({}, 1), ({"use_dora": True}, 3)])
+def test_lora_runs_mixed_rows_in_one_forward_or_one_per_task_group(config: dict, forwards: int):
+    """Plain LoRA routes per row (one forward for the mixed rows); DoRA runs one forward per task group."""
+    model = build("lora", config={"init_lora_weights": False, **config})
+    assert model.adapter.routes_per_row is (forwards == 1)
     names = ["sent", "ner", "sent", "topic"]
     alone = [model.predict([t], task=n)[0] for t, n in zip(TEXTS, names)]
     counter = ForwardCounter(model)
     mixed = model.predict(TEXTS, task=names)
-    assert counter.calls == 3
+    assert counter.calls == forwards
     for a, b in zip(mixed, alone):
         assert_same(a, b)
 

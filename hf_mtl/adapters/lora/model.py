@@ -95,6 +95,7 @@ class LoraMethod(AdapterMethod):
     name = "lora"
     exportable = True  # each LoRA update merges into its weight (`merge_for_export`)
     saves_peft_format = True
+    routes_per_row = False  # not for every model: an instance with plain LoRA adapters says True (`_register_layers`)
 
     def __init__(self, backbone_config: Any, config: dict[str, Any] | None = None):
         super().__init__(backbone_config, config)
@@ -193,6 +194,10 @@ class LoraMethod(AdapterMethod):
                     holder.add_module(attr, getattr(layer, attr))
                 self.peft_layers[key] = holder
         self._layers = [layer for _, layer in found]
+        # an instance's answer (the class says False: a model whose layers or adapters cannot run per row exists):
+        # a batch mixing every task and language runs in one forward, in training too, with plain LoRA adapters
+        names = {name for layer in self._layers for name in layer.lora_A}
+        self.routes_per_row = row_batch_dropout(self._layers, [(n,) for n in names], training=False) is not None
 
     def _set_trainable(self) -> None:
         """Task adapters train; a language adapter trains only when a masked_lm task of its language exists."""
@@ -246,12 +251,6 @@ class LoraMethod(AdapterMethod):
                 yield
             finally:
                 activate(self._layers, [])
-
-    @property
-    def routes_per_row(self) -> bool:  # type: ignore[override]
-        """Whether a batch mixing every task runs in one forward (in training too): plain LoRA adapters."""
-        stacks = [(a,) for a in self.task_adapters] + [(language_adapter_name(lang),) for lang in self.languages]
-        return bool(stacks) and row_batch_dropout(self._layers, stacks, training=False) is not None
 
     def _stacks(self, routing: Routing) -> dict[tuple[str, ...], torch.Tensor]:
         """{adapter stack: (n,) row indices}, the stack being (language adapter?, task adapter?)."""
