@@ -17,9 +17,11 @@ An output is read up to its first line break (a prompted base model runs on past
 with EOS); a classification output counts when its first line is the class word; an STS-B output that does not
 parse as a number counts as the training slice's mean score, and the number of such outputs is reported.
 
-Runs (every trained run has the same budget: `--steps` optimizer steps of `--batch` rows, `--max-seq-length`,
-learning rate per method as in METHODS; training rows are a seeded sample of each train split, eval rows the first
-rows of each eval split, sizes in SCALES):
+Runs (every trained run has the same budget: `--steps` optimizer steps of `--batch` rows, at most
+`max_seq_length` tokens, the learning rate of its method in RUNS; so a multi-task run gives each task about a fifth
+of the steps that a single-task run gives its one task, and the five single-task runs together cost five times one
+multi-task run. Training rows are a seeded sample of each train split, eval rows the first rows of each eval split,
+sizes in FULL):
 
 - `zero_shot`, `four_shot`: the untrained model prompted with the same templates (4-shot: 4 fixed training
   examples, one per class where there are classes, before the query);
@@ -405,7 +407,8 @@ def per_task_params(result: dict[str, Any], run: RunSpec, task: str) -> float | 
 
 def aggregate(results: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """One record per run: per task the primary (and secondary) metric per seed, mean and spread; the average of
-    the primary metrics; parameters per task; wall time (training + scoring, all units of one seed); peak memory."""
+    the primary metrics; parameters per task; wall time (training + scoring, all units of one seed; the median over
+    seeds); peak memory."""
     runs = []
     for run in RUNS:
         mine = [r for r in results if r["unit"]["run"] == run.name]
@@ -441,9 +444,10 @@ def aggregate(results: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, 
             "learning_rate": run.learning_rate or None, "complete": complete, "tasks": tasks,
             "average": statistics.fmean(averages) if averages else None, "average_per_seed": averages,
             "params_per_task": statistics.fmean(t["params_per_task"] for t in tasks.values()) if tasks else None,
-            "wall_s_per_seed": statistics.fmean(sum(r["train_s"] + r["eval_s"] for r in units)
-                                                for units in by_seed.values()),
-            "train_s_per_seed": statistics.fmean(sum(r["train_s"] for r in units) for units in by_seed.values()),
+            # medians over seeds: a seed whose units shared the machine with other jobs does not set the figure
+            "wall_s_per_seed": statistics.median(sum(r["train_s"] + r["eval_s"] for r in units)
+                                                 for units in by_seed.values()),
+            "train_s_per_seed": statistics.median(sum(r["train_s"] for r in units) for units in by_seed.values()),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
         })
     return {**meta, "runs": runs}
@@ -476,7 +480,7 @@ def render_table(report: dict[str, Any]) -> str:
                      f"{run['peak_rss_mib']:.0f} |")
     lines.append("")
     lines.append("chrF and BLEU in points (0-100); the average is over SST-2, RTE, TREC accuracy, STS-B Pearson and "
-                 "en-de chrF (0-1). Wall time: training + scoring of all of a seed's units (st_lora: its 5 runs).")
+                 "en-de chrF (0-1). Wall time: training + scoring of all of a seed's units (st_lora: its 5 runs), median over seeds.")
     return "\n".join(lines) + "\n"
 
 

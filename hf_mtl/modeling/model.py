@@ -383,8 +383,10 @@ class MultiTaskModel(nn.Module):
                 return MultiTaskOutput(logits=logits)
             rows = {name: routing.rows_of(name) for name in routing.batch_tasks}
             return MultiTaskOutput(task_logits={n: logits[r] for n, r in rows.items()}, task_rows=rows)
-        scored, targets = (logits, labels) if self.is_encoder_decoder else (logits[:, :-1], labels[:, 1:])
-        token_loss = F.cross_entropy(scored.float().reshape(-1, scored.shape[-1]), targets.reshape(-1).long(),
+        # decoder-only: position t predicts token t+1, so the labels shift left (the last position scores nothing);
+        # shifting the labels, not slicing the (B, T, V) logits, saves a copy of them and of their gradient
+        targets = labels if self.is_encoder_decoder else F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        token_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1).long(),
                                      ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
         counts = (targets != IGNORE_INDEX).sum(dim=1)  # (B,) scored tokens per row
         if single is not None:
