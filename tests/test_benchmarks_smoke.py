@@ -213,3 +213,13 @@ def test_generation_quality_shared_rows_follow_temperature():
                 "small": [{"prompt": f"s{i}", "target": "y"} for i in range(100)]}
     rows = shared_rows(rendered, 300, temperature=2.0)
     assert len(rows) == 300 and sum(r["target"] == "x" for r in rows) == 200  # 20 : 10
+
+
+def test_lora_peft_train_ab_quick_run():
+    """`benchmarks/lora_peft_train_ab.py --quick`: both steps run on a tiny Llama and give a finite paired ratio."""
+    import math
+
+    from benchmarks import lora_peft_train_ab
+
+    result = lora_peft_train_ab.main(["--quick", "--rounds", "3"])
+    assert len(result["rounds"]) == 3 and math.isfinite(result["ratio"]) and result["ci90"] is not None
