@@ -23,10 +23,10 @@ Mechanics:
 - routing: a batch's single task (with its language adapter under it, when `language_adapters` is on) is made
   active; a mixed-task batch of plain LoRA adapters runs each row through its own stack in one forward, in
   training as at inference (`layer.row_batch`: the stacks' factors gathered per row, two batched products;
-  `routes_per_row` is then True). With DoRA, another variant or `lora_bias` a mixed batch runs at inference only,
-  through PEFT's own mixed-batch code (`layer.mixed_batch`), and the trainer splits it per task. The active adapters are state of
-  PEFT's layers, so routed forwards of one model run one at a time (`layer.CallLock`): threads serving
-  different tasks each get their own answers.
+  `routes_per_row` is then True). With DoRA, another variant, `lora_bias` or GPT-2's Conv1D layers, a mixed
+  batch runs at inference only, through PEFT's own mixed-batch code (`layer.mixed_batch`), and the trainer splits
+  it per task. The active adapters are state of PEFT's layers, so routed forwards of one model run one at a time
+  (`layer.CallLock`): threads serving different tasks each get their own answers.
 - saving: `<task>/adapter_model.safetensors` and `<task>/adapter_config.json` are PEFT's own format (a plain
   `LoraConfig`, with `task_type` CAUSAL_LM / SEQ_2_SEQ_LM on generative backbones), so
   `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), "<store>/<task>")` (`AutoModel` for an
