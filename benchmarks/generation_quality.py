@@ -65,6 +65,7 @@ if __package__ in (None, ""):  # `python benchmarks/generation_quality.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import DATA, RESULTS, ROOT
+from benchmarks.generation_speed import tiny_model
 from benchmarks.report import fmt, pyplot, write_json
 
 
@@ -540,13 +541,6 @@ def finite(report: dict[str, Any]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def tiny_model(work: Path) -> str:
-    """A tiny random Llama with a byte-level tokenizer (the quick mode's model)."""
-    from benchmarks.generation_speed import tiny_model as build
-
-    return build(work)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=SMOLLM2, help="A causal LM (Hub id, folder, or the packaged SmolLM2 id).")
@@ -580,7 +574,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     from hf_mtl.modeling.backbone import resolve_model_path
 
-    model = tiny_model(work) if args.quick else resolve_model_path(args.model)
+    model = tiny_model(work) if args.quick else resolve_model_path(args.model)  # quick: a tiny random Llama
     data = prepare_data(data_dir, work, scale)
     wanted = args.runs.split(",")
     unknown = sorted(set(wanted) - {r.name for r in RUNS})

@@ -95,10 +95,13 @@ class FastLoraLinear(PeftLoraLinear):
         base = self.get_base_layer()
         if not adapters:
             return base(x)
-        # stacked adapters (language + task) act as one adapter of rank Σ r_a
-        lora_a = torch.cat([self.lora_A[a].weight for a in adapters])  # (R, in)
-        lora_b = torch.cat([self.lora_B[a].weight * self.scaling[a] for a in adapters], dim=1)  # (out, R)
+        lora_a, lora_b = self._stack_of(adapters)
         return _MergedLoraProduct.apply(x, base.weight, base.bias, lora_a, lora_b)
+
+    def _stack_of(self, adapters: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked adapters (language + task) as one adapter of rank R = Σ r_a: A (R x in), scaled B (out x R)."""
+        return (torch.cat([self.lora_A[a].weight for a in adapters]),
+                torch.cat([self.lora_B[a].weight * self.scaling[a] for a in adapters], dim=1))
 
     def _per_row_forward(self, x: torch.Tensor, rows: RowStacks) -> torch.Tensor:
         """y_b = base(x_b) + B_(b) A_(b) x_b with row b's stack's factors (module docstring)."""
@@ -131,8 +134,7 @@ class FastLoraLinear(PeftLoraLinear):
         factors = []
         for stack in stacks:
             names = [a for a in stack if a in self.lora_A]
-            factors.append((torch.cat([self.lora_A[a].weight for a in names]) if names else None,
-                            torch.cat([self.lora_B[a].weight * self.scaling[a] for a in names], dim=1) if names else None))
+            factors.append(self._stack_of(names) if names else (None, None))
         rank = max((a.shape[0] for a, _ in factors if a is not None), default=0)
         if not rank:
             return None, None
